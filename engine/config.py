@@ -1,0 +1,200 @@
+"""Typed job configuration: one TOML file describes one training job.
+
+Why pydantic with extra="forbid": a typo in a hand-written TOML (``learning_rate`` instead of
+``lr``) must fail loudly instead of silently training with a default. Every error is re-worded
+as ``section.field: reason`` so a newcomer knows which line to fix.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A job config that cannot be used; the message names the offending field(s)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    base: str = Field(description="Diffusers folder, single-file .safetensors, or hub id.")
+    family: Literal["auto", "sd15", "sd2", "sdxl"] = "auto"
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
+    local_files_only: bool = Field(
+        default=False, description="Never touch the network; hub ids must already be cached."
+    )
+
+
+class DatasetConfig(_Section):
+    path: str
+    resolution: int = Field(default=512, ge=64, le=4096, multiple_of=64)
+    default_repeats: int = Field(default=1, ge=1, le=10000,
+                                 description="Repeats for folders without an N_ prefix.")
+    caption_extension: str = ".txt"
+    shuffle_caption: bool = False
+    keep_tokens: int = Field(default=0, ge=0)
+    caption_dropout_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    flip_aug: bool = False
+
+
+class LoraNetworkConfig(_Section):
+    type: Literal["lora"] = "lora"
+    dim: int = Field(default=16, ge=1, le=1024)
+    alpha: float = Field(default=8.0, gt=0)
+    conv_dim: int = Field(default=0, ge=0, le=1024,
+                          description="Rank for 3x3 convs (LoCon-style); 0 = attention/linear only.")
+    conv_alpha: float = Field(default=1.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    train_unet_only: bool = False
+
+
+# The network is a discriminated union on `type`; other methods join it as they land.
+NetworkConfig = Annotated[Union[LoraNetworkConfig], Field(discriminator="type")]
+
+OptimizerName = Literal["AdamW", "AdamW8bit", "Adafactor", "Lion", "Prodigy"]
+SchedulerName = Literal["constant", "constant_with_warmup", "cosine", "cosine_with_restarts",
+                        "linear", "polynomial"]
+
+
+class OptimizerConfig(_Section):
+    type: OptimizerName = "AdamW"
+    lr: float = Field(default=1e-4, gt=0, le=10.0)
+    unet_lr: Optional[float] = Field(default=None, gt=0, le=10.0)
+    text_encoder_lr: Optional[float] = Field(default=None, gt=0, le=10.0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    max_grad_norm: float = Field(default=1.0, ge=0, description="0 disables clipping.")
+
+
+class SchedulerConfig(_Section):
+    type: SchedulerName = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
+    num_cycles: int = Field(default=1, ge=1, description="Restarts for cosine_with_restarts.")
+    power: float = Field(default=1.0, gt=0, description="Exponent for polynomial decay.")
+
+
+class TrainingConfig(_Section):
+    epochs: int = Field(default=10, ge=1, le=100000)
+    max_steps: Optional[int] = Field(default=None, ge=1, description="Stops early when reached.")
+    batch_size: int = Field(default=1, ge=1, le=1024)
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    attention: Literal["sdpa", "xformers"] = "sdpa"
+    cache_latents: bool = True
+    offload_after_caching: bool = Field(
+        default=False, description="'medvram': move VAE (and a frozen text encoder) to CPU.")
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    noise_offset: float = Field(default=0.0, ge=0.0, le=1.0)
+    min_snr_gamma: Optional[float] = Field(default=None, gt=0)
+    clip_skip: int = Field(default=1, ge=1, le=12)
+
+
+class OutputConfig(_Section):
+    dir: str = "output"
+    name: str = Field(default="my_lora", min_length=1, max_length=128,
+                      pattern=r"^[^/\\:*?\"<>|\x00-\x1f]+$")
+    save_every_n_epochs: int = Field(default=1, ge=0, description="0 = only the final file.")
+    save_precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+    author: str = ""
+    description: str = ""
+    trigger_phrase: str = ""
+
+
+class JobConfig(_Section):
+    schema_version: int = SCHEMA_VERSION
+    model: ModelConfig
+    dataset: DatasetConfig
+    network: NetworkConfig = Field(default_factory=LoraNetworkConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_network_type(cls, data: Any) -> Any:
+        net = data.get("network") if isinstance(data, dict) else None
+        if isinstance(net, dict) and "type" not in net:
+            data = {**data, "network": {**net, "type": "lora"}}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> "JobConfig":
+        if self.schema_version != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {self.schema_version} is not supported "
+                             f"(this build reads {SCHEMA_VERSION})")
+        if self.scheduler.type == "constant" and self.scheduler.warmup_steps:
+            raise ValueError("scheduler.warmup_steps needs scheduler.type "
+                             "'constant_with_warmup' (or another schedule); 'constant' ignores it")
+        if self.optimizer.type == "Prodigy" and self.optimizer.lr < 0.1:
+            raise ValueError("optimizer.lr: Prodigy adapts the step size itself; "
+                             "set lr to about 1.0 (got %g)" % self.optimizer.lr)
+        return self
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older config dict up to SCHEMA_VERSION (no-op for version 1)."""
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int):
+        raise ConfigError(f"schema_version: must be an integer (got {version!r})")
+    if version < 1:
+        raise ConfigError(f"schema_version: {version} is not a valid version (versions start at 1)")
+    if version > SCHEMA_VERSION:
+        raise ConfigError(f"schema_version: {version} is newer than this build understands "
+                          f"({SCHEMA_VERSION}); update LoRA Forge")
+    return {**data, "schema_version": SCHEMA_VERSION}
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if p != "lora")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        got = e.get("input")
+        suffix = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{loc}: {msg}{suffix}" if loc else f"{msg}")
+    return "invalid job config:\n  " + "\n  ".join(lines)
+
+
+def parse_config(data: dict[str, Any]) -> JobConfig:
+    try:
+        return JobConfig.model_validate(migrate(data))
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def load_config(path: str | Path) -> JobConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return parse_config(data)
+
+
+def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json", exclude_none=True)
+
+
+def dump_config(cfg: JobConfig) -> str:
+    return tomli_w.dumps(config_to_dict(cfg))
+
+
+def save_config(cfg: JobConfig, path: str | Path) -> None:
+    from engine.fileio import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), dump_config(cfg).encode("utf-8"))

@@ -1,0 +1,50 @@
+"""Open any image a user drops in and turn it into a training tensor.
+
+Why so defensive: datasets come from the web (RGBA PNGs, CMYK JPEGs, rotated phone photos,
+16-bit PNGs); each must become plain RGB at the training resolution without surprises.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+Image.MAX_IMAGE_PIXELS = 178_956_970  # PIL's default bomb guard, stated explicitly
+
+
+def load_rgb(path: Path, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Open ``path`` as RGB: first frame, EXIF rotation applied, alpha composited on ``background``."""
+    with Image.open(path) as im:
+        im.seek(0)
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float64)
+            im = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            canvas = Image.new("RGBA", rgba.size, background + (255,))
+            return Image.alpha_composite(canvas, rgba).convert("RGB")
+        return im.convert("RGB")
+
+
+def resize_center_crop(im: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale so the image covers ``width``x``height``, then crop the centre."""
+    scale = max(width / im.width, height / im.height)
+    new = (max(width, round(im.width * scale)), max(height, round(im.height * scale)))
+    im = im.resize(new, Image.Resampling.LANCZOS)
+    left, top = (im.width - width) // 2, (im.height - height) // 2
+    return im.crop((left, top, left + width, top + height))
+
+
+def to_tensor(im: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor [3, H, W] in [-1, 1], the range the VAE expects."""
+    arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def to_pil(tensor: torch.Tensor) -> Image.Image:
+    """Inverse of :func:`to_tensor` for a single [3, H, W] image in [-1, 1]."""
+    arr = ((tensor.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
+    return Image.fromarray(arr.permute(1, 2, 0).cpu().numpy())

@@ -1,0 +1,68 @@
+"""The model hashes A1111 and Civitai show, computed the way they compute them."""
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """AutoV2: sha256 of the whole file (A1111/Civitai display its first 10 hex digits)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of a large base model, remembered by path+size+mtime in our cache folder (hashing
+    2-7 GB takes a while and users train on the same base many times). Never writes beside
+    the user's model."""
+    import json
+
+    from engine.paths import cache_dir
+
+    path = Path(path).resolve()
+    st = path.stat()
+    store = cache_dir() / "model_hashes.json"
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        table = json.loads(store.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key not in table:
+        table[key] = sha256_file(path)
+        try:
+            from engine.fileio import atomic_write_bytes
+            atomic_write_bytes(store, json.dumps(table, indent=0).encode())
+        except OSError:
+            pass  # a read-only cache only costs time
+    return table[key]
+
+
+def safetensors_data_hash(data: bytes) -> str:
+    """AutoV3 / addnet hash of serialized safetensors bytes: sha256 of what follows the header,
+    so it does not change when only the metadata changes."""
+    (header_len,) = struct.unpack("<Q", data[:8])
+    return hashlib.sha256(data[8 + header_len:]).hexdigest()
+
+
+def safetensors_file_data_hash(path: Path) -> str:
+    """AutoV3 of a safetensors file on disk (stored as ``sshs_model_hash``)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        fh.seek(8 + header_len)
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def legacy_hash(path: Path) -> str:
+    """A1111's old short hash: sha256 of 64 KiB at offset 1 MiB, first 8 hex digits."""
+    with open(path, "rb") as fh:
+        fh.seek(0x100000)
+        return hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]

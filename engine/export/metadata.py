@@ -1,0 +1,109 @@
+"""kohya ``ss_*`` and SAI ``modelspec.*`` metadata for a LoRA file.
+
+Why these exact keys: A1111's LoRA tab, Civitai's uploader and ComfyUI's info nodes read them;
+all values are strings (safetensors metadata is str -> str).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from engine.config import JobConfig
+from engine.data.folder import DatasetIndex
+
+BASE_MODEL_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+MODELSPEC_ARCH = {"sd15": "stable-diffusion-v1", "sd2": "stable-diffusion-v2",
+                  "sdxl": "stable-diffusion-xl-v1-base"}
+
+
+@dataclass
+class RunInfo:
+    """What only the running job knows, as opposed to what the config says."""
+    session_id: int
+    started_at: float  # unix time
+    family: str
+    prediction_type: str
+    base_model_name: str
+    base_model_hash: str
+    optimizer: str
+    num_batches_per_epoch: int
+    mixed_precision: str
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, step: int,
+                  finished_at: float) -> dict[str, str]:
+    t, o, net, res = cfg.training, cfg.optimizer, cfg.network, cfg.dataset.resolution
+    network_args = {}
+    if net.conv_dim:
+        network_args = {"conv_dim": str(net.conv_dim), "conv_alpha": str(net.conv_alpha)}
+    if net.dropout:
+        network_args["dropout"] = str(net.dropout)
+    meta = {
+        "ss_output_name": cfg.output.name,
+        "ss_session_id": str(run.session_id),
+        "ss_training_started_at": str(run.started_at),
+        "ss_training_finished_at": str(finished_at),
+        "ss_seed": str(t.seed),
+        "ss_steps": str(step),
+        "ss_epoch": str(epoch),
+        "ss_num_epochs": str(t.epochs),
+        "ss_max_train_steps": str(t.max_steps or run.num_batches_per_epoch * t.epochs),
+        "ss_num_train_images": str(data.num_train_images),
+        "ss_num_reg_images": "0",
+        "ss_num_batches_per_epoch": str(run.num_batches_per_epoch),
+        "ss_batch_size_per_device": str(t.batch_size),
+        "ss_learning_rate": str(o.lr),
+        "ss_unet_lr": str(o.unet_lr if o.unet_lr is not None else o.lr),
+        "ss_text_encoder_lr": str(0.0 if net.train_unet_only else
+                                  (o.text_encoder_lr if o.text_encoder_lr is not None else o.lr)),
+        "ss_lr_scheduler": cfg.scheduler.type,
+        "ss_lr_warmup_steps": str(cfg.scheduler.warmup_steps),
+        "ss_optimizer": run.optimizer,
+        "ss_max_grad_norm": str(o.max_grad_norm),
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(net.dim),
+        "ss_network_alpha": str(net.alpha),
+        "ss_network_dropout": str(net.dropout),
+        "ss_network_args": json.dumps(network_args),
+        "ss_network_train_unet_only": str(net.train_unet_only),
+        "ss_mixed_precision": run.mixed_precision,
+        "ss_full_fp16": "False",
+        "ss_gradient_checkpointing": str(t.gradient_checkpointing),
+        "ss_gradient_accumulation_steps": str(t.gradient_accumulation_steps),
+        "ss_cache_latents": str(t.cache_latents),
+        "ss_base_model_version": BASE_MODEL_VERSION[run.family],
+        "ss_v2": str(run.family == "sd2"),
+        "ss_v_parameterization": str(run.prediction_type == "v_prediction"),
+        "ss_clip_skip": str(t.clip_skip),
+        "ss_resolution": f"({res}, {res})",
+        "ss_sd_model_name": run.base_model_name,
+        "ss_new_sd_model_hash": run.base_model_hash,
+        "ss_noise_offset": str(t.noise_offset),
+        "ss_min_snr_gamma": str(t.min_snr_gamma),
+        "ss_tag_frequency": json.dumps(data.tag_frequency(), ensure_ascii=False),
+        "ss_dataset_dirs": json.dumps(data.dataset_dirs(), ensure_ascii=False),
+        "ss_bucket_info": json.dumps({"buckets": {"0": {"resolution": [res, res],
+                                                        "count": data.num_train_images}},
+                                      "mean_img_ar_error": 0.0}),
+        "ss_enable_bucket": "False",
+        "ss_caption_dropout_rate": str(cfg.dataset.caption_dropout_rate),
+        "ss_flip_aug": str(cfg.dataset.flip_aug),
+        "ss_shuffle_caption": str(cfg.dataset.shuffle_caption),
+        "ss_keep_tokens": str(cfg.dataset.keep_tokens),
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": f"{MODELSPEC_ARCH[run.family]}/lora",
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": cfg.output.name,
+        "modelspec.resolution": f"{res}x{res}",
+        "modelspec.date": _iso(finished_at),
+        "modelspec.prediction_type": run.prediction_type,
+        "modelspec.trigger_phrase": cfg.output.trigger_phrase,
+        "modelspec.author": cfg.output.author,
+        "modelspec.description": cfg.output.description,
+    }
+    return meta

@@ -1,0 +1,27 @@
+"""Write LoRA files as consumers expect: safetensors, string metadata, hash stamped in."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save, save_file
+
+from engine.export.hashes import safetensors_data_hash
+from engine.fileio import atomic_write
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def cast_state_dict(state: dict[str, torch.Tensor], precision: str) -> dict[str, torch.Tensor]:
+    dtype = _DTYPES[precision]
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
+
+
+def save_with_metadata(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str],
+                       precision: str = "fp16") -> Path:
+    """Save atomically; ``sshs_model_hash`` (AutoV3) is computed from the tensor bytes, which the
+    metadata does not affect, so it can be written into the same file."""
+    tensors = cast_state_dict(state, precision)
+    meta = {k: str(v) for k, v in metadata.items()}
+    meta["sshs_model_hash"] = safetensors_data_hash(save(tensors))
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))

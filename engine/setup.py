@@ -1,0 +1,146 @@
+"""Everything the loop needs, built from a JobConfig: model, LoRA, data, optimizer, schedule.
+
+Split from trainer.py so the loop itself stays short enough to read in one screen.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers.training_utils import cast_training_params
+from torch.utils.data import DataLoader
+
+from engine.callbacks import Callbacks
+from engine.config import JobConfig
+from engine.data.dataset import TrainingSamples, collate
+from engine.data.folder import DatasetIndex, scan_dataset
+from engine.export.hashes import cached_sha256
+from engine.export.metadata import RunInfo
+from engine.models.loader import LoadedModel, load_sd_components
+from engine.networks import lora
+from engine.optim import build_optimizer, build_scheduler, describe_optimizer, param_groups
+
+
+class SetupError(RuntimeError):
+    """The job cannot start on this machine; the message says why and what to change."""
+
+
+@dataclass
+class TrainingSetup:
+    model: LoadedModel
+    index: DatasetIndex
+    dataset: TrainingSamples
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    trainable: list[torch.nn.Parameter]
+    train_te: bool
+    total_steps: int
+    num_batches_per_epoch: int
+    weight_dtype: torch.dtype
+    run: RunInfo
+
+
+def resolve_mixed_precision(requested: str, cb: Callbacks) -> str:
+    """fp16 autocast needs CUDA; on a CPU fall back to fp32 and say so rather than crash."""
+    if requested == "fp16" and not torch.cuda.is_available():
+        cb.on_log("mixed_precision fp16 needs a CUDA GPU; training in fp32 on this machine")
+        return "no"
+    return requested
+
+
+def _configure_memory(cfg: JobConfig, model: LoadedModel, train_te: bool) -> None:
+    if cfg.training.attention == "xformers":
+        try:
+            model.unet.enable_xformers_memory_efficient_attention()
+        except Exception as err:  # xformers missing or no CUDA build
+            raise SetupError("training.attention = 'xformers' but xformers cannot be used here "
+                             f"({err}); use 'sdpa' (PyTorch's built-in, the default)") from None
+    if cfg.training.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        if train_te:
+            model.text_encoder.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks) -> TrainingSetup:
+    t = cfg.training
+    index = scan_dataset(cfg.dataset.path, cfg.dataset.default_repeats, cfg.dataset.caption_extension)
+    model = load_sd_components(cfg.model.base, family=cfg.model.family,
+                               local_files_only=cfg.model.local_files_only)
+    prediction_type = (model.prediction_type if cfg.model.prediction_type == "auto"
+                       else cfg.model.prediction_type)
+    model.noise_scheduler.register_to_config(prediction_type=prediction_type)
+    model.prediction_type = prediction_type
+    cb.on_log(f"base model: {model.name} ({model.family}, {prediction_type}); "
+              f"{index.num_images} images, {index.num_train_images} per epoch with repeats")
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
+                                                                      torch.float32)
+    train_te = not cfg.network.train_unet_only
+    for m in (model.unet, model.vae, model.text_encoder):
+        m.requires_grad_(False)
+    for m in (model.unet, model.text_encoder, model.vae):
+        m.to(accelerator.device)
+    if weight_dtype != torch.float32:  # frozen base in half precision; the VAE stays fp32
+        model.unet.to(dtype=weight_dtype)  # (an fp16 SD1.5 VAE produces NaNs)
+        model.text_encoder.to(dtype=weight_dtype)
+
+    unet_params = lora.inject_lora(model.unet, lora.unet_targets(model.unet, cfg.network),
+                                   cfg.network.dropout)
+    te_params = (lora.inject_lora(model.text_encoder,
+                                  lora.text_encoder_targets(model.text_encoder, cfg.network),
+                                  cfg.network.dropout) if train_te else [])
+    cast_training_params([model.unet, model.text_encoder], dtype=torch.float32)
+    _configure_memory(cfg, model, train_te)
+
+    dataset = TrainingSamples(index, cfg.dataset.resolution, cfg.dataset.flip_aug)
+    if t.cache_latents:
+        cb.on_log("caching latents")
+        dataset.cache_latents(lambda px: encode_latents(model, px.to(accelerator.device)))
+        if t.offload_after_caching:
+            model.vae.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(t.seed), num_workers=0)
+
+    num_batches = len(loader)
+    steps_per_epoch = math.ceil(num_batches / t.gradient_accumulation_steps)
+    total = steps_per_epoch * t.epochs
+    if t.max_steps:
+        total = min(total, t.max_steps)
+
+    trainable = unet_params + te_params
+    try:
+        optimizer = build_optimizer(cfg.optimizer, param_groups(unet_params, te_params, cfg.optimizer),
+                                    accelerator.device.type)
+    except (RuntimeError, ImportError) as err:
+        raise SetupError(str(err)) from None
+    scheduler = build_scheduler(cfg.scheduler, optimizer, total, accelerator.num_processes)
+
+    run = RunInfo(session_id=int(torch.randint(0, 2**31 - 1, (1,)).item()), started_at=time.time(),
+                  family=model.family, prediction_type=prediction_type,
+                  base_model_name=model.name, base_model_hash=base_model_hash(model),
+                  optimizer=describe_optimizer(optimizer, cfg.optimizer),
+                  num_batches_per_epoch=num_batches, mixed_precision=accelerator.mixed_precision)
+    return TrainingSetup(model, index, dataset, loader, optimizer, scheduler, trainable, train_te,
+                         total, num_batches, weight_dtype, run)
+
+
+def base_model_hash(model: LoadedModel) -> str:
+    """sha256 of a single-file base model (kohya's ``ss_new_sd_model_hash``); folders have none."""
+    if model.source_kind == "single_file":
+        return cached_sha256(Path(model.path))
+    return ""
+
+
+@torch.no_grad()
+def encode_latents(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+    vae = model.vae
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return dist.sample() * vae.config.scaling_factor

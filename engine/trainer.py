@@ -1,0 +1,126 @@
+"""The training loop: one readable function on accelerate.
+
+noise -> random timestep -> UNet predicts noise (or v) -> weighted MSE -> LoRA-only update.
+Callbacks report progress; a StopToken polled between steps stops the run cleanly and still
+saves what was learned.
+"""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from engine.callbacks import Callbacks, StepInfo, StopToken, TrainResult
+from engine.config import JobConfig
+from engine.export.metadata import lora_metadata
+from engine.export.safetensors_io import save_with_metadata
+from engine.losses import diffusion_loss, min_snr_weights, offset_noise, training_target
+from engine.networks import lora
+from engine.setup import TrainingSetup, build_training, encode_latents, resolve_mixed_precision
+from engine.data.captions import process_caption
+from engine.text import encode_prompts
+
+
+def epoch_file_name(name: str, epoch: int) -> str:
+    return f"{name}-{epoch:06d}.safetensors"
+
+
+def lora_state(s: TrainingSetup, accelerator: Accelerator) -> dict[str, torch.Tensor]:
+    state = lora.kohya_state_dict(accelerator.unwrap_model(s.model.unet), lora.UNET_PREFIX)
+    if s.train_te:
+        state |= lora.kohya_state_dict(accelerator.unwrap_model(s.model.text_encoder), lora.TE_PREFIX)
+    return state
+
+
+def save_lora(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path: Path,
+              epoch: int, step: int) -> Path:
+    meta = lora_metadata(cfg, s.index, s.run, epoch, step, finished_at=time.time())
+    return save_with_metadata(lora_state(s, accelerator), path, meta, cfg.output.save_precision)
+
+
+def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | None = None
+          ) -> TrainResult:
+    cb, stop = callbacks or Callbacks(), stop or StopToken()
+    t = cfg.training
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(t.mixed_precision, cb),
+                              gradient_accumulation_steps=t.gradient_accumulation_steps)
+    set_seed(t.seed)
+    s = build_training(cfg, accelerator, cb)
+    unet, te = s.model.unet, s.model.text_encoder
+    if s.train_te:
+        unet, te, optimizer, loader, scheduler = accelerator.prepare(
+            unet, te, s.optimizer, s.loader, s.scheduler)
+    else:
+        unet, optimizer, loader, scheduler = accelerator.prepare(unet, s.optimizer, s.loader, s.scheduler)
+    noise_sched, pred_type = s.model.noise_scheduler, s.model.prediction_type
+    caption_rng = random.Random(t.seed)
+    out_dir = Path(cfg.output.dir)
+    result = TrainResult(final_path=None)
+    cb.on_start(s.total_steps)
+
+    step, epoch = 0, 0
+    for epoch in range(1, t.epochs + 1):
+        unet.train()
+        te.train(s.train_te)
+        epoch_losses, accum = [], []
+        for batch in loader:
+            with accelerator.accumulate(unet, te) if s.train_te else accelerator.accumulate(unet):
+                latents = (batch["latents"].to(accelerator.device) if "latents" in batch
+                           else encode_latents(s.model, batch["pixels"]))
+                latents = latents.to(s.weight_dtype)
+                noise = offset_noise(latents, t.noise_offset)
+                timesteps = torch.randint(0, noise_sched.config.num_train_timesteps,
+                                          (latents.shape[0],), device=latents.device)
+                noisy = noise_sched.add_noise(latents, noise, timesteps)
+                captions = [process_caption(c, caption_rng, cfg.dataset.shuffle_caption,
+                                            cfg.dataset.keep_tokens, cfg.dataset.caption_dropout_rate)
+                            for c in batch["captions"]]
+                with torch.set_grad_enabled(s.train_te):
+                    hidden = encode_prompts(s.model.tokenizer, te, captions, t.clip_skip)
+                pred = unet(noisy, timesteps, hidden.to(s.weight_dtype)).sample
+                target = training_target(noise_sched, latents, noise, timesteps, pred_type)
+                weights = (min_snr_weights(noise_sched, timesteps, t.min_snr_gamma, pred_type)
+                           if t.min_snr_gamma else None)
+                loss = diffusion_loss(pred, target, weights)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.optimizer.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(s.trainable, cfg.optimizer.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            accum.append(loss.detach().item())
+            if accelerator.sync_gradients:
+                step += 1
+                step_loss = sum(accum) / len(accum)
+                accum.clear()
+                epoch_losses.append(step_loss)
+                result.losses.append(step_loss)
+                cb.on_step(StepInfo(step, s.total_steps, epoch, step_loss, scheduler.get_last_lr()[0]))
+                if step >= s.total_steps or stop.stopped:
+                    break
+        cb.on_epoch_end(epoch, sum(epoch_losses) / max(len(epoch_losses), 1))
+        result.epochs_done = epoch
+        finished = step >= s.total_steps or stop.stopped or epoch == t.epochs
+        n = cfg.output.save_every_n_epochs
+        if not finished and n and epoch % n == 0 and accelerator.is_main_process:
+            path = save_lora(cfg, s, accelerator, out_dir / epoch_file_name(cfg.output.name, epoch),
+                             epoch, step)
+            result.saved.append(path)
+            cb.on_saved(path, epoch, step)
+        if finished:
+            break
+
+    result.steps, result.stopped_early = step, stop.stopped
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = save_lora(cfg, s, accelerator, out_dir / f"{cfg.output.name}.safetensors", epoch, step)
+        result.final_path = final
+        result.saved.append(final)
+        cb.on_saved(final, epoch, step)
+    accelerator.end_training()
+    cb.on_end(result)
+    return result

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""LoRA Forge entry point: ``serve`` (default) the web app, or run engine commands headless.
+
+    python launcher.py                      # start the web app on 127.0.0.1
+    python launcher.py train --config job.toml [--tier auto]
+    python launcher.py doctor               # what hardware was found, which preset tier
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from engine.config import ConfigError, parse_config
+    from engine.models.loader import ModelLoadError
+    from engine.data.folder import DatasetError
+    from engine.setup import SetupError
+
+    try:
+        data = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+        if args.tier:
+            from engine.hardware import pick_tier, probe
+            from engine.presets import apply_tier
+
+            tier = pick_tier(probe()).name if args.tier == "auto" else args.tier
+            print(f"preset tier: {tier} (values in {args.config} take precedence)")
+            data = apply_tier({}, tier, data)
+        cfg = parse_config(data)
+    except FileNotFoundError:
+        print(f"error: config file not found: {args.config}", file=sys.stderr)
+        return 2
+    except (ConfigError, tomllib.TOMLDecodeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from engine.progress import TqdmProgress
+    from engine.trainer import train
+
+    try:
+        result = train(cfg, TqdmProgress(print_every=args.print_every))
+    except (ModelLoadError, DatasetError, SetupError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"done: {result.steps} steps, final file {result.final_path}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from engine.doctor import doctor_report
+
+    print(doctor_report())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from webapp.server import serve
+
+    return serve(host=args.host, port=args.port, open_browser=not args.no_browser,
+                 listen=args.listen, auth=args.auth)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launcher.py", description="LoRA Forge")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="start the web app (default)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--no-browser", action="store_true")
+    serve.add_argument("--listen", action="store_true", help="expose on the network (needs --auth)")
+    serve.add_argument("--auth", help="user:password, required with --listen")
+    serve.set_defaults(func=cmd_serve)
+
+    train = sub.add_parser("train", help="train headless from a job TOML")
+    train.add_argument("--config", required=True)
+    train.add_argument("--tier", help="merge a hardware preset tier under the job ('auto' = probe)")
+    train.add_argument("--print-every", type=int, default=1, help="loss line every N steps (0 = off)")
+    train.set_defaults(func=cmd_train)
+
+    doctor = sub.add_parser("doctor", help="report GPU/VRAM, packages and the chosen preset tier")
+    doctor.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(argv or [])
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]  # no command given: serve, with any serve flags
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
