@@ -1,0 +1,263 @@
+"""Find and load a Stable Diffusion base model from a diffusers folder, a single file, or a hub id.
+
+Users point at whatever they have: a ``.safetensors`` from a model site, a diffusers folder, or a Hugging Face
+id. We work out which it is and which family (SD 1.5 / 2.x / XL) it belongs to *before* loading gigabytes, so
+a wrong choice fails fast with a sentence a person can act on. Pickled checkpoints are refused: loading one
+can run arbitrary code. Offline use is first-class: hub ids resolve from the local cache, and a missing
+model says so plainly instead of surfacing a network stack trace.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import torch
+
+Family = Literal["sd15", "sd2", "sdxl"]
+FAMILY_LABELS = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL"}
+TRAINABLE_FAMILIES = ("sd15", "sd2")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# Component weights + configs + tokenizers only: no root single files, fp16/EMA variants or safety checker.
+HUB_ALLOW_PATTERNS = [
+    "*.json", "*.txt", "tokenizer*/*",
+    "*/diffusion_pytorch_model.safetensors", "*/diffusion_pytorch_model-*.safetensors",
+    "*/model.safetensors", "*/model-*.safetensors",
+]
+HUB_IGNORE_PATTERNS = ["safety_checker/*"]
+CONFIG_PATTERNS = ["*.json", "*.txt", "tokenizer*/*"]
+# Where a single file's missing config (layer sizes, scheduler, tokenizer) can come from in the HF cache.
+REFERENCE_CONFIG_REPOS = {"sd15": ["stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"]}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelLoadError(RuntimeError):
+    """A base model could not be found or used; the message is meant for the end user."""
+
+
+@dataclass
+class ResolvedSource:
+    kind: Literal["diffusers", "single_file", "hub"]
+    path: Path
+    family: Family
+    name: str
+
+
+@dataclass
+class LoadedModel:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any
+    family: Family
+    prediction_type: str
+    source_kind: str
+    name: str
+    path: Path
+
+
+def detect_family_from_keys(keys: Iterable[str]) -> Family:
+    """Family of an original-layout checkpoint, from its text encoder key prefixes."""
+    keys = list(keys)
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        return "sdxl"  # XL base has embedders.0 (CLIP-L) + embedders.1 (OpenCLIP-G)
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"  # OpenCLIP ViT-H
+    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
+        return "sd15"  # OpenAI CLIP-L
+    if any(k.startswith(("lora_unet_", "lora_te", "lycoris_")) for k in keys):
+        raise ModelLoadError("This file is a LoRA, not a base model; pick a full Stable Diffusion checkpoint.")
+    if any(k.startswith(("down_blocks.", "model.diffusion_model.")) for k in keys):
+        raise ModelLoadError("This file holds only a UNet (no text encoder/VAE); pick a full checkpoint "
+                             "or a diffusers folder.")
+    raise ModelLoadError("Not a Stable Diffusion checkpoint: no known text encoder keys "
+                         "(cond_stage_model.* or conditioner.embedders.*).")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{path} is unreadable: {err}") from err
+
+
+def detect_family_from_folder(path: Path) -> Family:
+    """Family of a diffusers folder, from model_index.json and the component configs."""
+    path = Path(path)
+    index = _read_json(path / "model_index.json")
+    if index and "unet" not in index:
+        raise ModelLoadError(f"{path} is a {index.get('_class_name', 'non-UNet')} model; only Stable Diffusion "
+                             "1.x/2.x/XL models are supported.")
+    unet = _read_json(path / "unet" / "config.json")
+    if "text_encoder_2" in index or (path / "text_encoder_2").is_dir() or unet.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    text = _read_json(path / "text_encoder" / "config.json")
+    if text.get("hidden_act") == "gelu" or unet.get("cross_attention_dim") == 1024:
+        return "sd2"
+    return "sd15"
+
+
+def single_file_keys(path: Path) -> list[str]:
+    """Tensor names of a .safetensors file (reads only the header)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return list(fh.keys())
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise ModelLoadError(f"{path} is not a readable .safetensors file: {err}") from err
+
+
+def _looks_like_path(base: str) -> bool:
+    if base.lower().endswith((".safetensors", *PICKLE_SUFFIXES)) or "\\" in base:
+        return True
+    if base.startswith(("/", "./", "../", "~")) or re.match(r"^[A-Za-z]:", base) or not _HUB_ID.match(base):
+        return True
+    return Path(base.split("/")[0]).expanduser().exists()  # "models/foo" with a local models/ folder
+
+
+def _hub_error(repo_id: str, err: Exception) -> ModelLoadError:
+    from huggingface_hub import errors
+
+    if isinstance(err, (errors.LocalEntryNotFoundError, getattr(errors, "IncompleteSnapshotError", ()))):
+        return ModelLoadError(
+            f"{repo_id} is not in the local Hugging Face cache (or only partly) and the network is "
+            "unavailable/offline; download it first or point to a local folder or .safetensors file.")
+    if isinstance(err, errors.GatedRepoError):
+        return ModelLoadError(f"{repo_id} is gated on Hugging Face: accept its license on the website and log "
+                              "in (`hf auth login`), or point to a local copy.")
+    if isinstance(err, errors.RepositoryNotFoundError):
+        return ModelLoadError(f"{repo_id} was not found on Hugging Face (check the spelling; private repos "
+                              "need a login).")
+    return ModelLoadError(f"Could not fetch {repo_id} from Hugging Face: {err}")
+
+
+def _snapshot(repo_id: str, local_files_only: bool, cache_dir: Path | None, patterns: list[str]) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=local_files_only, cache_dir=cache_dir,
+                                      allow_patterns=patterns, ignore_patterns=HUB_IGNORE_PATTERNS))
+    except Exception as err:
+        raise _hub_error(repo_id, err) from err
+
+
+def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | None = None) -> ResolvedSource:
+    """Classify ``base`` (folder, single file or hub id) and detect its family without loading weights."""
+    base = str(base).strip()
+    if not base:
+        raise ModelLoadError("No base model given: choose a .safetensors file, a diffusers folder or a hub id.")
+    path = Path(base).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"{path} is a folder but not a diffusers model (no model_index.json).")
+        return ResolvedSource("diffusers", path, detect_family_from_folder(path), path.name)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in PICKLE_SUFFIXES:
+            raise ModelLoadError(
+                f"{path.name} is a pickle checkpoint ({suffix}); pickles can run arbitrary code when loaded, so "
+                "they are refused. Convert it to .safetensors first (or download the .safetensors version).")
+        if suffix != ".safetensors":
+            raise ModelLoadError(f"{path.name}: unsupported model file type {suffix!r}; use a .safetensors file.")
+        return ResolvedSource("single_file", path, detect_family_from_keys(single_file_keys(path)), path.name)
+    if _looks_like_path(base):
+        raise ModelLoadError(f"Model file or folder not found: {path}")
+    folder = _snapshot(base, local_files_only, cache_dir, HUB_ALLOW_PATTERNS)
+    if not (folder / "model_index.json").is_file():
+        raise ModelLoadError(f"{base} is not a diffusers model repo (no model_index.json).")
+    return ResolvedSource("hub", folder, detect_family_from_folder(folder), base)
+
+
+def _single_file_config(family: Family, explicit: Path | None, local_files_only: bool,
+                        cache_dir: Path | None) -> Path:
+    """A diffusers folder describing a single file's architecture, scheduler and tokenizer."""
+    if explicit is not None:
+        explicit = Path(explicit).expanduser()
+        if not (explicit / "model_index.json").is_file():
+            raise ModelLoadError(f"Single-file config {explicit} is not a diffusers folder (no model_index.json).")
+        return explicit
+    for repo in REFERENCE_CONFIG_REPOS.get(family, []):
+        for offline in (True, False) if not local_files_only else (True,):
+            try:
+                folder = _snapshot(repo, offline, cache_dir, CONFIG_PATTERNS)
+            except ModelLoadError:
+                continue
+            if (folder / "model_index.json").is_file():
+                return folder
+    if family == "sd2":
+        why = ("SD 2.x files do not say whether they are 512px epsilon or 768px v-prediction models, so pick the "
+               "matching diffusers folder (stabilityai/stable-diffusion-2-1 or -2-1-base) as the config.")
+    else:
+        repos = " or ".join(REFERENCE_CONFIG_REPOS.get(family, ["a matching diffusers model"]))
+        why = (f"none was found offline: download the config files of {repos} once (a few KB), or set a "
+               "local diffusers folder of the same architecture as the single-file config.")
+    raise ModelLoadError(f"Loading a single .safetensors file needs a diffusers config folder; {why}")
+
+
+def _check_family(source: ResolvedSource, family: str) -> None:
+    if family not in ("auto", *FAMILY_LABELS):
+        raise ModelLoadError(f"Unknown model family {family!r}; use auto, sd15, sd2 or sdxl.")
+    if family != "auto" and family != source.family:
+        raise ModelLoadError(f"{source.name} is an {FAMILY_LABELS[source.family]} model but the job is set to "
+                             f"{FAMILY_LABELS[family]}; change the model family (or use auto).")
+    if source.family not in TRAINABLE_FAMILIES:
+        raise ModelLoadError(f"{source.name}: {FAMILY_LABELS[source.family]} models are not supported by this "
+                             "trainer yet")
+
+
+def _load_folder(folder: Path, family: Family, dtype: torch.dtype) -> dict[str, Any]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    safe = {"use_safetensors": True}  # never fall back to pickled .bin weights
+    parts = {
+        "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **safe),
+        "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **safe),
+        "text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype, **safe),
+    }
+    if (folder / "tokenizer").is_dir():
+        parts["tokenizer"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    elif family == "sd15":  # SD 1.x always uses the stock CLIP-L tokenizer
+        from engine.models.clip_tokenizer import load_clip_tokenizer
+
+        parts["tokenizer"] = load_clip_tokenizer()
+    else:
+        raise ModelLoadError(f"{folder} has no tokenizer/ folder.")
+    return parts
+
+
+def load_sd_components(base: str, family: str = "auto", local_files_only: bool = False,
+                       single_file_config: Path | None = None, dtype: torch.dtype = torch.float32,
+                       cache_dir: Path | None = None) -> LoadedModel:
+    """Load UNet, VAE, text encoder, tokenizer and a DDPM training scheduler for an SD 1.x/2.x base model."""
+    from diffusers import DDPMScheduler
+
+    source = resolve_source(base, local_files_only=local_files_only, cache_dir=cache_dir)
+    _check_family(source, family)
+    try:
+        if source.kind == "single_file":
+            from diffusers import StableDiffusionPipeline
+
+            config = _single_file_config(source.family, single_file_config, local_files_only, cache_dir)
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(source.path), config=str(config), local_files_only=True, torch_dtype=dtype,
+                safety_checker=None, requires_safety_checker=False)
+            parts = {n: getattr(pipe, n) for n in ("unet", "vae", "text_encoder", "tokenizer")}
+            scheduler_config = pipe.scheduler.config
+        else:
+            parts = _load_folder(source.path, source.family, dtype)
+            scheduler_config = DDPMScheduler.load_config(source.path, subfolder="scheduler")
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise ModelLoadError(f"Could not load {source.name}: {err}") from err
+    noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+    return LoadedModel(**parts, noise_scheduler=noise_scheduler, family=source.family,
+                       prediction_type=noise_scheduler.config.prediction_type, source_kind=source.kind,
+                       name=source.name, path=source.path)

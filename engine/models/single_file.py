@@ -1,0 +1,154 @@
+"""Save a diffusers SD 1.x model as one original-layout (CompVis/LDM) ``.safetensors`` file.
+
+A1111, ComfyUI and most model sites expect DreamBooth results as a single checkpoint with the original
+Stable Diffusion key names (``model.diffusion_model.*``, ``first_stage_model.*``,
+``cond_stage_model.transformer.*``). This is the inverse of diffusers' single-file loader, so
+``StableDiffusionPipeline.from_single_file(path, config=<diffusers folder>)`` gives back identical weights.
+The mapping is computed from each model's config, so any block count / ``layers_per_block`` works
+(tiny test models included). Every key must map; an unknown key raises instead of being dropped.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.fileio import atomic_write
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_PREFIX = "cond_stage_model.transformer."
+
+_UNET_FIXED = {
+    "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+    "class_embedding.linear_1": "label_emb.0.0", "class_embedding.linear_2": "label_emb.0.2",
+}
+_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_VAE_FIXED = {"encoder.conv_norm_out": "encoder.norm_out", "decoder.conv_norm_out": "decoder.norm_out"}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _rename_head(rest: str, table: dict[str, str]) -> str:
+    """Rename the first dotted component(s) of ``rest`` using ``table`` (longest match first)."""
+    for old in sorted(table, key=len, reverse=True):
+        if rest == old or rest.startswith(old + "."):
+            return table[old] + rest[len(old):]
+    return rest
+
+
+def unet_key_to_original(key: str, config: Any) -> str:
+    """Map one diffusers UNet2DConditionModel key to its LDM ``openaimodel.UNetModel`` name."""
+    lpb = config.layers_per_block
+    if not isinstance(lpb, int):
+        raise ValueError("per-block layers_per_block lists have no original single-file layout")
+    head, _, param = key.rpartition(".")
+    if head in _UNET_FIXED:
+        return f"{_UNET_FIXED[head]}.{param}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)\.(.+)", key):
+        block, kind, idx, rest = int(m[1]), m[2], int(m[3]), m[4]
+        if kind == "downsamplers":  # the downsampler occupies the slot after the block's layers
+            return f"input_blocks.{1 + block * (lpb + 1) + lpb}.0.{rest.replace('conv.', 'op.', 1)}"
+        slot = 1 + block * (lpb + 1) + idx
+        if kind == "resnets":
+            return f"input_blocks.{slot}.0.{_rename_head(rest, _UNET_RESNET)}"
+        return f"input_blocks.{slot}.1.{rest}"
+    if m := re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        kind, idx, rest = m[1], int(m[2]), m[3]
+        if kind == "resnets":  # resnet, attention, resnet -> middle_block.0 / .1 / .2
+            return f"middle_block.{2 * idx}.{_rename_head(rest, _UNET_RESNET)}"
+        return f"middle_block.{2 * idx + 1}.{rest}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)\.(.+)", key):
+        block, kind, idx, rest = int(m[1]), m[2], int(m[3]), m[4]
+        if kind == "upsamplers":  # sits after the resnet (and the attention, if the block has one)
+            has_attn = "CrossAttn" in config.up_block_types[block]
+            return f"output_blocks.{block * (lpb + 1) + lpb}.{2 if has_attn else 1}.{rest}"
+        slot = block * (lpb + 1) + idx
+        if kind == "resnets":
+            return f"output_blocks.{slot}.0.{_rename_head(rest, _UNET_RESNET)}"
+        return f"output_blocks.{slot}.1.{rest}"
+    raise KeyError(f"no original single-file name for UNet key {key!r}")
+
+
+def vae_key_to_original(key: str, num_blocks: int) -> str:
+    """Map one diffusers AutoencoderKL key to its LDM ``AutoencoderKL`` name (decoder blocks are reversed)."""
+    head, _, param = key.rpartition(".")
+    if head in _VAE_FIXED:
+        return f"{_VAE_FIXED[head]}.{param}"
+    if re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out)|(post_)?quant_conv", head):
+        return key
+    if m := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.(resnets|downsamplers)\.(\d+)\.(.+)", key):
+        block, kind, idx, rest = m[1], m[2], m[3], m[4]
+        if kind == "downsamplers":
+            return f"encoder.down.{block}.downsample.{rest}"
+        return f"encoder.down.{block}.block.{idx}.{_rename_head(rest, {'conv_shortcut': 'nin_shortcut'})}"
+    if m := re.fullmatch(r"decoder\.up_blocks\.(\d+)\.(resnets|upsamplers)\.(\d+)\.(.+)", key):
+        block, kind, idx, rest = num_blocks - 1 - int(m[1]), m[2], m[3], m[4]
+        if kind == "upsamplers":
+            return f"decoder.up.{block}.upsample.{rest}"
+        return f"decoder.up.{block}.block.{idx}.{_rename_head(rest, {'conv_shortcut': 'nin_shortcut'})}"
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        part, kind, idx, rest = m[1], m[2], int(m[3]), m[4]
+        if kind == "resnets":
+            return f"{part}.mid.block_{idx + 1}.{_rename_head(rest, {'conv_shortcut': 'nin_shortcut'})}"
+        return f"{part}.mid.attn_{idx + 1}.{_rename_head(rest, _VAE_ATTN)}"
+    raise KeyError(f"no original single-file name for VAE key {key!r}")
+
+
+def text_key_to_original(key: str) -> str:
+    """CLIP-L keys keep transformers' names under ``text_model.`` (newer transformers drop that prefix)."""
+    return key if key.startswith("text_model.") else f"text_model.{key}"
+
+
+def to_original_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
+    """Original-layout state dict for an SD 1.x model (tensors are detached views; no copies in fp32)."""
+    if getattr(text_encoder.config, "hidden_act", "quick_gelu") != "quick_gelu" or hasattr(
+        text_encoder, "text_projection"
+    ):
+        raise ValueError("only SD 1.x (CLIP-L text encoder) models can be saved as an original single file")
+    out: dict[str, torch.Tensor] = {}
+
+    def put(name: str, tensor: torch.Tensor) -> None:
+        if name in out:
+            raise KeyError(f"two weights map to the same single-file key {name!r}")
+        tensor = tensor.detach()
+        out[name] = tensor if tensor.is_meta else tensor.cpu().contiguous()
+
+    for key, tensor in unet.state_dict().items():
+        put(UNET_PREFIX + unet_key_to_original(key, unet.config), tensor)
+    num_blocks = len(vae.config.block_out_channels)
+    for key, tensor in vae.state_dict().items():
+        name = vae_key_to_original(key, num_blocks)
+        if ".mid.attn_" in name and name.endswith("weight") and tensor.ndim == 2:
+            tensor = tensor[:, :, None, None]  # LDM's VAE attention uses 1x1 convs
+        put(VAE_PREFIX + name, tensor)
+    for key, tensor in text_encoder.state_dict().items():
+        if key.endswith("position_ids"):
+            continue  # a buffer, not a weight; loaders rebuild it
+        put(TEXT_PREFIX + text_key_to_original(key), tensor)
+    return out
+
+
+def _component(source: Any, name: str):
+    if isinstance(source, dict):
+        return source[name]
+    return getattr(source, name)
+
+
+def save_single_file(components: Any, path: Path, half: bool = False,
+                     metadata: dict[str, str] | None = None) -> Path:
+    """Write ``components`` (dict, pipeline or anything with ``unet``/``vae``/``text_encoder``) atomically.
+
+    ``half=True`` stores floating tensors as fp16 (half the size; what most shared checkpoints use).
+    """
+    from safetensors.torch import save_file
+
+    state = to_original_state_dict(*(_component(components, n) for n in ("unet", "vae", "text_encoder")))
+    if half:
+        state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
+    meta = {"format": "pt", **(metadata or {})}
+    return atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=meta))

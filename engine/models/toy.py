@@ -1,0 +1,148 @@
+"""Tiny Stable Diffusion models for tests and CPU smoke runs.
+
+They use the real SD architecture classes (so module names, LoRA targets, single-file key layouts and
+loaders behave exactly as with full-size weights) but with tiny widths and random, seeded weights, so a
+whole pipeline builds in about a second and no download is ever needed. The tokenizer is the real CLIP
+BPE tokenizer (see ``clip_tokenizer``), so token ids match production models.
+
+``sample_size`` everywhere is the UNet's latent size (diffusers' meaning); the tiny VAE downsamples 2x,
+so images are ``2 * sample_size`` pixels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# SD 1.x/2.x noise schedule (DDPM, scaled_linear 0.00085 -> 0.012, 1000 steps).
+SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                clip_sample=False, steps_offset=1)
+TEXT_HIDDEN = 32
+VAE_SCALE = 2  # tiny VAE has two blocks -> one downsample
+
+
+def _text_config(hidden_act: str = "quick_gelu", hidden: int = TEXT_HIDDEN, projection_dim: int | None = None):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, intermediate_size=2 * hidden,
+        vocab_size=49408, max_position_embeddings=77, hidden_act=hidden_act,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=projection_dim or hidden,
+    )
+
+
+def _vae(seed: int, sample_size: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8, sample_size=sample_size * VAE_SCALE, scaling_factor=0.18215,
+    )
+
+
+def _scheduler(prediction_type: str = "epsilon"):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(prediction_type=prediction_type, **SCHEDULE)
+
+
+def _sd_unet(seed: int, sample_size: int, channels: tuple[int, ...], layers_per_block: int,
+             cross_dim: int, sd2: bool = False):
+    """SD 1.x layout: cross-attention in every block but the deepest (SD 1.5 is CA, CA, CA, plain)."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(channels)
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=channels,
+        layers_per_block=layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        cross_attention_dim=cross_dim, attention_head_dim=8, norm_num_groups=8,
+        use_linear_projection=sd2,  # SD 2.x uses linear proj_in/proj_out
+    )
+
+
+def tiny_sd15_components(seed: int = 0, sample_size: int = 32, unet_channels: tuple[int, ...] = (32, 64),
+                         layers_per_block: int = 1, family: str = "sd15") -> dict[str, Any]:
+    """In-memory tiny SD 1.5 (or SD 2.x with ``family="sd2"``) components, seeded."""
+    from transformers import CLIPTextModel
+
+    from engine.models.clip_tokenizer import load_clip_tokenizer
+
+    sd2 = family == "sd2"
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(_text_config("gelu" if sd2 else "quick_gelu"))
+    return {
+        "unet": _sd_unet(seed, sample_size, tuple(unet_channels), layers_per_block, TEXT_HIDDEN, sd2=sd2),
+        "vae": _vae(seed + 1, sample_size),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": load_clip_tokenizer(),
+        "scheduler": _scheduler("v_prediction" if sd2 else "epsilon"),
+    }
+
+
+def _save_sd_pipeline(components: dict[str, Any], out_dir: Path) -> Path:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    out_dir = Path(out_dir)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def build_tiny_sd15(out_dir: Path, seed: int = 0, sample_size: int = 32, **kwargs: Any) -> Path:
+    """Save a tiny SD 1.5 diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+
+    ``kwargs`` go to :func:`tiny_sd15_components` (``unet_channels``, ``layers_per_block``).
+    """
+    return _save_sd_pipeline(tiny_sd15_components(seed, sample_size, **kwargs), out_dir)
+
+
+def build_tiny_sd2(out_dir: Path, seed: int = 0, sample_size: int = 32) -> Path:
+    """Tiny SD 2.x-style folder: text encoder with ``gelu`` (OpenCLIP), v-prediction, linear projections."""
+    return _save_sd_pipeline(tiny_sd15_components(seed, sample_size, family="sd2"), out_dir)
+
+
+def tiny_sdxl_components(seed: int = 0, sample_size: int = 32) -> dict[str, Any]:
+    """Tiny SDXL: two text encoders (CLIP-L-like + projected OpenCLIP-like), text_time added conditioning."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from engine.models.clip_tokenizer import load_clip_tokenizer
+
+    time_dim = 8
+    torch.manual_seed(seed + 2)
+    te1 = CLIPTextModel(_text_config("quick_gelu"))
+    torch.manual_seed(seed + 3)
+    te2 = CLIPTextModelWithProjection(_text_config("gelu", projection_dim=TEXT_HIDDEN))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * TEXT_HIDDEN,  # penultimate states of both encoders, concatenated
+        attention_head_dim=(2, 4), norm_num_groups=8, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        # 6 size/crop numbers embedded at time_dim each + the pooled text_encoder_2 projection
+        projection_class_embeddings_input_dim=6 * time_dim + TEXT_HIDDEN,
+    )
+    tokenizer_2 = load_clip_tokenizer()
+    tokenizer_2.pad_token = "!"  # SDXL's OpenCLIP tokenizer pads with "!"
+    return {
+        "unet": unet, "vae": _vae(seed + 1, sample_size), "text_encoder": te1.eval(), "text_encoder_2": te2.eval(),
+        "tokenizer": load_clip_tokenizer(), "tokenizer_2": tokenizer_2, "scheduler": _scheduler("epsilon"),
+    }
+
+
+def build_tiny_sdxl(out_dir: Path, seed: int = 0, sample_size: int = 32) -> Path:
+    """Save a tiny SDXL diffusers folder (used for family detection and refusal tests)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed, sample_size))
+    out_dir = Path(out_dir)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
