@@ -29,8 +29,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             from engine.hardware import pick_tier, probe
             from engine.presets import apply_tier
 
-            tier = pick_tier(probe()).name if args.tier == "auto" else args.tier
-            print(f"preset tier: {tier} (values in {args.config} take precedence)")
+            tier = pick_tier(probe()) if args.tier == "auto" else args.tier
+            if args.tier == "auto":
+                print(tier.reason)
+            name = getattr(tier, "name", tier)
+            print(f"preset tier: {name} (values in {args.config} take precedence)")
             data = apply_tier({}, tier, data)
         cfg = parse_config(data)
     except FileNotFoundError:

@@ -31,6 +31,9 @@ class ModelConfig(_Section):
     local_files_only: bool = Field(
         default=False, description="Never touch the network; hub ids must already be cached."
     )
+    config_dir: Optional[str] = Field(
+        default=None, description="Diffusers folder describing a single-file model's architecture "
+        "(needed offline; online, the SD 1.5 reference config is fetched once).")
 
 
 class DatasetConfig(_Section):

@@ -67,11 +67,17 @@ def _configure_memory(cfg: JobConfig, model: LoadedModel, train_te: bool) -> Non
                 gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks) -> TrainingSetup:
+def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
+                   model: LoadedModel | None = None) -> TrainingSetup:
+    """``model`` lets a caller that already holds the base in memory (benchmarks, the app's
+    cached base) skip loading it again; it is modified in place (LoRA layers are injected)."""
     t = cfg.training
     index = scan_dataset(cfg.dataset.path, cfg.dataset.default_repeats, cfg.dataset.caption_extension)
-    model = load_sd_components(cfg.model.base, family=cfg.model.family,
-                               local_files_only=cfg.model.local_files_only)
+    if model is None:
+        model = load_sd_components(cfg.model.base, family=cfg.model.family,
+                                   local_files_only=cfg.model.local_files_only,
+                                   single_file_config=(Path(cfg.model.config_dir)
+                                                       if cfg.model.config_dir else None))
     prediction_type = (model.prediction_type if cfg.model.prediction_type == "auto"
                        else cfg.model.prediction_type)
     model.noise_scheduler.register_to_config(prediction_type=prediction_type)

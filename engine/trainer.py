@@ -18,6 +18,7 @@ from engine.callbacks import Callbacks, StepInfo, StopToken, TrainResult
 from engine.config import JobConfig
 from engine.export.metadata import lora_metadata
 from engine.export.safetensors_io import save_with_metadata
+from engine.models.loader import LoadedModel
 from engine.losses import diffusion_loss, min_snr_weights, offset_noise, training_target
 from engine.networks import lora
 from engine.setup import TrainingSetup, build_training, encode_latents, resolve_mixed_precision
@@ -42,14 +43,14 @@ def save_lora(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path: 
     return save_with_metadata(lora_state(s, accelerator), path, meta, cfg.output.save_precision)
 
 
-def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | None = None
-          ) -> TrainResult:
+def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | None = None,
+          model: LoadedModel | None = None) -> TrainResult:
     cb, stop = callbacks or Callbacks(), stop or StopToken()
     t = cfg.training
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(t.mixed_precision, cb),
                               gradient_accumulation_steps=t.gradient_accumulation_steps)
     set_seed(t.seed)
-    s = build_training(cfg, accelerator, cb)
+    s = build_training(cfg, accelerator, cb, model)
     unet, te = s.model.unet, s.model.text_encoder
     if s.train_te:
         unet, te, optimizer, loader, scheduler = accelerator.prepare(

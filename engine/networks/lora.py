@@ -84,8 +84,8 @@ def text_encoder_targets(text_encoder: nn.Module, cfg: LoraNetworkConfig) -> lis
     return find_targets(text_encoder, _TE_PARENTS, cfg.dim, cfg.alpha)
 
 
-def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A}
+def lora_layers(model: nn.Module, adapter: str = ADAPTER) -> dict[str, LoraLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
 
 
 def kohya_key(model: nn.Module, prefix: str, name: str) -> str:

@@ -1,0 +1,119 @@
+"""Run one training job at a time in a background thread and keep its state for any viewer.
+
+Why here and not in the web app: the UI only reads snapshots; closing the browser does not
+touch the job, and the same runner can back the CLI, tests and the wizard.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from engine.callbacks import Callbacks, CallbackList, StepInfo, StopToken, TrainResult
+from engine.config import JobConfig
+
+
+class JobBusy(RuntimeError):
+    """A job is already running; only one fits on one GPU."""
+
+
+@dataclass
+class JobState:
+    status: str = "idle"  # idle | running | done | stopped | failed
+    step: int = 0
+    total_steps: int = 0
+    epoch: int = 0
+    losses: list[float] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    saved: list[str] = field(default_factory=list)
+    error: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.status != "running" or self.step == 0:
+            return None
+        elapsed = time.time() - self.started_at
+        return elapsed / self.step * (self.total_steps - self.step)
+
+
+class _Recorder(Callbacks):
+    def __init__(self, runner: "JobRunner") -> None:
+        self.runner = runner
+
+    def on_log(self, message: str) -> None:
+        self.runner._update(lambda s: s.log.append(message))
+
+    def on_start(self, total_steps: int) -> None:
+        self.runner._update(lambda s: setattr(s, "total_steps", total_steps))
+
+    def on_step(self, info: StepInfo) -> None:
+        def apply(s: JobState) -> None:
+            s.step, s.epoch = info.step, info.epoch
+            s.losses.append(info.loss)
+        self.runner._update(apply)
+
+    def on_saved(self, path: Path, epoch: int, step: int) -> None:
+        self.runner._update(lambda s: (s.saved.append(str(path)), s.log.append(f"saved {path}")))
+
+
+class JobRunner:
+    def __init__(self, train_fn: Callable[..., TrainResult] | None = None) -> None:
+        if train_fn is None:
+            from engine.trainer import train as train_fn
+        self._train = train_fn
+        self._lock = threading.Lock()
+        self._state = JobState()
+        self._stop: StopToken | None = None
+        self._thread: threading.Thread | None = None
+
+    def _update(self, fn: Callable[[JobState], object]) -> None:
+        with self._lock:
+            fn(self._state)
+
+    def snapshot(self) -> JobState:
+        with self._lock:
+            s = self._state
+            return replace(s, losses=list(s.losses), log=list(s.log), saved=list(s.saved))
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, cfg: JobConfig, extra: Callbacks | None = None) -> None:
+        with self._lock:
+            if self.running:
+                raise JobBusy("a training job is already running; stop it or wait for it to finish")
+            self._state = JobState(status="running", started_at=time.time())
+            self._stop = StopToken()
+            stop = self._stop
+        callbacks = CallbackList(_Recorder(self), extra)
+        self._thread = threading.Thread(target=self._run, args=(cfg, callbacks, stop),
+                                        name="loraforge-train", daemon=True)
+        self._thread.start()
+
+    def _run(self, cfg: JobConfig, callbacks: Callbacks, stop: StopToken) -> None:
+        try:
+            result = self._train(cfg, callbacks, stop)
+            status = "stopped" if result.stopped_early else "done"
+            self._update(lambda s: (setattr(s, "status", status), s.log.append(f"{status}: "
+                                    f"{result.steps} steps, final file {result.final_path}")))
+        except Exception as err:  # surfaced to the user, never swallowed
+            detail = f"{type(err).__name__}: {err}"
+            self._update(lambda s: (setattr(s, "status", "failed"), setattr(s, "error", detail),
+                                    s.log.append(detail), s.log.append(traceback.format_exc())))
+        finally:
+            self._update(lambda s: setattr(s, "finished_at", time.time()))
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.stop()
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.snapshot()

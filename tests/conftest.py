@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny SD1.5 (real architecture, random weights), a small synthetic dataset,
+and one real LoRA training run that several tests inspect."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    os.environ["LORAFORGE_CACHE"] = str(tmp_path_factory.mktemp("loraforge-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from engine.models.toy import build_tiny_sd15
+
+    return build_tiny_sd15(tmp_path_factory.mktemp("models") / "tiny-sd15", seed=0)
+
+
+def draw_shape_images(folder: Path, n: int, colour=(150, 40, 200), size: int = 64,
+                      caption: str = "zkz star, purple") -> Path:
+    """Simple structured images (a coloured disc at varying places) so a model can learn them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        im = Image.new("RGB", (size, size), (255, 255, 255))
+        cx, cy = rng.integers(size // 4, 3 * size // 4, 2)
+        r = size // 5
+        ImageDraw.Draw(im).ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+        im.save(folder / f"img_{i}.png")
+        (folder / f"img_{i}.txt").write_text(caption, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dataset")
+    draw_shape_images(root / "3_zkz star", 4)
+    return root
+
+
+def lora_job(model_dir: Path, dataset: Path, out_dir: Path, **overrides) -> dict:
+    """A small, fast LoRA job on the tiny model; alpha != dim on purpose (alpha must be kept)."""
+    job = {
+        "model": {"base": str(model_dir), "local_files_only": True},
+        "dataset": {"path": str(dataset), "resolution": 64},
+        "network": {"dim": 4, "alpha": 2.0},
+        "optimizer": {"type": "AdamW", "lr": 2e-3},
+        "training": {"epochs": 3, "batch_size": 2, "seed": 1},
+        "output": {"dir": str(out_dir), "name": "tiny", "save_every_n_epochs": 1,
+                   "save_precision": "fp32", "trigger_phrase": "zkz star"},
+    }
+    for section, values in overrides.items():
+        job.setdefault(section, {}).update(values)
+    return job
+
+
+@pytest.fixture(scope="session")
+def trained_lora(tmp_path_factory, tiny_model_dir, tiny_dataset):
+    """One real training run (3 epochs, 18 steps) shared by the inspection tests."""
+    from engine.config import parse_config
+    from engine.trainer import train
+
+    out = tmp_path_factory.mktemp("lora-out")
+    cfg = parse_config(lora_job(tiny_model_dir, tiny_dataset, out))
+    result = train(cfg)
+    return cfg, result

@@ -1,0 +1,52 @@
+"""The web app over the engine, driven through gradio_client against a real running server."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import tomli_w
+
+from conftest import lora_job
+
+
+@pytest.fixture()
+def server():
+    from webapp.server import build_app, find_free_port
+
+    app = build_app()
+    port = find_free_port("127.0.0.1", 7900)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def test_train_through_the_api(server, tmp_path, tiny_model_dir, tiny_dataset):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    job = tomli_w.dumps(lora_job(tiny_model_dir, tiny_dataset, tmp_path / "out",
+                                 training={"epochs": 2, "batch_size": 4}))
+    assert "dataset.resolution" in client.predict(job.replace("resolution = 64", "resolution = 65"),
+                                                  api_name="/check_job")
+    assert client.predict(job, api_name="/start_training") == "started"
+    assert "already running" in client.predict(job, api_name="/start_training")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        progress, log, plot, files = client.predict(api_name="/status")
+        if progress.startswith(("done", "failed", "stopped")):
+            break
+        time.sleep(1)
+    assert progress.startswith("done"), (progress, log)
+    assert "step 6/6" in progress
+    assert files.splitlines() == [str(tmp_path / "out" / "tiny-000001.safetensors"),
+                                  str(tmp_path / "out" / "tiny.safetensors")]
+    assert (tmp_path / "out" / "tiny.safetensors").is_file()
+
+
+def test_listen_requires_auth():
+    from webapp.server import parse_auth, serve
+
+    assert serve(listen=True, auth=None, open_browser=False) == 2
+    assert parse_auth("me:pw") == ("me", "pw")
+    with pytest.raises(ValueError):
+        parse_auth("nopassword")
