@@ -19,9 +19,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     import tomllib
 
     from engine.config import ConfigError, parse_config
-    from engine.models.loader import ModelLoadError
-    from engine.data.folder import DatasetError
-    from engine.setup import SetupError
 
     try:
         data = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
@@ -43,7 +40,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    from engine.data.folder import DatasetError
+    from engine.models.loader import ModelLoadError
     from engine.progress import TqdmProgress
+    from engine.setup import SetupError
     from engine.trainer import train
 
     try:

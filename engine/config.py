@@ -59,8 +59,15 @@ class LoraNetworkConfig(_Section):
     train_unet_only: bool = False
 
 
+class FullFinetuneConfig(_Section):
+    """DreamBooth-style full fine-tune: every UNet weight (and optionally the text encoder's)."""
+    type: Literal["dreambooth"] = "dreambooth"
+    train_text_encoder: bool = False
+    save_diffusers: bool = Field(default=True, description="Also write a diffusers folder.")
+
+
 # The network is a discriminated union on `type`; other methods join it as they land.
-NetworkConfig = Annotated[Union[LoraNetworkConfig], Field(discriminator="type")]
+NetworkConfig = Annotated[Union[LoraNetworkConfig, FullFinetuneConfig], Field(discriminator="type")]
 
 OptimizerName = Literal["AdamW", "AdamW8bit", "Adafactor", "Lion", "Prodigy"]
 SchedulerName = Literal["constant", "constant_with_warmup", "cosine", "cosine_with_restarts",
@@ -159,7 +166,7 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if p != "lora")
+        loc = ".".join(str(p) for p in e["loc"] if p not in ("lora", "dreambooth"))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"

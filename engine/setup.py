@@ -87,21 +87,25 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
                                                                       torch.float32)
-    train_te = not cfg.network.train_unet_only
+    is_lora = cfg.network.type == "lora"
+    train_te = (not cfg.network.train_unet_only) if is_lora else cfg.network.train_text_encoder
     for m in (model.unet, model.vae, model.text_encoder):
         m.requires_grad_(False)
-    for m in (model.unet, model.text_encoder, model.vae):
         m.to(accelerator.device)
-    if weight_dtype != torch.float32:  # frozen base in half precision; the VAE stays fp32
-        model.unet.to(dtype=weight_dtype)  # (an fp16 SD1.5 VAE produces NaNs)
+    if weight_dtype != torch.float32 and is_lora:  # frozen base in half precision; the VAE
+        model.unet.to(dtype=weight_dtype)           # stays fp32 (an fp16 SD1.5 VAE makes NaNs)
         model.text_encoder.to(dtype=weight_dtype)
 
-    unet_params = lora.inject_lora(model.unet, lora.unet_targets(model.unet, cfg.network),
-                                   cfg.network.dropout)
-    te_params = (lora.inject_lora(model.text_encoder,
-                                  lora.text_encoder_targets(model.text_encoder, cfg.network),
-                                  cfg.network.dropout) if train_te else [])
-    cast_training_params([model.unet, model.text_encoder], dtype=torch.float32)
+    if is_lora:
+        unet_params = lora.inject_lora(model.unet, lora.unet_targets(model.unet, cfg.network),
+                                       cfg.network.dropout)
+        te_params = (lora.inject_lora(model.text_encoder,
+                                      lora.text_encoder_targets(model.text_encoder, cfg.network),
+                                      cfg.network.dropout) if train_te else [])
+        cast_training_params([model.unet, model.text_encoder], dtype=torch.float32)
+    else:  # full fine-tune: every weight learns, kept in fp32 (autocast does the half math)
+        unet_params = list(model.unet.requires_grad_(True).parameters())
+        te_params = list(model.text_encoder.requires_grad_(True).parameters()) if train_te else []
     _configure_memory(cfg, model, train_te)
 
     dataset = TrainingSamples(index, cfg.dataset.resolution, cfg.dataset.flip_aug)

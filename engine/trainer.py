@@ -16,6 +16,7 @@ from accelerate.utils import set_seed
 
 from engine.callbacks import Callbacks, StepInfo, StopToken, TrainResult
 from engine.config import JobConfig
+from engine.export.checkpoint import checkpoint_metadata, save_checkpoint_file, save_diffusers_folder
 from engine.export.metadata import lora_metadata
 from engine.export.safetensors_io import save_with_metadata
 from engine.models.loader import LoadedModel
@@ -37,10 +38,18 @@ def lora_state(s: TrainingSetup, accelerator: Accelerator) -> dict[str, torch.Te
     return state
 
 
-def save_lora(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path: Path,
-              epoch: int, step: int) -> Path:
-    meta = lora_metadata(cfg, s.index, s.run, epoch, step, finished_at=time.time())
-    return save_with_metadata(lora_state(s, accelerator), path, meta, cfg.output.save_precision)
+def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path: Path,
+                epoch: int, step: int, final: bool = False) -> Path:
+    """A LoRA file, or for a full fine-tune a single-file checkpoint (+ diffusers folder at the end)."""
+    if cfg.network.type == "lora":
+        meta = lora_metadata(cfg, s.index, s.run, epoch, step, finished_at=time.time())
+        return save_with_metadata(lora_state(s, accelerator), path, meta, cfg.output.save_precision)
+    unet = accelerator.unwrap_model(s.model.unet)
+    te = accelerator.unwrap_model(s.model.text_encoder)
+    meta = checkpoint_metadata(cfg, s.model.family, s.model.prediction_type, epoch, step)
+    if final and cfg.network.save_diffusers:
+        save_diffusers_folder(s.model, unet, te, path.with_suffix(""))
+    return save_checkpoint_file(s.model, unet, te, path, meta, cfg.output.save_precision)
 
 
 def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | None = None,
@@ -108,8 +117,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         finished = step >= s.total_steps or stop.stopped or epoch == t.epochs
         n = cfg.output.save_every_n_epochs
         if not finished and n and epoch % n == 0 and accelerator.is_main_process:
-            path = save_lora(cfg, s, accelerator, out_dir / epoch_file_name(cfg.output.name, epoch),
-                             epoch, step)
+            path = save_output(cfg, s, accelerator, out_dir / epoch_file_name(cfg.output.name, epoch),
+                               epoch, step)
             result.saved.append(path)
             cb.on_saved(path, epoch, step)
         if finished:
@@ -118,7 +127,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     result.steps, result.stopped_early = step, stop.stopped
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final = save_lora(cfg, s, accelerator, out_dir / f"{cfg.output.name}.safetensors", epoch, step)
+        final = save_output(cfg, s, accelerator, out_dir / f"{cfg.output.name}.safetensors", epoch,
+                            step, final=True)
         result.final_path = final
         result.saved.append(final)
         cb.on_saved(final, epoch, step)

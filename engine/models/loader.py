@@ -30,6 +30,9 @@ HUB_IGNORE_PATTERNS = ["safety_checker/*"]
 CONFIG_PATTERNS = ["*.json", "*.txt", "tokenizer*/*"]
 # Where a single file's missing config (layer sizes, scheduler, tokenizer) can come from in the HF cache.
 REFERENCE_CONFIG_REPOS = {"sd15": ["stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"]}
+# The tiny pretrained "shapes" model shipped with the app, so everything works with no download.
+EMBEDDED_NAMES = ("embedded", "embedded:shapes")
+EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "presets" / "base" / "shapes-base"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -152,6 +155,11 @@ def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | 
     base = str(base).strip()
     if not base:
         raise ModelLoadError("No base model given: choose a .safetensors file, a diffusers folder or a hub id.")
+    if base in EMBEDDED_NAMES:
+        if not (EMBEDDED_DIR / "model_index.json").is_file():
+            raise ModelLoadError(f"The embedded default model is missing from {EMBEDDED_DIR}; rebuild it with "
+                                 "`python -m engine.demo.pretrain` or reinstall LoRA Forge.")
+        return ResolvedSource("diffusers", EMBEDDED_DIR, detect_family_from_folder(EMBEDDED_DIR), "shapes-base")
     path = Path(base).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():

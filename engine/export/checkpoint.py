@@ -1,0 +1,69 @@
+"""Save a full fine-tune (DreamBooth-style) result: one original-layout single file that A1111 and
+ComfyUI load, and optionally a diffusers folder for diffusers users."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from engine.config import JobConfig
+from engine.export.metadata import MODELSPEC_ARCH
+from engine.models.loader import LoadedModel
+from engine.models.single_file import save_single_file
+
+
+def checkpoint_metadata(cfg: JobConfig, family: str, prediction_type: str, epoch: int,
+                        step: int) -> dict[str, str]:
+    res = cfg.dataset.resolution
+    return {
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": MODELSPEC_ARCH[family],
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": cfg.output.name,
+        "modelspec.resolution": f"{res}x{res}",
+        "modelspec.date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "modelspec.prediction_type": prediction_type,
+        "modelspec.trigger_phrase": cfg.output.trigger_phrase,
+        "modelspec.author": cfg.output.author,
+        "modelspec.description": cfg.output.description,
+        "ss_output_name": cfg.output.name,
+        "ss_epoch": str(epoch),
+        "ss_steps": str(step),
+        "ss_seed": str(cfg.training.seed),
+        "ss_learning_rate": str(cfg.optimizer.lr),
+    }
+
+
+def save_checkpoint_file(model: LoadedModel, unet, text_encoder, path: Path, metadata: dict[str, str],
+                         precision: str) -> Path:
+    parts = {"unet": unet, "vae": model.vae, "text_encoder": text_encoder}
+    return save_single_file(parts, path, half=precision == "fp16", metadata=metadata)
+
+
+def save_diffusers_folder(model: LoadedModel, unet, text_encoder, folder: Path) -> Path:
+    """Write the pipeline to a temp folder beside ``folder`` and swap it in, so a crash never
+    leaves a half-written model where a good one was."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    folder = Path(folder)
+    pipe = StableDiffusionPipeline(
+        vae=model.vae, text_encoder=text_encoder, tokenizer=model.tokenizer, unet=unet,
+        scheduler=PNDMScheduler.from_config(model.noise_scheduler.config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if folder.exists():
+            old = folder.with_name(folder.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
