@@ -3,6 +3,8 @@
 
     python launcher.py                      # start the web app on 127.0.0.1
     python launcher.py train --config job.toml [--tier auto]
+    python launcher.py grid --base B --checkpoints A.safetensors ... --prompt P
+    python launcher.py pick EPOCH.safetensors --name FINAL
     python launcher.py doctor               # what hardware was found, which preset tier
 """
 from __future__ import annotations
@@ -55,6 +57,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    from engine.grid import GridError, GridJob, parse_weights, run_grid
+    from engine.models.loader import ModelLoadError, load_sd_components
+    from tqdm import tqdm
+
+    try:
+        weights = parse_weights(args.weights)
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+        missing = [p for p in args.checkpoints if not Path(p).is_file()]
+        if missing:
+            raise GridError(f"checkpoint not found: {missing[0]}")
+        model = load_sd_components(args.base, local_files_only=args.offline)
+    except (GridError, ModelLoadError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    size = args.size or 512
+    job = GridJob(checkpoints=[Path(p) for p in args.checkpoints], prompts=args.prompt, weights=weights,
+                  seeds=seeds, z_axis="seed" if args.seeds else "prompt", negative=args.negative,
+                  steps=args.steps, cfg_scale=args.cfg, width=size, height=size)
+    bar = tqdm(total=len(job.checkpoints) * len(weights), unit="cell-group")
+    result = run_grid(model, job, Path(args.out), lambda done, total: bar.update(1))
+    bar.close()
+    for path in result.grids:
+        print(f"grid: {path}")
+    return 0
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    from engine.export.pick import pick_checkpoint
+
+    dest = Path(args.out) / f"{args.name}.safetensors"
+    try:
+        pick_checkpoint(Path(args.checkpoint), dest, args.weight)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"picked {args.checkpoint} -> {dest}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from engine.doctor import doctor_report
 
@@ -86,6 +128,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tier", help="merge a hardware preset tier under the job ('auto' = probe)")
     train.add_argument("--print-every", type=int, default=1, help="loss line every N steps (0 = off)")
     train.set_defaults(func=cmd_train)
+
+    grid = sub.add_parser("grid", help="XYZ grid: checkpoints x LoRA weights (x prompts or seeds)")
+    grid.add_argument("--base", required=True, help="base model (folder, .safetensors, hub id, embedded)")
+    grid.add_argument("--checkpoints", nargs="+", required=True, help="LoRA files, one grid row each")
+    grid.add_argument("--prompt", action="append", required=True, help="repeat for a prompt Z axis")
+    grid.add_argument("--negative", default="")
+    grid.add_argument("--weights", default="0, 0.4, 0.6, 0.8, 1.0", help="list or range '0.4-1.0(+0.2)'")
+    grid.add_argument("--seed", type=int, default=42)
+    grid.add_argument("--seeds", help="comma-separated seeds: makes seeds the Z axis")
+    grid.add_argument("--steps", type=int, default=20)
+    grid.add_argument("--cfg", type=float, default=7.0)
+    grid.add_argument("--size", type=int, help="image size in pixels (default 512)")
+    grid.add_argument("--offline", action="store_true", help="never download the base model")
+    grid.add_argument("--out", default="output/grid")
+    grid.set_defaults(func=cmd_grid)
+
+    pick = sub.add_parser("pick", help="publish one epoch's file under the final name")
+    pick.add_argument("checkpoint")
+    pick.add_argument("--name", required=True)
+    pick.add_argument("--out", default="output")
+    pick.add_argument("--weight", type=float, help="the LoRA weight you chose, stored in metadata")
+    pick.set_defaults(func=cmd_pick)
 
     doctor = sub.add_parser("doctor", help="report GPU/VRAM, packages and the chosen preset tier")
     doctor.set_defaults(func=cmd_doctor)

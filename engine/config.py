@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -118,6 +118,31 @@ class OutputConfig(_Section):
     trigger_phrase: str = ""
 
 
+class SampleConfig(_Section):
+    """Images generated while training, to watch a LoRA learn (kohya prompt-line syntax)."""
+    prompts: list[str] = Field(default_factory=list,
+                               description="prompt --n negative --w 512 --h 512 --d seed --s steps --l cfg")
+    every_n_epochs: int = Field(default=0, ge=0, description="0 = never")
+    every_n_steps: int = Field(default=0, ge=0, description="0 = never")
+    sampler: Literal["euler_a", "euler", "ddim"] = "euler_a"
+    steps: int = Field(default=20, ge=1, le=150)
+    cfg_scale: float = Field(default=7.0, ge=1.0, le=30.0)
+    seed: int = Field(default=42, ge=0)
+
+    @field_validator("prompts")
+    @classmethod
+    def _lines_parse(cls, lines: list[str]) -> list[str]:
+        from engine.sample_prompts import PromptLineError, parse_prompt_line
+        from engine.sampler import SampleSpec
+
+        for i, line in enumerate(lines):
+            try:
+                parse_prompt_line(line, SampleSpec(""))
+            except PromptLineError as err:
+                raise ValueError(f"line {i + 1}: {err}") from None
+        return lines
+
+
 class JobConfig(_Section):
     schema_version: int = SCHEMA_VERSION
     model: ModelConfig
@@ -127,6 +152,7 @@ class JobConfig(_Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
-from engine.callbacks import Callbacks, StepInfo, StopToken, TrainResult
+from engine.callbacks import CallbackList, Callbacks, StepInfo, StopToken, TrainResult
 from engine.config import JobConfig
+from engine.curves import CurveWriter
 from engine.export.checkpoint import checkpoint_metadata, save_checkpoint_file, save_diffusers_folder
 from engine.export.metadata import lora_metadata
 from engine.export.safetensors_io import save_with_metadata
@@ -25,6 +27,7 @@ from engine.networks import lora
 from engine.setup import TrainingSetup, build_training, encode_latents, resolve_mixed_precision
 from engine.data.captions import process_caption
 from engine.text import encode_prompts
+from engine.train_samples import sample_during_training, should_sample
 
 
 def epoch_file_name(name: str, epoch: int) -> str:
@@ -54,8 +57,13 @@ def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path
 
 def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | None = None,
           model: LoadedModel | None = None) -> TrainResult:
-    cb, stop = callbacks or Callbacks(), stop or StopToken()
+    stop = stop or StopToken()
+    cb = CallbackList(CurveWriter(Path(cfg.output.dir), cfg.output.name, plot_every=25), callbacks)
     t = cfg.training
+    # accelerate keeps its state in a process-wide singleton; a long-running app trains many jobs
+    # (with different precisions) in one process, so start each job from a clean state. The
+    # distributed (partial) state is kept, so multi-process runs are unaffected.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(t.mixed_precision, cb),
                               gradient_accumulation_steps=t.gradient_accumulation_steps)
     set_seed(t.seed)
@@ -70,6 +78,12 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     caption_rng = random.Random(t.seed)
     out_dir = Path(cfg.output.dir)
     result = TrainResult(final_path=None)
+
+    def take_samples(epoch: int, step: int) -> None:
+        paths = sample_during_training(cfg, s.model, accelerator.unwrap_model(unet),
+                                       accelerator.unwrap_model(te), epoch, step, accelerator.autocast)
+        cb.on_sample(paths, epoch, step)
+
     cb.on_start(s.total_steps)
 
     step, epoch = 0, 0
@@ -110,6 +124,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                 epoch_losses.append(step_loss)
                 result.losses.append(step_loss)
                 cb.on_step(StepInfo(step, s.total_steps, epoch, step_loss, scheduler.get_last_lr()[0]))
+                if should_sample(cfg, step=step) and accelerator.is_main_process:
+                    take_samples(epoch, step)
                 if step >= s.total_steps or stop.stopped:
                     break
         cb.on_epoch_end(epoch, sum(epoch_losses) / max(len(epoch_losses), 1))
@@ -121,6 +137,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                                epoch, step)
             result.saved.append(path)
             cb.on_saved(path, epoch, step)
+        if should_sample(cfg, epoch=epoch) and accelerator.is_main_process:
+            take_samples(epoch, step)
         if finished:
             break
 

@@ -43,6 +43,30 @@ def test_train_through_the_api(server, tmp_path, tiny_model_dir, tiny_dataset):
     assert (tmp_path / "out" / "tiny.safetensors").is_file()
 
 
+def test_default_job_is_the_embedded_demo_and_trains(server, tmp_path):
+    import tomllib
+
+    from gradio_client import Client
+
+    from conftest import ROOT
+
+    client = Client(server, verbose=False)
+    job = tomllib.loads(client.predict(api_name="/default_job"))
+    assert job["model"]["base"] == "embedded"
+    assert job["dataset"]["path"] == str(ROOT / "presets" / "demo" / "zkz_star")
+    job["output"]["dir"] = str(tmp_path)
+    job["training"]["max_steps"] = 2
+    assert client.predict(tomli_w.dumps(job), api_name="/start_training") == "started"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        progress, log, _, files = client.predict(api_name="/status")
+        if not progress.startswith("running"):
+            break
+        time.sleep(1)
+    assert progress.startswith("done") and "shapes-base" in log, (progress, log)
+    assert files.splitlines() == [str(tmp_path / "zkz_star.safetensors")]
+
+
 def test_listen_requires_auth():
     from webapp.server import parse_auth, serve
 

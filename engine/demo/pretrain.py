@@ -2,7 +2,7 @@
 
     python -m engine.demo.pretrain --out presets/base        # about 25 minutes on 2 CPU cores
 
-Steps: (1) draw the shapes dataset, (2) train a tiny AutoencoderKL (f=4: 64 px -> 16x16x4
+Steps: (1) draw the shapes dataset, (2) train a tiny AutoencoderKL (f=8 like SD: 64 px -> 8x8x4
 latents) with its own short loop, (3) write a model folder with that VAE plus a randomly
 initialised SD-architecture UNet and a small CLIP text encoder (real CLIP tokenizer), (4) train
 UNet + text encoder with the engine's own full fine-tune path (``network.type = "dreambooth"``),
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,9 +31,11 @@ def build_vae(seed: int):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64),
-                         layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 3,
-                         up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=16,
+    # norm_num_groups=2: with one channel per group GroupNorm becomes instance norm, which wipes
+    # out each channel's mean, i.e. the absolute colour of flat shapes.
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 32, 64),
+                         layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=2,
                          sample_size=IMAGE_SIZE)
 
 
@@ -41,10 +44,10 @@ def build_unet(seed: int, cross_dim: int):
 
     torch.manual_seed(seed + 1)
     return UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, block_out_channels=(64, 128, 128),
+        sample_size=IMAGE_SIZE // 8, in_channels=4, out_channels=4, block_out_channels=(64, 128),
         layers_per_block=1, cross_attention_dim=cross_dim, attention_head_dim=4, norm_num_groups=32,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
 
 
 def build_text_encoder(seed: int):
@@ -66,8 +69,8 @@ def load_images(folder: Path) -> torch.Tensor:
 def train_vae(vae, images: torch.Tensor, steps: int, seed: int, log=print) -> float:
     """Reconstruction (MSE) + a tiny KL term; returns the latent scaling factor (1 / latent std)."""
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
     vae.train()
     for step in range(1, steps + 1):
         batch = images[torch.randint(0, len(images), (16,), generator=g)]
@@ -135,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("presets/base"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-spec", type=int, default=12, help="images per (shape, colour, background)")
-    ap.add_argument("--vae-steps", type=int, default=1200)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--vae-steps", type=int, default=800)
+    ap.add_argument("--epochs", type=int, default=43)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 "vae_steps": args.vae_steps, "epochs": args.epochs, "steps": result.steps,
                 "final_loss_mean_last_50": sum(result.losses[-50:]) / max(1, len(result.losses[-50:])),
                 "seconds": round(time.time() - t0), "torch_threads": torch.get_num_threads(),
-                "command": "python -m engine.demo.pretrain " + " ".join(argv or [])}
+                "command": " ".join(["python -m engine.demo.pretrain", *(sys.argv[1:] if argv is None else argv)])}
         (args.out / f"{NAME}.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
     return 0

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.config import JobConfig
-from engine.export.metadata import MODELSPEC_ARCH
+from engine.export.metadata import modelspec_architecture
 from engine.models.loader import LoadedModel
 from engine.models.single_file import save_single_file
 
@@ -18,7 +18,7 @@ def checkpoint_metadata(cfg: JobConfig, family: str, prediction_type: str, epoch
     res = cfg.dataset.resolution
     return {
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": MODELSPEC_ARCH[family],
+        "modelspec.architecture": modelspec_architecture(family, prediction_type),
         "modelspec.implementation": "diffusers",
         "modelspec.title": cfg.output.name,
         "modelspec.resolution": f"{res}x{res}",

@@ -13,8 +13,15 @@ from engine.config import JobConfig
 from engine.data.folder import DatasetIndex
 
 BASE_MODEL_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-MODELSPEC_ARCH = {"sd15": "stable-diffusion-v1", "sd2": "stable-diffusion-v2",
+MODELSPEC_ARCH = {"sd15": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
                   "sdxl": "stable-diffusion-xl-v1-base"}
+
+
+def modelspec_architecture(family: str, prediction_type: str) -> str:
+    """SAI model-spec names; SD2 is split by parameterization (768-v vs 512 epsilon)."""
+    if family == "sd2" and prediction_type == "v_prediction":
+        return "stable-diffusion-v2-768-v"
+    return MODELSPEC_ARCH[family]
 
 
 @dataclass
@@ -96,7 +103,7 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         "ss_shuffle_caption": str(cfg.dataset.shuffle_caption),
         "ss_keep_tokens": str(cfg.dataset.keep_tokens),
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": f"{MODELSPEC_ARCH[run.family]}/lora",
+        "modelspec.architecture": f"{modelspec_architecture(run.family, run.prediction_type)}/lora",
         "modelspec.implementation": "diffusers",
         "modelspec.title": cfg.output.name,
         "modelspec.resolution": f"{res}x{res}",

@@ -57,7 +57,8 @@ def find_targets(model: nn.Module, parents: tuple[str, ...], rank: int, alpha: f
     return list(targets.values())
 
 
-def inject_lora(model: nn.Module, targets: list[Target], dropout: float = 0.0) -> list[nn.Parameter]:
+def inject_lora(model: nn.Module, targets: list[Target], dropout: float = 0.0,
+                adapter_name: str = ADAPTER) -> list[nn.Parameter]:
     """Wrap every target with a peft LoRA layer (up weights start at zero: no change at step 0)."""
     if not targets:
         raise ValueError(f"no LoRA target modules found in {type(model).__name__}")
@@ -68,8 +69,8 @@ def inject_lora(model: nn.Module, targets: list[Target], dropout: float = 0.0) -
         rank_pattern={re.escape(t.name): t.rank for t in targets if t.rank != base.rank},
         alpha_pattern={re.escape(t.name): t.alpha for t in targets if t.alpha != base.alpha},
     )
-    inject_adapter_in_model(config, model, adapter_name=ADAPTER)
-    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    inject_adapter_in_model(config, model, adapter_name=adapter_name)
+    params = [p for n, p in model.named_parameters() if "lora_" in n and f".{adapter_name}." in n]
     for p in params:
         p.requires_grad_(True)
     return params
@@ -108,22 +109,23 @@ def kohya_state_dict(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_kohya_state_dict(model: nn.Module, prefix: str, state: dict[str, torch.Tensor]) -> int:
+def load_kohya_state_dict(model: nn.Module, prefix: str, state: dict[str, torch.Tensor],
+                          adapter_name: str = ADAPTER) -> int:
     """Copy kohya tensors back into an injected model (resume, picking an epoch). Returns count."""
     n = 0
-    for name, layer in lora_layers(model).items():
+    for name, layer in lora_layers(model, adapter_name).items():
         key = kohya_key(model, prefix, name)
         if f"{key}.lora_down.weight" not in state:
             continue
         with torch.no_grad():
-            layer.lora_A[ADAPTER].weight.copy_(state[f"{key}.lora_down.weight"])
-            layer.lora_B[ADAPTER].weight.copy_(state[f"{key}.lora_up.weight"])
+            layer.lora_A[adapter_name].weight.copy_(state[f"{key}.lora_down.weight"])
+            layer.lora_B[adapter_name].weight.copy_(state[f"{key}.lora_up.weight"])
         n += 1
     return n
 
 
-def set_multiplier(model: nn.Module, multiplier: float) -> None:
+def set_multiplier(model: nn.Module, multiplier: float, adapter_name: str = ADAPTER) -> None:
     """Scale every LoRA's contribution (the 'LoRA weight' in A1111's ``<lora:name:w>``)."""
-    for layer in lora_layers(model).values():
-        r = layer.r[ADAPTER]
-        layer.scaling[ADAPTER] = layer.lora_alpha[ADAPTER] / r * multiplier
+    for layer in lora_layers(model, adapter_name).values():
+        r = layer.r[adapter_name]
+        layer.scaling[adapter_name] = layer.lora_alpha[adapter_name] / r * multiplier

@@ -1,0 +1,69 @@
+"""Loss and learning-rate curves written while training: a CSV row per step and a PNG redrawn
+every few steps, because people would rather look at a curve than read numbers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.callbacks import Callbacks, StepInfo, TrainResult
+from engine.fileio import atomic_write
+
+
+def smooth(values: list[float], beta: float = 0.9) -> list[float]:
+    """Bias-corrected exponential moving average (what TensorBoard's smoothing slider shows)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta ** i))
+    return out
+
+
+def plot_curves(steps: list[int], losses: list[float], lrs: list[float], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, height_ratios=(3, 1))
+    ax1.plot(steps, losses, color="#bbbbbb", linewidth=0.8, label="loss")
+    ax1.plot(steps, smooth(losses), color="#d62728", linewidth=1.6, label="smoothed")
+    ax1.set_ylabel("loss")
+    ax1.legend(loc="upper right")
+    ax1.grid(alpha=0.3)
+    ax2.plot(steps, lrs, color="#1f77b4")
+    ax2.set_ylabel("learning rate")
+    ax2.set_xlabel("step")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+    return Path(path)
+
+
+class CurveWriter(Callbacks):
+    """Writes ``<dir>/<name>_loss.csv`` every step and ``<dir>/<name>_loss.png`` every
+    ``plot_every`` steps and at the end."""
+
+    def __init__(self, out_dir: Path, name: str, plot_every: int = 10) -> None:
+        self.csv = Path(out_dir) / f"{name}_loss.csv"
+        self.png = Path(out_dir) / f"{name}_loss.png"
+        self.plot_every = plot_every
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.lrs: list[float] = []
+
+    def on_start(self, total_steps: int) -> None:
+        self.csv.parent.mkdir(parents=True, exist_ok=True)
+        self.csv.write_text("step,epoch,loss,lr\n", encoding="utf-8")
+
+    def on_step(self, info: StepInfo) -> None:
+        self.steps.append(info.step)
+        self.losses.append(info.loss)
+        self.lrs.append(info.lr)
+        with open(self.csv, "a", encoding="utf-8") as fh:
+            fh.write(f"{info.step},{info.epoch},{info.loss:.6f},{info.lr:.6e}\n")
+        if self.plot_every and info.step % self.plot_every == 0:
+            plot_curves(self.steps, self.losses, self.lrs, self.png)
+
+    def on_end(self, result: TrainResult) -> None:
+        if self.steps:
+            plot_curves(self.steps, self.losses, self.lrs, self.png)

@@ -1,0 +1,31 @@
+"""'Pick this epoch': publish one saved checkpoint under the final output name.
+
+The tensors are copied unchanged (so the AutoV3 hash stays the same); the metadata names the new
+file and remembers where it came from and the weight chosen in the grid.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from engine.export.hashes import safetensors_file_data_hash
+from engine.fileio import atomic_write
+
+
+def pick_checkpoint(src: Path, dest: Path, preferred_weight: float | None = None) -> Path:
+    src, dest = Path(src), Path(dest)
+    if src.resolve() == dest.resolve():
+        raise ValueError("the picked checkpoint already has that name")
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    name = dest.stem
+    meta.update({"ss_output_name": name, "modelspec.title": name, "ss_picked_from": src.name})
+    if preferred_weight is not None:
+        meta["ss_preferred_weight"] = f"{preferred_weight:g}"
+    atomic_write(dest, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    if meta.get("sshs_model_hash") and safetensors_file_data_hash(dest) != meta["sshs_model_hash"]:
+        raise RuntimeError(f"{dest}: tensor data changed while copying")  # never silently corrupt
+    return dest
