@@ -20,7 +20,9 @@ def background_colour(im: Image.Image) -> np.ndarray:
     return np.median(border, axis=0)
 
 
-def foreground_mask(im: Image.Image, threshold: float = 60.0) -> np.ndarray:
+def foreground_mask(im: Image.Image, threshold: float = 100.0) -> np.ndarray:
+    """Pixels far from the background colour (100 ignores the faint halos generated images have
+    at shape edges and borders, which would otherwise inflate the bounding box)."""
     a = _rgb(im)
     return np.linalg.norm(a - background_colour(im), axis=-1) > threshold
 
@@ -59,6 +61,32 @@ def shape_class(im: Image.Image) -> str | None:
     if r >= 0.66:
         return "circle"
     return "pointy"
+
+
+def mean_hue(im: Image.Image) -> float | None:
+    """Circular mean hue (degrees) of the foreground, weighted by saturation."""
+    mask = foreground_mask(im)
+    if mask.sum() < 20:
+        return None
+    rgb = _rgb(im)[mask] / 255.0
+    mx, mn = rgb.max(1), rgb.min(1)
+    delta = np.where(mx - mn == 0, 1e-9, mx - mn)
+    r, g, b = rgb.T
+    h = np.select([mx == r, mx == g], [((g - b) / delta) % 6, (b - r) / delta + 2], (r - g) / delta + 4)
+    ang = np.deg2rad(h * 60)
+    sat = (mx - mn) / np.where(mx == 0, 1, mx)
+    return float(np.rad2deg(np.arctan2((sat * np.sin(ang)).sum(), (sat * np.cos(ang)).sum())) % 360)
+
+
+def hue_distance(a: float, b: float) -> float:
+    d = abs(a - b) % 360
+    return min(d, 360 - d)
+
+
+def palette_hue(name: str) -> float:
+    from colorsys import rgb_to_hsv
+
+    return rgb_to_hsv(*(v / 255 for v in COLOURS[name]))[0] * 360
 
 
 def purple_fraction(im: Image.Image, tolerance: float = 70.0) -> float:
