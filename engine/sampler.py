@@ -6,11 +6,12 @@ one base in memory instead of reloading it per image.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
 
-from engine.models.loader import LoadedModel
+if TYPE_CHECKING:  # keep config validation (which parses prompt lines) free of torch imports
+    from engine.models.loader import LoadedModel
 
 
 @dataclass
@@ -24,7 +25,7 @@ class SampleSpec:
     height: int = 512
 
 
-def build_pipeline(model: LoadedModel, unet=None, text_encoder=None, scheduler: str = "euler_a"):
+def build_pipeline(model: "LoadedModel", unet=None, text_encoder=None, scheduler: str = "euler_a"):
     from diffusers import (DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
                            StableDiffusionPipeline)
 
@@ -39,12 +40,14 @@ def build_pipeline(model: LoadedModel, unet=None, text_encoder=None, scheduler: 
     return pipe
 
 
-@torch.no_grad()
 def generate(pipe, spec: SampleSpec, num_images: int = 1) -> list[Image.Image]:
     """Images for ``spec``; image i uses seed ``spec.seed + i`` (A1111's batch convention)."""
+    import torch
+
     gens = [torch.Generator(device="cpu").manual_seed(spec.seed + i) for i in range(num_images)]
-    out = pipe(prompt=[spec.prompt] * num_images,
-               negative_prompt=[spec.negative] * num_images if spec.negative else None,
-               num_inference_steps=spec.steps, guidance_scale=spec.cfg_scale,
-               width=spec.width, height=spec.height, generator=gens, output_type="pil")
+    with torch.no_grad():
+        out = pipe(prompt=[spec.prompt] * num_images,
+                   negative_prompt=[spec.negative] * num_images if spec.negative else None,
+                   num_inference_steps=spec.steps, guidance_scale=spec.cfg_scale,
+                   width=spec.width, height=spec.height, generator=gens, output_type="pil")
     return out.images

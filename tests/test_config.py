@@ -89,3 +89,18 @@ def test_toml_file_errors(tmp_path):
     bad.write_text("[model\nbase = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_validating_a_job_does_not_import_torch():
+    """A typo must be reported instantly, not after seconds of ML imports."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys; from engine.config import parse_config; "
+            "parse_config({'model': {'base': 'x'}, 'dataset': {'path': 'd'}, "
+            "'sample': {'prompts': ['a cat --s 3 --l 5']}}); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
