@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
 
 from engine.lora_apply import LoraSwapper
 from engine.models.loader import LoadedModel
 from engine.sample_prompts import a1111_parameters, save_png_with_parameters
-from engine.sampler import SampleSpec, build_pipeline
+from engine.sampler import SampleSpec, build_pipeline, generate_batch
 
 DEFAULT_WEIGHTS = (0.0, 0.4, 0.6, 0.8, 1.0)
 _RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*\(\s*\+\s*([\d.]+)\s*\)\s*$")
@@ -108,14 +107,10 @@ def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
         swapper.load(Path(ckpt))
         for c, weight in enumerate(job.weights):
             swapper.set_weight(weight)
-            gens = [torch.Generator().manual_seed(seed) for _, seed, _ in zs]
-            with torch.no_grad():
-                batch = pipe(prompt=[p for p, _, _ in zs],
-                             negative_prompt=[job.negative] * len(zs) if job.negative else None,
-                             num_inference_steps=job.steps, guidance_scale=job.cfg_scale,
-                             width=job.width, height=job.height, generator=gens).images
-            for z, ((prompt, seed, _), im) in enumerate(zip(zs, batch)):
-                spec = SampleSpec(prompt, job.negative, seed, job.steps, job.cfg_scale, job.width, job.height)
+            specs = [SampleSpec(prompt, job.negative, seed, job.steps, job.cfg_scale, job.width, job.height)
+                     for prompt, seed, _ in zs]
+            batch = generate_batch(pipe, specs)
+            for z, (spec, im) in enumerate(zip(specs, batch)):
                 text = a1111_parameters(spec, job.sampler, model_name=model.name)
                 text += f'\n<lora:{Path(ckpt).stem}:{weight:g}>'
                 name = f"r{r:02d}_c{c:02d}_z{z:02d}_{safe_name(Path(ckpt).stem)}_w{weight:g}.png"

@@ -5,7 +5,7 @@ one base in memory instead of reloading it per image.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -40,14 +40,24 @@ def build_pipeline(model: "LoadedModel", unet=None, text_encoder=None, scheduler
     return pipe
 
 
-def generate(pipe, spec: SampleSpec, num_images: int = 1) -> list[Image.Image]:
-    """Images for ``spec``; image i uses seed ``spec.seed + i`` (A1111's batch convention)."""
+def generate_batch(pipe, specs: list[SampleSpec]) -> list[Image.Image]:
+    """One pipeline call for several specs that share steps, CFG and size (each keeps its own
+    prompt, negative and seed): the grid batches its Z cells this way."""
     import torch
 
-    gens = [torch.Generator(device="cpu").manual_seed(spec.seed + i) for i in range(num_images)]
+    first = specs[0]
+    shared = {(s.steps, s.cfg_scale, s.width, s.height) for s in specs}
+    if len(shared) != 1:
+        raise ValueError("specs in one batch must share steps, cfg_scale, width and height")
+    gens = [torch.Generator(device="cpu").manual_seed(s.seed) for s in specs]
+    negatives = [s.negative or "" for s in specs] if any(s.negative for s in specs) else None
     with torch.no_grad():
-        out = pipe(prompt=[spec.prompt] * num_images,
-                   negative_prompt=[spec.negative] * num_images if spec.negative else None,
-                   num_inference_steps=spec.steps, guidance_scale=spec.cfg_scale,
-                   width=spec.width, height=spec.height, generator=gens, output_type="pil")
+        out = pipe(prompt=[s.prompt for s in specs], negative_prompt=negatives,
+                   num_inference_steps=first.steps, guidance_scale=first.cfg_scale,
+                   width=first.width, height=first.height, generator=gens, output_type="pil")
     return out.images
+
+
+def generate(pipe, spec: SampleSpec, num_images: int = 1) -> list[Image.Image]:
+    """Images for ``spec``; image i uses seed ``spec.seed + i`` (A1111's batch convention)."""
+    return generate_batch(pipe, [replace(spec, seed=spec.seed + i) for i in range(num_images)])
