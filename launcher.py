@@ -5,6 +5,8 @@
     python launcher.py train --config job.toml [--tier auto]
     python launcher.py grid --base B --checkpoints A.safetensors ... --prompt P
     python launcher.py pick EPOCH.safetensors --name FINAL
+    python launcher.py prep PHOTOS.zip --name mychar --out work/   # import, validate, crop
+    python launcher.py caption work/train --method wd14|blip
     python launcher.py doctor               # what hardware was found, which preset tier
 """
 from __future__ import annotations
@@ -153,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="report GPU/VRAM, packages and the chosen preset tier")
     doctor.set_defaults(func=cmd_doctor)
+
+    from engine.cli_dataset import add_dataset_commands
+
+    add_dataset_commands(sub)
     return parser
 
 

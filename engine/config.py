@@ -45,7 +45,16 @@ class DatasetConfig(_Section):
     shuffle_caption: bool = False
     keep_tokens: int = Field(default=0, ge=0)
     caption_dropout_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    tag_dropout_rate: float = Field(default=0.0, ge=0.0, lt=1.0,
+                                    description="Drop each tag (after keep_tokens) with this chance.")
     flip_aug: bool = False
+    reg_path: Optional[str] = Field(default=None, description="Regularization / class images "
+                                    "(kohya N_class folders); used as many times as training images.")
+    prior_loss_weight: float = Field(default=1.0, ge=0.0, le=10.0)
+    enable_bucket: bool = Field(default=False, description="Aspect-ratio buckets instead of square crops.")
+    min_bucket_reso: int = Field(default=256, ge=64, le=4096, multiple_of=64)
+    max_bucket_reso: int = Field(default=1024, ge=64, le=8192, multiple_of=64)
+    bucket_no_upscale: bool = False
 
 
 class LoraNetworkConfig(_Section):
@@ -99,6 +108,12 @@ class TrainingConfig(_Section):
     gradient_checkpointing: bool = False
     attention: Literal["sdpa", "xformers"] = "sdpa"
     cache_latents: bool = True
+    cache_latents_to_disk: bool = Field(
+        default=False, description="Keep latents in the cache folder across runs (keyed by file "
+                                   "hash, size and VAE); implies cache_latents.")
+    cache_text_encoder_outputs: bool = Field(
+        default=False, description="Encode each caption once; needs a frozen text encoder and "
+                                   "fixed captions (no shuffle/dropout).")
     offload_after_caching: bool = Field(
         default=False, description="'medvram': move VAE (and a frozen text encoder) to CPU.")
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
@@ -170,6 +185,24 @@ class JobConfig(_Section):
         if self.scheduler.type == "constant" and self.scheduler.warmup_steps:
             raise ValueError("scheduler.warmup_steps needs scheduler.type "
                              "'constant_with_warmup' (or another schedule); 'constant' ignores it")
+        d = self.dataset
+        if d.enable_bucket and not d.min_bucket_reso <= d.resolution <= d.max_bucket_reso:
+            raise ValueError("dataset.min_bucket_reso <= dataset.resolution <= dataset.max_bucket_reso "
+                             f"is needed for buckets (got {d.min_bucket_reso}, {d.resolution}, "
+                             f"{d.max_bucket_reso})")
+        if self.training.cache_text_encoder_outputs:
+            from engine.data.captions import caption_is_fixed
+
+            trains_te = (not self.network.train_unet_only if self.network.type == "lora"
+                         else self.network.train_text_encoder)
+            if trains_te:
+                raise ValueError("training.cache_text_encoder_outputs needs a frozen text encoder: "
+                                 "set network.train_unet_only = true (LoRA) or "
+                                 "network.train_text_encoder = false")
+            if not caption_is_fixed(d.shuffle_caption, d.caption_dropout_rate, d.tag_dropout_rate):
+                raise ValueError("training.cache_text_encoder_outputs cannot be combined with "
+                                 "dataset.shuffle_caption / caption_dropout_rate / tag_dropout_rate "
+                                 "(the captions change every step)")
         if self.optimizer.type == "Prodigy" and self.optimizer.lr < 0.1:
             raise ValueError("optimizer.lr: Prodigy adapts the step size itself; "
                              "set lr to about 1.0 (got %g)" % self.optimizer.lr)

@@ -5,6 +5,7 @@ Split from trainer.py so the loop itself stays short enough to read in one scree
 from __future__ import annotations
 
 import math
+from collections import Counter
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,13 @@ from accelerate import Accelerator
 from diffusers.training_utils import cast_training_params
 from torch.utils.data import DataLoader
 
+from engine.te_cache import TextEncoderCache
+
 from engine.callbacks import Callbacks
 from engine.config import JobConfig
-from engine.data.dataset import TrainingSamples, collate
-from engine.data.folder import DatasetIndex, scan_dataset
+from engine.data.dataset import TrainingSamples
+from engine.data.folder import DatasetIndex
+from engine.data_setup import build_data, encode_latents, scan_job_dataset
 from engine.export.hashes import cached_sha256
 from engine.export.metadata import RunInfo
 from engine.models.loader import LoadedModel, load_sd_components
@@ -43,6 +47,7 @@ class TrainingSetup:
     num_batches_per_epoch: int
     weight_dtype: torch.dtype
     run: RunInfo
+    te_cache: TextEncoderCache | None = None
 
 
 def resolve_mixed_precision(requested: str, cb: Callbacks) -> str:
@@ -72,7 +77,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     """``model`` lets a caller that already holds the base in memory (benchmarks, the app's
     cached base) skip loading it again; it is modified in place (LoRA layers are injected)."""
     t = cfg.training
-    index = scan_dataset(cfg.dataset.path, cfg.dataset.default_repeats, cfg.dataset.caption_extension)
+    index, reg_index = scan_job_dataset(cfg)
     if model is None:
         model = load_sd_components(cfg.model.base, family=cfg.model.family,
                                    local_files_only=cfg.model.local_files_only,
@@ -83,7 +88,8 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     model.noise_scheduler.register_to_config(prediction_type=prediction_type)
     model.prediction_type = prediction_type
     cb.on_log(f"base model: {model.name} ({model.family}, {prediction_type}); "
-              f"{index.num_images} images, {index.num_train_images} per epoch with repeats")
+              f"{index.num_images} images, {index.num_train_images} per epoch with repeats"
+              + (f"; {reg_index.num_images} regularization images" if reg_index else ""))
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
                                                                       torch.float32)
@@ -108,17 +114,15 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         te_params = list(model.text_encoder.requires_grad_(True).parameters()) if train_te else []
     _configure_memory(cfg, model, train_te)
 
-    dataset = TrainingSamples(index, cfg.dataset.resolution, cfg.dataset.flip_aug)
-    if t.cache_latents:
-        cb.on_log("caching latents")
-        dataset.cache_latents(lambda px: encode_latents(model, px.to(accelerator.device)))
-        if t.offload_after_caching:
+    data = build_data(cfg, model, accelerator.device, cb, index, reg_index)
+    dataset, loader = data.dataset, data.loader
+    if t.offload_after_caching and (dataset.has_latent_cache or data.te_cache):
+        if dataset.has_latent_cache:
             model.vae.to("cpu")
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-    loader = DataLoader(dataset, batch_size=t.batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(t.seed), num_workers=0)
-
+        if data.te_cache is not None:
+            model.text_encoder.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     num_batches = len(loader)
     steps_per_epoch = math.ceil(num_batches / t.gradient_accumulation_steps)
     total = steps_per_epoch * t.epochs
@@ -137,9 +141,12 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                   family=model.family, prediction_type=prediction_type,
                   base_model_name=model.name, base_model_hash=base_model_hash(model),
                   optimizer=describe_optimizer(optimizer, cfg.optimizer),
-                  num_batches_per_epoch=num_batches, mixed_precision=accelerator.mixed_precision)
+                  num_batches_per_epoch=num_batches, mixed_precision=accelerator.mixed_precision,
+                  num_reg_images=dataset.num_reg_images,
+                  reg_dataset_dirs=reg_index.dataset_dirs() if reg_index else None,
+                  bucket_counts=dict(Counter(dataset.bucket_keys())))
     return TrainingSetup(model, index, dataset, loader, optimizer, scheduler, trainable, train_te,
-                         total, num_batches, weight_dtype, run)
+                         total, num_batches, weight_dtype, run, data.te_cache)
 
 
 def base_model_hash(model: LoadedModel) -> str:
@@ -149,8 +156,4 @@ def base_model_hash(model: LoadedModel) -> str:
     return ""
 
 
-@torch.no_grad()
-def encode_latents(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
-    vae = model.vae
-    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    return dist.sample() * vae.config.scaling_factor
+__all__ = ["SetupError", "TrainingSetup", "build_training", "encode_latents"]

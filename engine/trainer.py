@@ -101,14 +101,19 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                                           (latents.shape[0],), device=latents.device)
                 noisy = noise_sched.add_noise(latents, noise, timesteps)
                 captions = [process_caption(c, caption_rng, cfg.dataset.shuffle_caption,
-                                            cfg.dataset.keep_tokens, cfg.dataset.caption_dropout_rate)
+                                            cfg.dataset.keep_tokens, cfg.dataset.caption_dropout_rate,
+                                            cfg.dataset.tag_dropout_rate)
                             for c in batch["captions"]]
-                with torch.set_grad_enabled(s.train_te):
-                    hidden = encode_prompts(s.model.tokenizer, te, captions, t.clip_skip)
+                if s.te_cache is not None:
+                    hidden = s.te_cache.get(captions, latents.device, s.weight_dtype)
+                else:
+                    with torch.set_grad_enabled(s.train_te):
+                        hidden = encode_prompts(s.model.tokenizer, te, captions, t.clip_skip)
                 pred = unet(noisy, timesteps, hidden.to(s.weight_dtype)).sample
                 target = training_target(noise_sched, latents, noise, timesteps, pred_type)
-                weights = (min_snr_weights(noise_sched, timesteps, t.min_snr_gamma, pred_type)
-                           if t.min_snr_gamma else None)
+                weights = batch["loss_weights"].to(latents.device)  # prior_loss_weight on reg images
+                if t.min_snr_gamma:
+                    weights = weights * min_snr_weights(noise_sched, timesteps, t.min_snr_gamma, pred_type)
                 loss = diffusion_loss(pred, target, weights)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.optimizer.max_grad_norm > 0:

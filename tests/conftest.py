@@ -50,11 +50,11 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return root
 
 
-def lora_job(model_dir: Path, dataset: Path, out_dir: Path, **overrides) -> dict:
+def lora_job(model_dir: Path, dataset_dir: Path, out_dir: Path, **overrides) -> dict:
     """A small, fast LoRA job on the tiny model; alpha != dim on purpose (alpha must be kept)."""
     job = {
         "model": {"base": str(model_dir), "local_files_only": True},
-        "dataset": {"path": str(dataset), "resolution": 64},
+        "dataset": {"path": str(dataset_dir), "resolution": 64},
         "network": {"dim": 4, "alpha": 2.0},
         "optimizer": {"type": "AdamW", "lr": 2e-3},
         "training": {"epochs": 3, "batch_size": 2, "seed": 1},

@@ -116,6 +116,19 @@ def test_caption_shuffle_keeps_leading_tokens_and_dropout():
     assert 150 < drops < 250
 
 
+def test_tag_dropout_never_drops_kept_tokens_and_is_seeded():
+    import random
+
+    cap = "zkz, a, b, c, d, e, f, g, h, i, j"
+    out = [process_caption(cap, random.Random(3), keep_tokens=1, tag_dropout_rate=0.3) for _ in range(2)]
+    assert out[0] == out[1]  # same seed, same caption
+    rng = random.Random(0)
+    kept = [process_caption(cap, rng, keep_tokens=1, tag_dropout_rate=0.3).split(", ") for _ in range(300)]
+    assert all(k[0] == "zkz" and k[1:] == sorted(k[1:]) for k in kept)  # order kept without shuffle
+    mean_dropped = sum(11 - len(k) for k in kept) / 300
+    assert 2.4 < mean_dropped < 3.6  # 10 droppable tags x 0.3
+
+
 def _img(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (8, 8), (1, 2, 3)).save(path)

@@ -1,43 +1,97 @@
-"""The torch Dataset the training loop iterates: one entry per image *repeat*, with optional
-in-memory latent cache (encode each image once instead of every epoch)."""
+"""The torch Dataset the training loop iterates: one entry per image *repeat* (plus
+regularization images), each with its training size (square, or its aspect bucket), an optional
+latent cache in memory or on disk, and a per-sample loss weight (prior_loss_weight for reg
+images)."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from dataclasses import dataclass
+from itertools import cycle, islice
+from typing import Callable, Iterator, Optional
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
-from engine.data.folder import DatasetIndex
-from engine.data.images import load_rgb, resize_center_crop, to_tensor
+from engine.data.buckets import BucketAssignment, assign_buckets
+from engine.data.folder import DatasetIndex, ImageItem
+from engine.data.images import image_size, load_rgb, resize_center_crop, to_tensor
+from engine.data.latent_cache import DiskLatentCache
+
+
+@dataclass(frozen=True)
+class BucketOptions:
+    min_size: int = 256
+    max_size: int = 1024
+    no_upscale: bool = False
+
+
+@dataclass(frozen=True)
+class Entry:
+    unique: int          # index into the unique images
+    loss_weight: float   # 1.0, or prior_loss_weight for regularization images
 
 
 class TrainingSamples(Dataset):
-    def __init__(self, index: DatasetIndex, resolution: int, flip_aug: bool = False):
+    def __init__(self, index: DatasetIndex, resolution: int, flip_aug: bool = False,
+                 reg_index: DatasetIndex | None = None, prior_loss_weight: float = 1.0,
+                 buckets: BucketOptions | None = None):
         self.index = index
         self.resolution = resolution
         self.flip_aug = flip_aug
-        unique = index.items
-        self._unique = unique
-        pos = {it.path: i for i, it in enumerate(unique)}
-        self._entries = [pos[it.path] for it in index.epoch_items()]
+        train_items = index.items
+        reg_items = reg_index.items if reg_index else []
+        self._unique: list[ImageItem] = train_items + reg_items
+        pos = {it.path: i for i, it in enumerate(self._unique)}
+        self._entries = [Entry(pos[it.path], 1.0) for it in index.epoch_items()]
+        if reg_index:
+            # kohya's rule: per epoch, as many reg samples as training samples (cycled).
+            reg_epoch = [Entry(pos[it.path], prior_loss_weight) for it in reg_index.epoch_items()]
+            self._entries += list(islice(cycle(reg_epoch), len(self._entries)))
+        self.num_reg_images = len(reg_items)
+        if buckets:
+            sizes = {str(i): image_size(it.path) for i, it in enumerate(self._unique)}
+            self.assignment = assign_buckets(sizes, resolution, buckets.min_size, buckets.max_size,
+                                             buckets.no_upscale)
+        else:
+            self.assignment = BucketAssignment({str(i): (resolution, resolution)
+                                                for i in range(len(self._unique))})
         self._latents: Optional[list[torch.Tensor]] = None  # [n_unique] of [2 or 1, C, h, w]
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def size_of(self, unique_idx: int) -> tuple[int, int]:
+        return self.assignment.buckets[str(unique_idx)]
+
+    def bucket_keys(self) -> list[tuple[int, int]]:
+        """The training size of every entry (what the batch sampler groups by)."""
+        return [self.size_of(e.unique) for e in self._entries]
+
     def pixels(self, unique_idx: int) -> torch.Tensor:
         im = load_rgb(self._unique[unique_idx].path)
-        return to_tensor(resize_center_crop(im, self.resolution, self.resolution))
+        w, h = self.size_of(unique_idx)
+        return to_tensor(resize_center_crop(im, w, h))
 
     @torch.no_grad()
     def cache_latents(self, encode: Callable[[torch.Tensor], torch.Tensor],
-                      progress: Callable[[int, int], None] | None = None) -> None:
-        """Encode every unique image once (and its mirror when flip_aug is on)."""
+                      progress: Callable[[int, int], None] | None = None,
+                      disk: DiskLatentCache | None = None) -> None:
+        """Encode every unique image once (and its mirror when flip_aug is on); with ``disk``,
+        reuse and fill the on-disk cache."""
         cached = []
+        variants = 2 if self.flip_aug else 1
         for i in range(len(self._unique)):
-            px = self.pixels(i).unsqueeze(0)
-            batch = torch.cat([px, px.flip(-1)]) if self.flip_aug else px
-            cached.append(encode(batch).cpu())
+            path, size = self._unique[i].path, self.size_of(i)
+            lat = disk.load(path, size, variants) if disk else None
+            if lat is None:
+                px = self.pixels(i).unsqueeze(0)
+                batch = torch.cat([px, px.flip(-1)]) if self.flip_aug else px
+                lat = encode(batch).cpu()
+                if disk:
+                    disk.misses += 1
+                    disk.store(path, size, lat)
+            elif disk:
+                disk.hits += 1
+            cached.append(lat)
             if progress:
                 progress(i + 1, len(self._unique))
         self._latents = cached
@@ -46,10 +100,14 @@ class TrainingSamples(Dataset):
     def has_latent_cache(self) -> bool:
         return self._latents is not None
 
+    def captions(self) -> list[str]:
+        return [it.caption for it in self._unique]
+
     def __getitem__(self, k: int) -> dict:
-        i = self._entries[k]
+        entry = self._entries[k]
+        i = entry.unique
         flip = bool(self.flip_aug and torch.rand(()) < 0.5)
-        out: dict = {"caption": self._unique[i].caption}
+        out: dict = {"caption": self._unique[i].caption, "loss_weight": entry.loss_weight}
         if self._latents is not None:
             out["latents"] = self._latents[i][1 if flip else 0]
         else:
@@ -58,8 +116,36 @@ class TrainingSamples(Dataset):
         return out
 
 
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches whose images share one training size (a tensor batch needs equal shapes):
+    entries are shuffled within each bucket, cut into batches, and the batches shuffled, all from
+    a seeded generator (same seed, same order). With one bucket it is a plain shuffled loader."""
+
+    def __init__(self, keys: list[tuple[int, int]], batch_size: int, seed: int):
+        self.keys = keys
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for idx, key in enumerate(keys):
+            groups.setdefault(key, []).append(idx)
+        self.groups = [groups[k] for k in sorted(groups)]
+
+    def __len__(self) -> int:
+        return sum(-(-len(g) // self.batch_size) for g in self.groups)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = []
+        for g in self.groups:
+            order = torch.randperm(len(g), generator=self.generator).tolist()
+            members = [g[j] for j in order]
+            batches += [members[s:s + self.batch_size] for s in range(0, len(members), self.batch_size)]
+        for j in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[j]
+
+
 def collate(batch: list[dict]) -> dict:
-    out: dict = {"captions": [b["caption"] for b in batch]}
+    out: dict = {"captions": [b["caption"] for b in batch],
+                 "loss_weights": torch.tensor([b["loss_weight"] for b in batch], dtype=torch.float32)}
     for key in ("latents", "pixels"):
         if key in batch[0]:
             out[key] = torch.stack([b[key] for b in batch])

@@ -48,3 +48,13 @@ def to_pil(tensor: torch.Tensor) -> Image.Image:
     """Inverse of :func:`to_tensor` for a single [3, H, W] image in [-1, 1]."""
     arr = ((tensor.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
     return Image.fromarray(arr.permute(1, 2, 0).cpu().numpy())
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) as the image will be used (after EXIF rotation), read from the header
+    only: bucketing thousands of photos must not decode them all."""
+    with Image.open(path) as im:
+        w, h = im.size
+        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated 90/270 degrees
+            w, h = h, w
+    return w, h

@@ -36,10 +36,19 @@ class RunInfo:
     optimizer: str
     num_batches_per_epoch: int
     mixed_precision: str
+    num_reg_images: int = 0
+    reg_dataset_dirs: dict | None = None
+    bucket_counts: dict | None = None  # {(w, h): entries per epoch}
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def bucket_info(counts: dict) -> dict:
+    """kohya's ``ss_bucket_info`` shape: numbered buckets with resolution [w, h] and count."""
+    buckets = {str(i): {"resolution": [w, h], "count": n} for i, ((w, h), n) in enumerate(sorted(counts.items()))}
+    return {"buckets": buckets, "mean_img_ar_error": 0.0}
 
 
 def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, step: int,
@@ -61,7 +70,7 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         "ss_num_epochs": str(t.epochs),
         "ss_max_train_steps": str(t.max_steps or run.num_batches_per_epoch * t.epochs),
         "ss_num_train_images": str(data.num_train_images),
-        "ss_num_reg_images": "0",
+        "ss_num_reg_images": str(run.num_reg_images),
         "ss_num_batches_per_epoch": str(run.num_batches_per_epoch),
         "ss_batch_size_per_device": str(t.batch_size),
         "ss_learning_rate": str(o.lr),
@@ -94,14 +103,19 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         "ss_min_snr_gamma": str(t.min_snr_gamma),
         "ss_tag_frequency": json.dumps(data.tag_frequency(), ensure_ascii=False),
         "ss_dataset_dirs": json.dumps(data.dataset_dirs(), ensure_ascii=False),
-        "ss_bucket_info": json.dumps({"buckets": {"0": {"resolution": [res, res],
-                                                        "count": data.num_train_images}},
-                                      "mean_img_ar_error": 0.0}),
-        "ss_enable_bucket": "False",
+        "ss_bucket_info": json.dumps(bucket_info(run.bucket_counts or {(res, res): data.num_train_images})),
+        "ss_enable_bucket": str(cfg.dataset.enable_bucket),
+        "ss_min_bucket_reso": str(cfg.dataset.min_bucket_reso),
+        "ss_max_bucket_reso": str(cfg.dataset.max_bucket_reso),
+        "ss_bucket_no_upscale": str(cfg.dataset.bucket_no_upscale),
+        "ss_caption_tag_dropout_rate": str(cfg.dataset.tag_dropout_rate),
+        "ss_prior_loss_weight": str(cfg.dataset.prior_loss_weight),
         "ss_caption_dropout_rate": str(cfg.dataset.caption_dropout_rate),
         "ss_flip_aug": str(cfg.dataset.flip_aug),
         "ss_shuffle_caption": str(cfg.dataset.shuffle_caption),
         "ss_keep_tokens": str(cfg.dataset.keep_tokens),
+        **({"ss_reg_dataset_dirs": json.dumps(run.reg_dataset_dirs, ensure_ascii=False)}
+           if run.reg_dataset_dirs else {}),
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": f"{modelspec_architecture(run.family, run.prediction_type)}/lora",
         "modelspec.implementation": "diffusers",

@@ -1,0 +1,1 @@
+"""Automatic captions for a dataset: WD14 tagger (booru tags, ONNX) and BLIP (sentences)."""

@@ -1,0 +1,49 @@
+"""Where captioning models come from: a local folder, or a hub repo id through huggingface_hub
+(from the local cache when offline). Same rules as base models: a clear message, no surprise
+downloads when the user said offline."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CaptionModelError(RuntimeError):
+    """The captioning model cannot be found or used; the message says what to do."""
+
+
+def resolve_files(source: str, files: list[str], local_files_only: bool = False) -> dict[str, Path]:
+    """Paths of ``files`` from a folder ``source``, or downloaded/cached from the hub repo ``source``."""
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        missing = [f for f in files if not (folder / f).is_file()]
+        if missing:
+            raise CaptionModelError(f"{folder} is missing {', '.join(missing)}")
+        return {f: folder / f for f in files}
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return {f: Path(hf_hub_download(source, f, local_files_only=local_files_only)) for f in files}
+    except LocalEntryNotFoundError:
+        raise CaptionModelError(
+            f"captioning model {source!r} is not in the local cache and cannot be downloaded "
+            "(offline?); download it once while online, or give a local folder") from None
+    except Exception as err:  # repo missing, bad id, network down
+        raise CaptionModelError(f"cannot get {source!r}: {err}") from None
+
+
+def resolve_folder(source: str, local_files_only: bool = False) -> Path:
+    """A whole model folder (transformers models): the folder itself, or a hub snapshot."""
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return folder
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(source, local_files_only=local_files_only))
+    except LocalEntryNotFoundError:
+        raise CaptionModelError(
+            f"captioning model {source!r} is not in the local cache and cannot be downloaded "
+            "(offline?); download it once while online, or give a local folder") from None
+    except Exception as err:
+        raise CaptionModelError(f"cannot get {source!r}: {err}") from None
