@@ -16,7 +16,7 @@ def test_pretrain_short_schedule_is_deterministic(tmp_path):
     builds = []
     for run in ("a", "b"):
         out = tmp_path / run
-        assert main(["--out", str(out), "--per-spec", "1", "--vae-steps", "3", "--epochs", "1"]) == 0
+        assert main(["--out", str(out), "--per-spec", "1", "--vae-steps", "3", "--vae-extra", "20", "--epochs", "1"]) == 0
         single = out / "shapes-base.safetensors"
         with safe_open(str(single), "pt") as f:
             builds.append((safetensors_file_data_hash(single), f.metadata(), sorted(f.keys())))

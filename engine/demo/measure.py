@@ -89,7 +89,11 @@ def palette_hue(name: str) -> float:
     return rgb_to_hsv(*(v / 255 for v in COLOURS[name]))[0] * 360
 
 
-def purple_fraction(im: Image.Image, tolerance: float = 70.0) -> float:
-    """Share of pixels close to the demo concept's purple."""
-    a = _rgb(im)
-    return float((np.linalg.norm(a - np.array(DEMO_COLOUR), axis=-1) < tolerance).mean())
+def purple_fraction(im: Image.Image, hue_range: tuple[float, float] = (255.0, 320.0),
+                    min_saturation: float = 0.2) -> float:
+    """Share of pixels with a purple/violet hue (the demo concept's colour is at 281 degrees;
+    the nearest palette colours, blue at 228 and pink at 328, fall outside), ignoring grays."""
+    hsv = np.asarray(im.convert("RGB").convert("HSV"), dtype=np.float32)
+    hue, sat, val = hsv[..., 0] * 360 / 255, hsv[..., 1] / 255, hsv[..., 2] / 255
+    mask = (hue >= hue_range[0]) & (hue <= hue_range[1]) & (sat >= min_saturation) & (val >= 0.25)
+    return float(mask.mean())

@@ -66,17 +66,40 @@ def load_images(folder: Path) -> torch.Tensor:
     return torch.stack([to_tensor(load_rgb(p)) for p in sorted(folder.glob("*.png"))])
 
 
+def vae_training_images(palette: torch.Tensor, extra: int, seed: int) -> torch.Tensor:
+    """The palette dataset plus ``extra`` shapes in arbitrary colours (see random_colour_image)."""
+    import random
+
+    from engine.data.images import to_tensor
+    from engine.demo.shapes import random_colour_image
+
+    rng = random.Random(seed + 17)
+    more = [to_tensor(random_colour_image(rng, IMAGE_SIZE)) for _ in range(extra)]
+    return torch.cat([palette, torch.stack(more)]) if more else palette
+
+
+def foreground_weights(images: torch.Tensor) -> torch.Tensor:
+    """Per-pixel loss weight 1 on the background (the corner colour), 4 on the shape: flat
+    backgrounds dominate plain MSE, and it is the shape's colour that has to come back right."""
+    corner = images[:, :, :1, :1]
+    fg = ((images - corner).abs().amax(dim=1, keepdim=True) > 0.08).float()
+    return 1.0 + 3.0 * fg
+
+
 def train_vae(vae, images: torch.Tensor, steps: int, seed: int, log=print) -> float:
-    """Reconstruction (MSE) + a tiny KL term; returns the latent scaling factor (1 / latent std)."""
+    """Foreground-weighted reconstruction (MSE) + a tiny KL term; returns the latent scaling
+    factor (1 / latent std)."""
     g = torch.Generator().manual_seed(seed)
+    weights = foreground_weights(images)
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
     vae.train()
     for step in range(1, steps + 1):
-        batch = images[torch.randint(0, len(images), (16,), generator=g)]
+        idx = torch.randint(0, len(images), (16,), generator=g)
+        batch, w = images[idx], weights[idx]
         dist = vae.encode(batch).latent_dist
         recon = vae.decode(dist.sample(generator=g)).sample
-        loss = torch.nn.functional.mse_loss(recon, batch) + 1e-6 * dist.kl().mean()
+        loss = (w * (recon - batch) ** 2).mean() / w.mean() + 1e-6 * dist.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -87,6 +110,29 @@ def train_vae(vae, images: torch.Tensor, steps: int, seed: int, log=print) -> fl
     with torch.no_grad():
         lat = torch.cat([vae.encode(images[i:i + 64]).latent_dist.mean for i in range(0, len(images), 64)])
     return float(1.0 / lat.std())
+
+
+def vae_colour_report(vae, seed: int) -> dict:
+    """How far the VAE moves the demo's purple and the palette colours (mean hue error, degrees):
+    logged during the build so a bad VAE is seen minutes in, not after the UNet."""
+    import random
+
+    from engine.data.images import to_pil, to_tensor
+    from engine.demo.measure import hue_distance, mean_hue
+    from engine.demo.shapes import COLOURS, DEMO_COLOUR, draw_shape
+
+    rng = random.Random(seed + 5)
+    report = {}
+    with torch.no_grad():
+        for name, rgb in [("demo_purple", DEMO_COLOUR), *COLOURS.items()]:
+            if name == "black":
+                continue
+            im = draw_shape("star", rgb, (250, 250, 250), IMAGE_SIZE, rng)
+            x = to_tensor(im)[None]
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample[0]
+            a, b = mean_hue(im), mean_hue(to_pil(y))
+            report[name] = None if a is None or b is None else round(hue_distance(a, b), 1)
+    return report
 
 
 def write_initial_model(folder: Path, vae, seed: int) -> Path:
@@ -138,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("presets/base"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--per-spec", type=int, default=12, help="images per (shape, colour, background)")
-    ap.add_argument("--vae-steps", type=int, default=800)
+    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-extra", type=int, default=3000, help="arbitrary-colour images for the VAE")
     ap.add_argument("--epochs", type=int, default=43)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -149,9 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         images = load_images(data)
         print(f"{len(images)} training images")
         vae = build_vae(args.seed)
-        scale = train_vae(vae, images, args.vae_steps, args.seed)
+        vae_images = vae_training_images(images, args.vae_extra, args.seed)
+        scale = train_vae(vae, vae_images, args.vae_steps, args.seed)
         vae.register_to_config(scaling_factor=scale)
-        print(f"vae done in {time.time() - t0:.0f}s, scaling_factor {scale:.4f}")
+        hue_errors = vae_colour_report(vae, args.seed)
+        print(f"vae done in {time.time() - t0:.0f}s, scaling_factor {scale:.4f}, hue error (deg) {hue_errors}")
         init = write_initial_model(tmp / "init", vae, args.seed)
         cfg = parse_config(job_dict(init, data.parent, tmp / "out", args.epochs, args.seed))
         result = train(cfg, TqdmProgress(print_every=50))
@@ -165,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         save_single_file(m, args.out / f"{NAME}.safetensors", half=True,
                          metadata={"modelspec.title": NAME, "modelspec.architecture": "stable-diffusion-v1"})
         info = {"seed": args.seed, "per_spec": args.per_spec, "images": len(images),
-                "vae_steps": args.vae_steps, "epochs": args.epochs, "steps": result.steps,
+                "vae_steps": args.vae_steps, "vae_extra_images": args.vae_extra,
+                "vae_hue_error_deg": hue_errors, "epochs": args.epochs, "steps": result.steps,
                 "final_loss_mean_last_50": sum(result.losses[-50:]) / max(1, len(result.losses[-50:])),
                 "seconds": round(time.time() - t0), "torch_threads": torch.get_num_threads(),
                 "command": " ".join(["python -m engine.demo.pretrain", *(sys.argv[1:] if argv is None else argv)])}
