@@ -100,3 +100,22 @@ def test_blip_captions_with_a_tiny_model(tmp_path, images):
     rep = caption_images(dataset_images(work), blip, opts, trigger="zkz")
     assert len(rep.written) == 2
     assert (work / "blue.txt").read_text(encoding="utf-8") == "zkz, " + first[0]
+
+
+def test_models_load_from_the_hub_cache_offline(tmp_path, images):
+    """A hub repo id resolves through huggingface_hub's cache (what a first online run leaves)."""
+    import shutil
+
+    from engine.captioning.blip import BlipCaptioner, BlipOptions
+    from engine.captioning.wd14 import WD14Options, WD14Tagger
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    for repo_id, build in (("SmilingWolf/tiny-tagger", build_tiny_wd14), ("Salesforce/tiny-blip", build_tiny_blip)):
+        repo = tmp_path / "hub" / ("models--" + repo_id.replace("/", "--"))
+        shutil.copytree(build(tmp_path / repo_id.split("/")[1]), repo / "snapshots" / commit)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+    tagger = WD14Tagger.load("SmilingWolf/tiny-tagger", local_files_only=True, cache_dir=tmp_path / "hub")
+    assert tagger.caption([images / "blue.png"], WD14Options(exclude=["white background"])) == ["blue \\(thing\\), ^_^"]
+    blip = BlipCaptioner.load("Salesforce/tiny-blip", local_files_only=True, cache_dir=tmp_path / "hub")
+    assert blip.caption([images / "red.png"], BlipOptions(max_new_tokens=4, num_beams=1, min_new_tokens=2))[0]

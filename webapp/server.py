@@ -87,7 +87,7 @@ def build_app(runner=None):
 
     with gr.Blocks(title="LoRA Forge") as app:
         gr.Markdown("# LoRA Forge\nTrain a LoRA from a job file. The job below is the demo: the "
-                    "embedded *shapes* base model learns a purple star with a dot (trigger word "
+                    "embedded *shapes* base model learns a purple star (trigger word "
                     "`zkz`) in a few minutes on a CPU. Edit the TOML, check it, start.")
         job = gr.Textbox(value=default_text, lines=24, label="Job (TOML)", elem_id="job-toml")
         with gr.Row():

@@ -33,8 +33,9 @@ class BlipCaptioner:
         self.model.to(self.device).eval()
 
     @classmethod
-    def load(cls, source: str = DEFAULT_REPO, local_files_only: bool = False) -> "BlipCaptioner":
-        return cls(resolve_folder(source, local_files_only))
+    def load(cls, source: str = DEFAULT_REPO, local_files_only: bool = False,
+             cache_dir: Path | None = None) -> "BlipCaptioner":
+        return cls(resolve_folder(source, local_files_only, cache_dir))
 
     def caption(self, paths: list[Path], opts: BlipOptions) -> list[str]:
         import torch

@@ -10,7 +10,8 @@ class CaptionModelError(RuntimeError):
     """The captioning model cannot be found or used; the message says what to do."""
 
 
-def resolve_files(source: str, files: list[str], local_files_only: bool = False) -> dict[str, Path]:
+def resolve_files(source: str, files: list[str], local_files_only: bool = False,
+                  cache_dir: Path | None = None) -> dict[str, Path]:
     """Paths of ``files`` from a folder ``source``, or downloaded/cached from the hub repo ``source``."""
     folder = Path(source).expanduser()
     if folder.is_dir():
@@ -22,7 +23,8 @@ def resolve_files(source: str, files: list[str], local_files_only: bool = False)
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return {f: Path(hf_hub_download(source, f, local_files_only=local_files_only)) for f in files}
+        return {f: Path(hf_hub_download(source, f, local_files_only=local_files_only, cache_dir=cache_dir))
+                for f in files}
     except LocalEntryNotFoundError:
         raise CaptionModelError(
             f"captioning model {source!r} is not in the local cache and cannot be downloaded "
@@ -31,7 +33,7 @@ def resolve_files(source: str, files: list[str], local_files_only: bool = False)
         raise CaptionModelError(f"cannot get {source!r}: {err}") from None
 
 
-def resolve_folder(source: str, local_files_only: bool = False) -> Path:
+def resolve_folder(source: str, local_files_only: bool = False, cache_dir: Path | None = None) -> Path:
     """A whole model folder (transformers models): the folder itself, or a hub snapshot."""
     folder = Path(source).expanduser()
     if folder.is_dir():
@@ -40,7 +42,7 @@ def resolve_folder(source: str, local_files_only: bool = False) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(source, local_files_only=local_files_only))
+        return Path(snapshot_download(source, local_files_only=local_files_only, cache_dir=cache_dir))
     except LocalEntryNotFoundError:
         raise CaptionModelError(
             f"captioning model {source!r} is not in the local cache and cannot be downloaded "

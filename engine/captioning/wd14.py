@@ -68,8 +68,9 @@ class WD14Tagger:
                                     f"outputs {n_out}")
 
     @classmethod
-    def load(cls, source: str = DEFAULT_REPO, local_files_only: bool = False) -> "WD14Tagger":
-        files = resolve_files(source, [MODEL_FILE, TAGS_FILE], local_files_only)
+    def load(cls, source: str = DEFAULT_REPO, local_files_only: bool = False,
+             cache_dir: Path | None = None) -> "WD14Tagger":
+        files = resolve_files(source, [MODEL_FILE, TAGS_FILE], local_files_only, cache_dir)
         return cls(files[MODEL_FILE], files[TAGS_FILE])
 
     def prepare(self, im: Image.Image) -> np.ndarray:
