@@ -51,6 +51,10 @@ class DatasetConfig(_Section):
     reg_path: Optional[str] = Field(default=None, description="Regularization / class images "
                                     "(kohya N_class folders); used as many times as training images.")
     prior_loss_weight: float = Field(default=1.0, ge=0.0, le=10.0)
+    class_prompt: Optional[str] = Field(default=None, description="DreamBooth class prompt, e.g. "
+                                        "'a photo of a dog': caption of generated class images.")
+    num_class_images: int = Field(default=0, ge=0, le=100000, description="Generate class images "
+                                  "with the base model until reg_path holds this many (0 = never).")
     enable_bucket: bool = Field(default=False, description="Aspect-ratio buckets instead of square crops.")
     min_bucket_reso: int = Field(default=256, ge=64, le=4096, multiple_of=64)
     max_bucket_reso: int = Field(default=1024, ge=64, le=8192, multiple_of=64)
@@ -190,6 +194,9 @@ class JobConfig(_Section):
             raise ValueError("dataset.min_bucket_reso <= dataset.resolution <= dataset.max_bucket_reso "
                              f"is needed for buckets (got {d.min_bucket_reso}, {d.resolution}, "
                              f"{d.max_bucket_reso})")
+        if d.num_class_images and not (d.class_prompt and d.reg_path):
+            raise ValueError("dataset.num_class_images needs dataset.class_prompt and dataset.reg_path "
+                             "(where the generated class images are kept)")
         if self.training.cache_text_encoder_outputs:
             from engine.data.captions import caption_is_fixed
 

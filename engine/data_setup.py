@@ -29,10 +29,10 @@ class DataSetup:
     disk_cache: DiskLatentCache | None
 
 
-def scan_job_dataset(cfg: JobConfig) -> tuple[DatasetIndex, DatasetIndex | None]:
+def scan_job_dataset(cfg: JobConfig, with_reg: bool = True) -> tuple[DatasetIndex, DatasetIndex | None]:
     d = cfg.dataset
     index = scan_dataset(d.path, d.default_repeats, d.caption_extension)
-    reg = scan_dataset(d.reg_path, 1, d.caption_extension) if d.reg_path else None
+    reg = scan_dataset(d.reg_path, 1, d.caption_extension) if d.reg_path and with_reg else None
     return index, reg
 
 

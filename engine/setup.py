@@ -20,6 +20,7 @@ from engine.te_cache import TextEncoderCache
 from engine.callbacks import Callbacks
 from engine.config import JobConfig
 from engine.data.dataset import TrainingSamples
+from engine.data.class_images import ensure_class_images
 from engine.data.folder import DatasetIndex
 from engine.data_setup import build_data, encode_latents, scan_job_dataset
 from engine.export.hashes import cached_sha256
@@ -77,7 +78,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     """``model`` lets a caller that already holds the base in memory (benchmarks, the app's
     cached base) skip loading it again; it is modified in place (LoRA layers are injected)."""
     t = cfg.training
-    index, reg_index = scan_job_dataset(cfg)
+    index, _ = scan_job_dataset(cfg, with_reg=False)  # fail fast on a bad dataset, before loading
     if model is None:
         model = load_sd_components(cfg.model.base, family=cfg.model.family,
                                    local_files_only=cfg.model.local_files_only,
@@ -87,6 +88,14 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                        else cfg.model.prediction_type)
     model.noise_scheduler.register_to_config(prediction_type=prediction_type)
     model.prediction_type = prediction_type
+    d = cfg.dataset
+    if d.num_class_images:
+        made = ensure_class_images(model, Path(d.reg_path), d.class_prompt, d.num_class_images,
+                                   d.resolution, t.seed, cfg.sample.steps, cfg.sample.cfg_scale,
+                                   device=accelerator.device)
+        if made:
+            cb.on_log(f"generated {made} class images for '{d.class_prompt}' in {d.reg_path}")
+    index, reg_index = scan_job_dataset(cfg)
     cb.on_log(f"base model: {model.name} ({model.family}, {prediction_type}); "
               f"{index.num_images} images, {index.num_train_images} per epoch with repeats"
               + (f"; {reg_index.num_images} regularization images" if reg_index else ""))
