@@ -79,8 +79,43 @@ class FullFinetuneConfig(_Section):
     save_diffusers: bool = Field(default=True, description="Also write a diffusers folder.")
 
 
+class TextualInversionConfig(_Section):
+    """Learn new token embedding(s) only; the model is untouched."""
+    type: Literal["textual_inversion"] = "textual_inversion"
+    token: str = Field(min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                       description="The new word (a made-up one, e.g. 'zkzstar').")
+    init_text: str = Field(default="*", description="Start from these words' embeddings.")
+    num_vectors: int = Field(default=1, ge=1, le=75)
+    template: Literal["subject", "style", "subject_filewords", "style_filewords", "filewords"] = "subject"
+    custom_templates: list[str] = Field(default_factory=list,
+                                        description="Own templates with [name] and/or [filewords].")
+    lr_schedule: Optional[str] = Field(default=None, description="A1111 syntax, e.g. "
+                                       "'0.005:100, 1e-3:1000, 1e-5' (overrides optimizer.lr).")
+
+    @field_validator("lr_schedule")
+    @classmethod
+    def _schedule_parses(cls, text: Optional[str]) -> Optional[str]:
+        if text is not None:
+            from engine.networks.textual_inversion import LrScheduleError, parse_lr_schedule
+
+            try:
+                parse_lr_schedule(text)
+            except LrScheduleError as err:
+                raise ValueError(str(err)) from None
+        return text
+
+    @field_validator("custom_templates")
+    @classmethod
+    def _templates_have_slots(cls, lines: list[str]) -> list[str]:
+        for line in lines:
+            if "[name]" not in line:
+                raise ValueError(f"template {line!r} has no [name]")
+        return lines
+
+
 # The network is a discriminated union on `type`; other methods join it as they land.
-NetworkConfig = Annotated[Union[LoraNetworkConfig, FullFinetuneConfig], Field(discriminator="type")]
+NetworkConfig = Annotated[Union[LoraNetworkConfig, FullFinetuneConfig, TextualInversionConfig],
+                          Field(discriminator="type")]
 
 OptimizerName = Literal["AdamW", "AdamW8bit", "Adafactor", "Lion", "Prodigy"]
 SchedulerName = Literal["constant", "constant_with_warmup", "cosine", "cosine_with_restarts",
@@ -200,8 +235,10 @@ class JobConfig(_Section):
         if self.training.cache_text_encoder_outputs:
             from engine.data.captions import caption_is_fixed
 
-            trains_te = (not self.network.train_unet_only if self.network.type == "lora"
-                         else self.network.train_text_encoder)
+            net = self.network
+            trains_te = {"lora": lambda: not net.train_unet_only,
+                         "dreambooth": lambda: net.train_text_encoder,
+                         "textual_inversion": lambda: True}[net.type]()
             if trains_te:
                 raise ValueError("training.cache_text_encoder_outputs needs a frozen text encoder: "
                                  "set network.train_unet_only = true (LoRA) or "
@@ -232,7 +269,7 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if p not in ("lora", "dreambooth"))
+        loc = ".".join(str(p) for p in e["loc"] if p not in ("lora", "dreambooth", "textual_inversion"))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"

@@ -27,6 +27,7 @@ from engine.export.hashes import cached_sha256
 from engine.export.metadata import RunInfo
 from engine.models.loader import LoadedModel, load_sd_components
 from engine.networks import lora
+from engine.networks.textual_inversion import TextualInversion, lr_at, parse_lr_schedule
 from engine.optim import build_optimizer, build_scheduler, describe_optimizer, param_groups
 
 
@@ -49,6 +50,7 @@ class TrainingSetup:
     weight_dtype: torch.dtype
     run: RunInfo
     te_cache: TextEncoderCache | None = None
+    ti: TextualInversion | None = None
 
 
 def resolve_mixed_precision(requested: str, cb: Callbacks) -> str:
@@ -102,8 +104,9 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
                                                                       torch.float32)
-    is_lora = cfg.network.type == "lora"
-    train_te = (not cfg.network.train_unet_only) if is_lora else cfg.network.train_text_encoder
+    is_lora, is_ti = cfg.network.type == "lora", cfg.network.type == "textual_inversion"
+    train_te = (True if is_ti else (not cfg.network.train_unet_only) if is_lora
+                else cfg.network.train_text_encoder)
     for m in (model.unet, model.vae, model.text_encoder):
         m.requires_grad_(False)
         m.to(accelerator.device)
@@ -111,7 +114,17 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         model.unet.to(dtype=weight_dtype)           # stays fp32 (an fp16 SD1.5 VAE makes NaNs)
         model.text_encoder.to(dtype=weight_dtype)
 
-    if is_lora:
+    ti = None
+    if is_ti:  # only the embedding table learns (and only our rows are kept changed)
+        net = cfg.network
+        try:
+            ti = TextualInversion(model, net.token, net.num_vectors, net.init_text, net.template,
+                                  net.custom_templates)
+        except ValueError as err:
+            raise SetupError(str(err)) from None
+        model.text_encoder.to(accelerator.device)
+        unet_params, te_params = [], [ti.parameter.requires_grad_(True)]
+    elif is_lora:
         unet_params = lora.inject_lora(model.unet, lora.unet_targets(model.unet, cfg.network),
                                        cfg.network.dropout)
         te_params = (lora.inject_lora(model.text_encoder,
@@ -140,11 +153,18 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
 
     trainable = unet_params + te_params
     try:
-        optimizer = build_optimizer(cfg.optimizer, param_groups(unet_params, te_params, cfg.optimizer),
-                                    accelerator.device.type)
+        groups = param_groups(unet_params, te_params, cfg.optimizer)
+        if ti is not None:
+            groups[0]["weight_decay"] = 0.0  # decay would pull our vectors toward zero
+        optimizer = build_optimizer(cfg.optimizer, groups, accelerator.device.type)
     except (RuntimeError, ImportError) as err:
         raise SetupError(str(err)) from None
     scheduler = build_scheduler(cfg.scheduler, optimizer, total, accelerator.num_processes)
+    if ti is not None and cfg.network.lr_schedule:
+        schedule = parse_lr_schedule(cfg.network.lr_schedule)
+        base_lr = optimizer.param_groups[0]["lr"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_at(schedule, step) / base_lr)
 
     run = RunInfo(session_id=int(torch.randint(0, 2**31 - 1, (1,)).item()), started_at=time.time(),
                   family=model.family, prediction_type=prediction_type,
@@ -155,7 +175,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                   reg_dataset_dirs=reg_index.dataset_dirs() if reg_index else None,
                   bucket_counts=dict(Counter(dataset.bucket_keys())))
     return TrainingSetup(model, index, dataset, loader, optimizer, scheduler, trainable, train_te,
-                         total, num_batches, weight_dtype, run, data.te_cache)
+                         total, num_batches, weight_dtype, run, data.te_cache, ti)
 
 
 def base_model_hash(model: LoadedModel) -> str:

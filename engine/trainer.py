@@ -19,7 +19,7 @@ from engine.callbacks import CallbackList, Callbacks, StepInfo, StopToken, Train
 from engine.config import JobConfig
 from engine.curves import CurveWriter
 from engine.export.checkpoint import checkpoint_metadata, save_checkpoint_file, save_diffusers_folder
-from engine.export.metadata import lora_metadata
+from engine.export.metadata import lora_metadata, modelspec_architecture
 from engine.export.safetensors_io import save_with_metadata
 from engine.models.loader import LoadedModel
 from engine.losses import diffusion_loss, min_snr_weights, offset_noise, training_target
@@ -44,6 +44,13 @@ def lora_state(s: TrainingSetup, accelerator: Accelerator) -> dict[str, torch.Te
 def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path: Path,
                 epoch: int, step: int, final: bool = False) -> Path:
     """A LoRA file, or for a full fine-tune a single-file checkpoint (+ diffusers folder at the end)."""
+    if cfg.network.type == "textual_inversion":
+        precision = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.output.save_precision, torch.float32)
+        meta = {"modelspec.architecture": f"{modelspec_architecture(s.model.family, s.model.prediction_type)}"
+                                          "/textual-inversion",
+                "modelspec.title": cfg.output.name, "ss_output_name": cfg.output.name}
+        return s.ti.save(path, cfg.output.name, step, s.run.base_model_hash, s.run.base_model_name,
+                         precision, meta)[0]
     if cfg.network.type == "lora":
         meta = lora_metadata(cfg, s.index, s.run, epoch, step, finished_at=time.time())
         return save_with_metadata(lora_state(s, accelerator), path, meta, cfg.output.save_precision)
@@ -104,6 +111,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                                             cfg.dataset.keep_tokens, cfg.dataset.caption_dropout_rate,
                                             cfg.dataset.tag_dropout_rate)
                             for c in batch["captions"]]
+                if s.ti is not None:
+                    captions = [s.ti.prompt(c, caption_rng) for c in captions]
                 if s.te_cache is not None:
                     hidden = s.te_cache.get(captions, latents.device, s.weight_dtype)
                 else:
@@ -119,6 +128,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                 if accelerator.sync_gradients and cfg.optimizer.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(s.trainable, cfg.optimizer.max_grad_norm)
                 optimizer.step()
+                if s.ti is not None and accelerator.sync_gradients:
+                    s.ti.restore_frozen_rows()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             accum.append(loss.detach().item())

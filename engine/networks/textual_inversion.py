@@ -1,0 +1,177 @@
+"""Textual Inversion: learn new token embeddings only; every other weight, and every other row of
+the embedding table, stays bit-identical.
+
+Tokens follow the diffusers multi-vector convention (``name``, ``name_1``, ... ``name_{n-1}``) while
+training; the saved files follow A1111 (DESIGN.md): ``.pt`` with string_to_param, ``.safetensors``
+with ``emb_params``, and a PNG whose ``sd-ti-embedding`` text chunk carries the embedding. In A1111
+the file name is the word you type in a prompt.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+from pathlib import Path
+
+import torch
+
+from engine.fileio import atomic_write
+from engine.networks.ti_templates import TEMPLATES
+
+_LR_ITEM = re.compile(r"^\s*([0-9.eE+-]+)\s*(?::\s*(\d+)\s*)?$")
+
+
+class LrScheduleError(ValueError):
+    pass
+
+
+def parse_lr_schedule(text: str) -> list[tuple[float, int | None]]:
+    """A1111 syntax ``0.005:100, 1e-3:1000, 1e-5``: lr 0.005 until step 100, 1e-3 until 1000,
+    then 1e-5. Only the last item may omit its step; steps must increase."""
+    items = []
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        raise LrScheduleError("empty learning-rate schedule")
+    last_step = 0
+    for i, part in enumerate(parts):
+        m = _LR_ITEM.match(part)
+        if not m:
+            raise LrScheduleError(f"cannot read {part.strip()!r}: write rate:step, e.g. 0.005:100")
+        try:
+            lr = float(m.group(1))
+        except ValueError:
+            raise LrScheduleError(f"{m.group(1)!r} is not a number") from None
+        step = int(m.group(2)) if m.group(2) else None
+        if lr <= 0:
+            raise LrScheduleError(f"learning rate must be > 0 (got {lr:g})")
+        if step is None and i != len(parts) - 1:
+            raise LrScheduleError(f"only the last item may leave out its step (item {i + 1})")
+        if step is not None and step <= last_step:
+            raise LrScheduleError(f"steps must increase (got {step} after {last_step})")
+        last_step = step or last_step
+        items.append((lr, step))
+    return items
+
+
+def lr_at(schedule: list[tuple[float, int | None]], step: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based: the first step is step 0)."""
+    for lr, end in schedule:
+        if end is None or step < end:
+            return lr
+    return schedule[-1][0]
+
+
+def token_names(token: str, num_vectors: int) -> list[str]:
+    return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
+
+
+class TextualInversion:
+    """The new tokens inside a loaded model, plus what is needed to keep everything else fixed."""
+
+    def __init__(self, model, token: str, num_vectors: int, init_text: str, template: str,
+                 custom_templates: list[str] | None = None):
+        self.model = model
+        self.token = token
+        self.names = token_names(token, num_vectors)
+        tok, te = model.tokenizer, model.text_encoder
+        clash = [n for n in self.names if n in tok.get_vocab()]
+        if clash:
+            raise ValueError(f"the token {clash[0]!r} is already a word in the tokenizer; pick a "
+                             "made-up name (e.g. 'zkzstar')")
+        init_ids = tok(init_text or "*", add_special_tokens=False).input_ids or tok("*", add_special_tokens=False).input_ids
+        tok.add_tokens(self.names)
+        self.ids = tok.convert_tokens_to_ids(self.names)
+        te.resize_token_embeddings(len(tok))
+        emb = te.get_input_embeddings().weight
+        with torch.no_grad():
+            for k, tid in enumerate(self.ids):
+                emb[tid] = emb[init_ids[k % len(init_ids)]]
+        self.original = emb.detach().clone()
+        self.keep = torch.ones(emb.shape[0], dtype=torch.bool)
+        self.keep[self.ids] = False
+        self.templates = custom_templates or TEMPLATES[template]
+
+    @property
+    def parameter(self) -> torch.nn.Parameter:
+        return self.model.text_encoder.get_input_embeddings().weight
+
+    def expand(self, text: str) -> str:
+        """``name`` -> ``name name_1 ... name_{n-1}`` (whole words only)."""
+        return re.sub(rf"(?<![\w]){re.escape(self.token)}(?![\w])", " ".join(self.names), text)
+
+    def prompt(self, caption: str, rng: random.Random) -> str:
+        """A random template with [name] = the tokens and [filewords] = the image's caption."""
+        t = rng.choice(self.templates)
+        return t.replace("[name]", " ".join(self.names)).replace("[filewords]", caption).strip(" ,")
+
+    @torch.no_grad()
+    def restore_frozen_rows(self) -> None:
+        """Undo whatever the optimizer did to rows other than ours (AdamW moves every row it
+        sees a gradient or weight decay for)."""
+        emb = self.parameter
+        keep = self.keep.to(emb.device)
+        emb[keep] = self.original.to(emb.device, emb.dtype)[keep]
+
+    def vectors(self) -> torch.Tensor:
+        return self.parameter.detach()[self.ids].float().cpu().clone()
+
+    def save(self, path: Path, name: str, step: int, checkpoint_hash: str, checkpoint_name: str,
+             precision: torch.dtype = torch.float32, metadata: dict[str, str] | None = None) -> list[Path]:
+        """``path`` (.safetensors) + the .pt and .png beside it; returns all three."""
+        from safetensors.torch import save_file
+
+        vec = self.vectors().to(precision)
+        path = Path(path)
+        meta = {"name": name, "step": str(step), **(metadata or {})}
+        atomic_write(path, lambda tmp: save_file({"emb_params": vec.contiguous()}, str(tmp), meta))
+        pt = path.with_suffix(".pt")
+        data = a1111_embedding_dict(vec, name, step, checkpoint_hash, checkpoint_name)
+        atomic_write(pt, lambda tmp: torch.save(data, tmp))
+        png = path.with_suffix(".png")
+        atomic_write(png, lambda tmp: embedding_png(data).save(tmp, format="PNG",
+                                                             pnginfo=_png_info(data)))
+        return [path, pt, png]
+
+
+def a1111_embedding_dict(vectors: torch.Tensor, name: str, step: int, checkpoint_hash: str,
+                         checkpoint_name: str) -> dict:
+    # 265 is the id A1111 writes for "*" (its own placeholder, not used when loading).
+    return {"string_to_token": {"*": 265}, "string_to_param": {"*": vectors}, "name": name,
+            "step": step, "sd_checkpoint": checkpoint_hash[:10] or None,
+            "sd_checkpoint_name": checkpoint_name}
+
+
+def embedding_to_b64(data: dict) -> str:
+    def encode(obj):
+        if isinstance(obj, torch.Tensor):
+            return {"TORCHTENSOR": obj.float().tolist()}
+        raise TypeError(type(obj))
+    return base64.b64encode(json.dumps(data, default=encode).encode()).decode()
+
+
+def embedding_from_b64(text: str) -> dict:
+    def decode(d):
+        return torch.tensor(d["TORCHTENSOR"]) if "TORCHTENSOR" in d else d
+    return json.loads(base64.b64decode(text), object_hook=decode)
+
+
+def _png_info(data: dict):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("sd-ti-embedding", embedding_to_b64(data))
+    return info
+
+
+def embedding_png(data: dict, size: int = 256):
+    """A card image for sharing the embedding (name and vector count); the data is in the chunk."""
+    from PIL import Image, ImageDraw
+
+    vec = data["string_to_param"]["*"]
+    im = Image.new("RGB", (size, size), (24, 24, 32))
+    d = ImageDraw.Draw(im)
+    d.rectangle((8, 8, size - 9, size - 9), outline=(200, 160, 255), width=3)
+    d.text((20, size // 2 - 20), str(data["name"])[:24], fill=(255, 255, 255))
+    d.text((20, size // 2 + 4), f"{vec.shape[0]} vector(s), step {data['step']}", fill=(180, 180, 200))
+    return im
