@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -30,7 +31,10 @@ def should_sample(cfg: JobConfig, epoch: int = 0, step: int = 0) -> bool:
 
 
 def sample_during_training(cfg: JobConfig, model: LoadedModel, unet, text_encoder, epoch: int,
-                           step: int, autocast=None) -> list[Path]:
+                           step: int, autocast=None, expand: Callable[[str], str] | None = None
+                           ) -> list[Path]:
+    """``expand`` rewrites prompts before generation (Textual Inversion: one typed word becomes
+    all of its vectors); the PNG text keeps the prompt as the user wrote it."""
     out_dir = Path(cfg.output.dir) / "sample"
     was_training = (unet.training, text_encoder.training)
     unet.eval()
@@ -40,7 +44,9 @@ def sample_during_training(cfg: JobConfig, model: LoadedModel, unet, text_encode
         pipe = build_pipeline(model, unet=unet, text_encoder=text_encoder, scheduler=cfg.sample.sampler)
         with torch.random.fork_rng(devices=[]), torch.no_grad(), (autocast or _null)():
             for i, spec in enumerate(sample_specs(cfg)):
-                image = generate(pipe, replace(spec))[0]
+                run = (replace(spec, prompt=expand(spec.prompt), negative=expand(spec.negative))
+                       if expand else spec)
+                image = generate(pipe, run)[0]
                 text = a1111_parameters(spec, cfg.sample.sampler, model_name=model.name)
                 path = out_dir / f"{cfg.output.name}_e{epoch:06d}_s{step:06d}_{i:02d}.png"
                 paths.append(save_png_with_parameters(image, path, text))

@@ -88,7 +88,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
 
     def take_samples(epoch: int, step: int) -> None:
         paths = sample_during_training(cfg, s.model, accelerator.unwrap_model(unet),
-                                       accelerator.unwrap_model(te), epoch, step, accelerator.autocast)
+                                       accelerator.unwrap_model(te), epoch, step, accelerator.autocast,
+                                       expand=s.ti.expand if s.ti is not None else None)
         cb.on_sample(paths, epoch, step)
 
     cb.on_start(s.total_steps)

@@ -135,3 +135,25 @@ def test_training_lowers_the_denoising_loss(trained_ti, tiny_dataset):
         before = loss()
         emb[ids] = trained
     assert after < before, (before, after)
+
+
+def test_sample_prompts_use_every_vector(tmp_path, tiny_model_dir, tiny_dataset, monkeypatch):
+    """A sample prompt says 'zkzstar' once; generation must see all vectors, the PNG the typed text."""
+    import engine.train_samples as ts
+
+    seen = []
+    real = ts.generate
+
+    def spy(pipe, spec, num_images=1):
+        seen.append(spec.prompt)
+        return real(pipe, spec, num_images)
+
+    monkeypatch.setattr(ts, "generate", spy)
+    job = ti_job(tiny_model_dir, tiny_dataset, tmp_path)
+    job["training"]["epochs"] = 1
+    job["sample"] = {"prompts": ["a photo of zkzstar --s 2"], "every_n_epochs": 1}
+    result = train(parse_config(job))
+    assert seen == ["a photo of zkzstar zkzstar_1"]
+    png = sorted((tmp_path / "sample").glob("*.png"))
+    assert len(png) == 1 and Image.open(png[0]).text["parameters"].startswith("a photo of zkzstar\n")
+    assert result.steps == 6
