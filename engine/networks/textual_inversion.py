@@ -82,7 +82,7 @@ class TextualInversion:
         init_ids = tok(init_text or "*", add_special_tokens=False).input_ids or tok("*", add_special_tokens=False).input_ids
         tok.add_tokens(self.names)
         self.ids = tok.convert_tokens_to_ids(self.names)
-        te.resize_token_embeddings(len(tok))
+        te.resize_token_embeddings(len(tok), mean_resizing=False)  # our rows are set just below
         emb = te.get_input_embeddings().weight
         with torch.no_grad():
             for k, tid in enumerate(self.ids):
