@@ -29,11 +29,15 @@ class DataSetup:
     disk_cache: DiskLatentCache | None
 
 
-def scan_job_dataset(cfg: JobConfig, with_reg: bool = True) -> tuple[DatasetIndex, DatasetIndex | None]:
+def scan_job_dataset(cfg: JobConfig) -> DatasetIndex:
     d = cfg.dataset
-    index = scan_dataset(d.path, d.default_repeats, d.caption_extension)
-    reg = scan_dataset(d.reg_path, 1, d.caption_extension) if d.reg_path and with_reg else None
-    return index, reg
+    return scan_dataset(d.path, d.default_repeats, d.caption_extension)
+
+
+def scan_reg_dataset(cfg: JobConfig) -> DatasetIndex | None:
+    """The regularization images, if any (scanned after missing class images were generated)."""
+    d = cfg.dataset
+    return scan_dataset(d.reg_path, 1, d.caption_extension) if d.reg_path else None
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from engine.config import JobConfig
 from engine.data.dataset import TrainingSamples
 from engine.data.class_images import ensure_class_images
 from engine.data.folder import DatasetIndex
-from engine.data_setup import build_data, encode_latents, scan_job_dataset
+from engine.data_setup import build_data, encode_latents, scan_job_dataset, scan_reg_dataset
 from engine.export.hashes import cached_sha256
 from engine.export.metadata import RunInfo
 from engine.models.loader import LoadedModel, load_sd_components
@@ -80,7 +80,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     """``model`` lets a caller that already holds the base in memory (benchmarks, the app's
     cached base) skip loading it again; it is modified in place (LoRA layers are injected)."""
     t = cfg.training
-    index, _ = scan_job_dataset(cfg, with_reg=False)  # fail fast on a bad dataset, before loading
+    index = scan_job_dataset(cfg)  # before loading the model: a bad dataset fails fast
     if model is None:
         model = load_sd_components(cfg.model.base, family=cfg.model.family,
                                    local_files_only=cfg.model.local_files_only,
@@ -97,7 +97,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                                    device=accelerator.device)
         if made:
             cb.on_log(f"generated {made} class images for '{d.class_prompt}' in {d.reg_path}")
-    index, reg_index = scan_job_dataset(cfg)
+    reg_index = scan_reg_dataset(cfg)
     cb.on_log(f"base model: {model.name} ({model.family}, {prediction_type}); "
               f"{index.num_images} images, {index.num_train_images} per epoch with repeats"
               + (f"; {reg_index.num_images} regularization images" if reg_index else ""))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Protocol
 
-from engine.data.folder import IMAGE_EXTENSIONS, read_caption
+from engine.data.folder import images_under, read_caption
 from engine.data.tags import join_tags, split_tags
 from engine.fileio import atomic_write_bytes
 
@@ -28,8 +28,7 @@ class CaptionReport:
 
 
 def dataset_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return images_under(folder)
 
 
 def caption_images(paths: list[Path], captioner: Captioner, opts, mode: Mode = "skip",

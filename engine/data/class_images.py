@@ -11,16 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from engine.data.folder import IMAGE_EXTENSIONS
+from engine.data.folder import images_under
 from engine.data.importer import subset_folder_name
 from engine.fileio import atomic_write, atomic_write_bytes
 
 
 def count_images(root: Path) -> int:
-    root = Path(root)
-    if not root.is_dir():
-        return 0
-    return sum(1 for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return len(images_under(root)) if Path(root).is_dir() else 0
 
 
 def ensure_class_images(model, reg_root: Path, class_prompt: str, count: int, resolution: int,

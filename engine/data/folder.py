@@ -78,6 +78,12 @@ def read_caption(image: Path, extension: str = ".txt") -> str | None:
     return None
 
 
+def images_under(root: Path) -> list[Path]:
+    """Every image file below ``root`` (any depth), hidden files excluded, sorted."""
+    return sorted(p for p in Path(root).rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 import unicodedata
 import zipfile
 from dataclasses import dataclass, field
@@ -122,7 +123,10 @@ def import_zip(archive: Path, dest: Path, max_bytes: int = MAX_UNZIPPED_BYTES) -
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as err:
         raise DatasetError(f"{archive.name} is not a readable zip file ({err})") from None
-    with zf, _scratch(dest) as tmp:
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    # scratch space beside dest (same disk: no surprise out-of-space in /tmp)
+    with zf, tempfile.TemporaryDirectory(prefix=f".{Path(dest).name}.unzip", dir=Path(dest).parent) as tmp_s:
+        tmp = Path(tmp_s)
         members, total, refused = [], 0, []
         for info in zf.infolist():
             parts = PurePosixPath(info.filename.replace("\\", "/")).parts
@@ -148,21 +152,6 @@ def import_zip(archive: Path, dest: Path, max_bytes: int = MAX_UNZIPPED_BYTES) -
         report = import_files(staged, dest)
     report.skipped = refused + report.skipped
     return report
-
-
-class _scratch:
-    """A temporary folder beside ``dest`` (same disk: no surprise out-of-space in /tmp)."""
-
-    def __init__(self, dest: Path):
-        self.path = Path(dest).parent / f".{Path(dest).name}.unzip"
-
-    def __enter__(self) -> Path:
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir(parents=True)
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def import_concept(source: Path | list, workspace: Path, name: str, repeats: int) -> ImportReport:

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from engine.export.hashes import sha256_file
 from engine.fileio import atomic_write
 from engine.paths import cache_dir
 
@@ -30,14 +31,6 @@ def vae_fingerprint(vae) -> str:
     return h.hexdigest()[:20]
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class DiskLatentCache:
     def __init__(self, vae_id: str, downscale: int = 8, root: Path | None = None):
         self.vae_id = vae_id
@@ -48,7 +41,7 @@ class DiskLatentCache:
         self.rebuilt = 0
 
     def path_for(self, image: Path, size: tuple[int, int]) -> Path:
-        return self.folder / f"{file_sha256(image)[:32]}_{size[0]}x{size[1]}.safetensors"
+        return self.folder / f"{sha256_file(image)[:32]}_{size[0]}x{size[1]}.safetensors"
 
     def load(self, image: Path, size: tuple[int, int], variants: int) -> torch.Tensor | None:
         """Cached [variants, C, h/f, w/f] latents, or None when absent or not trustworthy."""
