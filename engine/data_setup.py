@@ -21,12 +21,9 @@ from engine.te_cache import TextEncoderCache
 
 @dataclass
 class DataSetup:
-    index: DatasetIndex
-    reg_index: DatasetIndex | None
     dataset: TrainingSamples
     loader: DataLoader
     te_cache: TextEncoderCache | None
-    disk_cache: DiskLatentCache | None
 
 
 def scan_job_dataset(cfg: JobConfig) -> DatasetIndex:
@@ -74,4 +71,4 @@ def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Cal
         cb.on_log(f"text-encoder outputs cached for {len(te_cache)} distinct captions")
     sampler = BucketBatchSampler(dataset.bucket_keys(), t.batch_size, t.seed)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
-    return DataSetup(index, reg_index, dataset, loader, te_cache, disk)
+    return DataSetup(dataset, loader, te_cache)

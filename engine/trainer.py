@@ -45,12 +45,11 @@ def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path
                 epoch: int, step: int, final: bool = False) -> Path:
     """A LoRA file, or for a full fine-tune a single-file checkpoint (+ diffusers folder at the end)."""
     if cfg.network.type == "textual_inversion":
-        precision = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.output.save_precision, torch.float32)
         meta = {"modelspec.architecture": f"{modelspec_architecture(s.model.family, s.model.prediction_type)}"
                                           "/textual-inversion",
                 "modelspec.title": cfg.output.name, "ss_output_name": cfg.output.name}
         return s.ti.save(path, cfg.output.name, step, s.run.base_model_hash, s.run.base_model_name,
-                         precision, meta)[0]
+                         cfg.output.save_precision, meta)[0]
     if cfg.network.type == "lora":
         meta = lora_metadata(cfg, s.index, s.run, epoch, step, finished_at=time.time())
         return save_with_metadata(lora_state(s, accelerator), path, meta, cfg.output.save_precision)

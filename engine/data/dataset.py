@@ -80,15 +80,16 @@ class TrainingSamples(Dataset):
         cached = []
         variants = 2 if self.flip_aug else 1
         for i in range(len(self._unique)):
-            path, size = self._unique[i].path, self.size_of(i)
-            lat = disk.load(path, size, variants) if disk else None
+            size = self.size_of(i)
+            entry = disk.path_for(self._unique[i].path, size) if disk else None  # hashes the file once
+            lat = disk.load(entry, size, variants) if disk else None
             if lat is None:
                 px = self.pixels(i).unsqueeze(0)
                 batch = torch.cat([px, px.flip(-1)]) if self.flip_aug else px
                 lat = encode(batch).cpu()
                 if disk:
                     disk.misses += 1
-                    disk.store(path, size, lat)
+                    disk.store(entry, size, lat)
             elif disk:
                 disk.hits += 1
             cached.append(lat)

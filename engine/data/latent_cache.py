@@ -43,9 +43,9 @@ class DiskLatentCache:
     def path_for(self, image: Path, size: tuple[int, int]) -> Path:
         return self.folder / f"{sha256_file(image)[:32]}_{size[0]}x{size[1]}.safetensors"
 
-    def load(self, image: Path, size: tuple[int, int], variants: int) -> torch.Tensor | None:
-        """Cached [variants, C, h/f, w/f] latents, or None when absent or not trustworthy."""
-        path = self.path_for(image, size)
+    def load(self, path: Path, size: tuple[int, int], variants: int) -> torch.Tensor | None:
+        """Cached [variants, C, h/f, w/f] latents at ``path`` (from :meth:`path_for`), or None
+        when absent or not trustworthy."""
         if not path.is_file():
             return None
         try:
@@ -60,8 +60,7 @@ class DiskLatentCache:
             return None
         return lat
 
-    def store(self, image: Path, size: tuple[int, int], latents: torch.Tensor) -> None:
-        path = self.path_for(image, size)
+    def store(self, path: Path, size: tuple[int, int], latents: torch.Tensor) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "vae": self.vae_id, "width": str(size[0]), "height": str(size[1])}
         atomic_write(path, lambda tmp: save_file({"latents": latents.contiguous().cpu()}, str(tmp), meta))

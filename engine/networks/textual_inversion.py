@@ -117,14 +117,14 @@ class TextualInversion:
         return self.parameter.detach()[self.ids].float().cpu().clone()
 
     def save(self, path: Path, name: str, step: int, checkpoint_hash: str, checkpoint_name: str,
-             precision: torch.dtype = torch.float32, metadata: dict[str, str] | None = None) -> list[Path]:
+             precision: str = "fp32", metadata: dict[str, str] | None = None) -> list[Path]:
         """``path`` (.safetensors) + the .pt and .png beside it; returns all three."""
-        from safetensors.torch import save_file
+        from engine.export.safetensors_io import cast_state_dict, save_with_metadata
 
-        vec = self.vectors().to(precision)
+        vec = cast_state_dict({"emb_params": self.vectors()}, precision)["emb_params"]
         path = Path(path)
-        meta = {"name": name, "step": str(step), **(metadata or {})}
-        atomic_write(path, lambda tmp: save_file({"emb_params": vec.contiguous()}, str(tmp), meta))
+        save_with_metadata({"emb_params": vec}, path, {"name": name, "step": str(step), **(metadata or {})},
+                           precision)
         pt = path.with_suffix(".pt")
         data = a1111_embedding_dict(vec, name, step, checkpoint_hash, checkpoint_name)
         atomic_write(pt, lambda tmp: torch.save(data, tmp))
