@@ -72,6 +72,36 @@ class LoraNetworkConfig(_Section):
     train_unet_only: bool = False
 
 
+class LycorisNetworkConfig(_Section):
+    """LyCORIS through lycoris-lora: LoCon (low rank incl. 3x3 convs), LoHa (Hadamard product of
+    two low-rank pairs: rank up to dim^2 for the same file size), LoKr (Kronecker product)."""
+    type: Literal["locon", "loha", "lokr"]
+    dim: int = Field(default=8, ge=1, le=100000,
+                     description="Rank (LoKr: a dim larger than the layer means a full w2 matrix).")
+    alpha: float = Field(default=4.0, gt=0)
+    conv_dim: Optional[int] = Field(default=None, ge=0, le=100000,
+                                    description="Rank for 3x3 convs; empty = dim, 0 = no 3x3 convs.")
+    conv_alpha: Optional[float] = Field(default=None, gt=0, description="Empty = alpha.")
+    preset: Literal["full", "attn-mlp", "attn-only"] = Field(
+        default="full", description="Which modules learn: full = every UNet linear/conv "
+        "(LyCORIS' default), attn-mlp = the classic LoRA targets, attn-only = attention only.")
+    factor: int = Field(default=-1, description="LoKr: Kronecker factor (-1 = as square as possible).")
+    decompose_both: bool = Field(default=False, description="LoKr: low-rank w1 as well as w2.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    rank_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    module_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    train_unet_only: bool = False
+
+    @model_validator(mode="after")
+    def _lokr_only_fields(self) -> "LycorisNetworkConfig":
+        if self.type != "lokr" and (self.factor != -1 or self.decompose_both):
+            raise ValueError(f"network.factor / network.decompose_both only apply to 'lokr' "
+                             f"(type is {self.type!r})")
+        if self.factor != -1 and self.factor < 1:
+            raise ValueError(f"network.factor: -1 (automatic) or a positive integer (got {self.factor})")
+        return self
+
+
 class FullFinetuneConfig(_Section):
     """DreamBooth-style full fine-tune: every UNet weight (and optionally the text encoder's)."""
     type: Literal["dreambooth"] = "dreambooth"
@@ -114,7 +144,8 @@ class TextualInversionConfig(_Section):
 
 
 # The network is a discriminated union on `type`; other methods join it as they land.
-NetworkConfig = Annotated[Union[LoraNetworkConfig, FullFinetuneConfig, TextualInversionConfig],
+NetworkConfig = Annotated[Union[LoraNetworkConfig, LycorisNetworkConfig, FullFinetuneConfig,
+                                TextualInversionConfig],
                           Field(discriminator="type")]
 
 OptimizerName = Literal["AdamW", "AdamW8bit", "Adafactor", "Lion", "Prodigy"]
@@ -235,11 +266,7 @@ class JobConfig(_Section):
         if self.training.cache_text_encoder_outputs:
             from engine.data.captions import caption_is_fixed
 
-            net = self.network
-            trains_te = {"lora": lambda: not net.train_unet_only,
-                         "dreambooth": lambda: net.train_text_encoder,
-                         "textual_inversion": lambda: True}[net.type]()
-            if trains_te:
+            if trains_text_encoder(self.network):
                 raise ValueError("training.cache_text_encoder_outputs needs a frozen text encoder: "
                                  "set network.train_unet_only = true (LoRA) or "
                                  "network.train_text_encoder = false")
@@ -251,6 +278,19 @@ class JobConfig(_Section):
             raise ValueError("optimizer.lr: Prodigy adapts the step size itself; "
                              "set lr to about 1.0 (got %g)" % self.optimizer.lr)
         return self
+
+
+def trains_text_encoder(net: "LoraNetworkConfig | LycorisNetworkConfig | FullFinetuneConfig | "
+                                  "TextualInversionConfig") -> bool:
+    """Whether the text encoder's output changes during training (it cannot be cached then)."""
+    if net.type == "textual_inversion":
+        return True
+    if net.type == "dreambooth":
+        return net.train_text_encoder
+    return not net.train_unet_only
+
+
+NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "dreambooth", "textual_inversion")
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
@@ -269,7 +309,7 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if p not in ("lora", "dreambooth", "textual_inversion"))
+        loc = ".".join(str(p) for p in e["loc"] if p not in NETWORK_TYPES)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling)"

@@ -1,7 +1,7 @@
 """The XYZ comparison grid: saved checkpoints (rows) x LoRA weights (columns) x prompts or seeds
 (one grid per Z value), all with one fixed seed, to pick the best epoch and weight.
 
-The base model is loaded once; each checkpoint is swapped in place (LoraSwapper) and the Z cells
+The base model is loaded once; each checkpoint is swapped in place (NetworkSwapper) and the Z cells
 of one (checkpoint, weight) pair are generated as a single batch.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Callable
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
 
-from engine.lora_apply import LoraSwapper
+from engine.network_swap import NetworkSwapper
 from engine.models.loader import LoadedModel
 from engine.sample_prompts import a1111_parameters, save_png_with_parameters
 from engine.sampler import SampleSpec, build_pipeline, generate_batch
@@ -96,7 +96,7 @@ def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
              progress: Callable[[int, int], None] | None = None) -> GridResult:
     if not job.checkpoints:
         raise GridError("no checkpoints to compare")
-    swapper = LoraSwapper(model)
+    swapper = NetworkSwapper(model)
     pipe = build_pipeline(model, scheduler=job.sampler)
     zs = _z_values(job)
     out_dir = Path(out_dir)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from engine.te_cache import TextEncoderCache
 
 from engine.callbacks import Callbacks
-from engine.config import JobConfig
+from engine.config import JobConfig, trains_text_encoder
 from engine.data.dataset import TrainingSamples
 from engine.data.class_images import ensure_class_images
 from engine.data.folder import DatasetIndex
@@ -26,7 +26,7 @@ from engine.data_setup import build_data, encode_latents, scan_job_dataset, scan
 from engine.export.hashes import cached_sha256
 from engine.export.metadata import RunInfo
 from engine.models.loader import LoadedModel, load_sd_components
-from engine.networks import lora
+from engine.networks import lora, lycoris_net
 from engine.networks.textual_inversion import TextualInversion, lr_at, parse_lr_schedule
 from engine.optim import build_optimizer, build_scheduler, describe_optimizer, param_groups
 
@@ -51,6 +51,7 @@ class TrainingSetup:
     run: RunInfo
     te_cache: TextEncoderCache | None = None
     ti: TextualInversion | None = None
+    network: torch.nn.Module | None = None  # a LyCORIS network (hooks the base modules' forward)
 
 
 def resolve_mixed_precision(requested: str, cb: Callbacks) -> str:
@@ -104,17 +105,17 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
                                                                       torch.float32)
-    is_lora, is_ti = cfg.network.type == "lora", cfg.network.type == "textual_inversion"
-    train_te = (True if is_ti else (not cfg.network.train_unet_only) if is_lora
-                else cfg.network.train_text_encoder)
+    kind = cfg.network.type
+    is_lora, is_ti, is_lyco = kind == "lora", kind == "textual_inversion", kind in lycoris_net.ALGO
+    train_te = trains_text_encoder(cfg.network)
     for m in (model.unet, model.vae, model.text_encoder):
         m.requires_grad_(False)
         m.to(accelerator.device)
-    if weight_dtype != torch.float32 and is_lora:  # frozen base in half precision; the VAE
+    if weight_dtype != torch.float32 and (is_lora or is_lyco):  # frozen base in half; the VAE
         model.unet.to(dtype=weight_dtype)           # stays fp32 (an fp16 SD1.5 VAE makes NaNs)
         model.text_encoder.to(dtype=weight_dtype)
 
-    ti = None
+    ti, network = None, None
     if is_ti:  # only the embedding table learns (and only our rows are kept changed)
         net = cfg.network
         try:
@@ -131,6 +132,15 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                                       lora.text_encoder_targets(model.text_encoder, cfg.network),
                                       cfg.network.dropout) if train_te else [])
         cast_training_params([model.unet, model.text_encoder], dtype=torch.float32)
+    elif is_lyco:  # the network's own modules learn, in fp32; the base keeps its weights
+        try:
+            network = lycoris_net.create_network(model.unet, model.text_encoder if train_te else None,
+                                                 cfg.network)
+        except ValueError as err:
+            raise SetupError(str(err)) from None
+        network.to(accelerator.device, dtype=torch.float32)
+        unet_params = [p for m in network.unet_loras for p in m.parameters() if p.requires_grad]
+        te_params = [p for m in network.text_encoder_loras for p in m.parameters() if p.requires_grad]
     else:  # full fine-tune: every weight learns, kept in fp32 (autocast does the half math)
         unet_params = list(model.unet.requires_grad_(True).parameters())
         te_params = list(model.text_encoder.requires_grad_(True).parameters()) if train_te else []
@@ -175,7 +185,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                   reg_dataset_dirs=reg_index.dataset_dirs() if reg_index else None,
                   bucket_counts=dict(Counter(dataset.bucket_keys())))
     return TrainingSetup(model, index, dataset, loader, optimizer, scheduler, trainable, train_te,
-                         total, num_batches, weight_dtype, run, data.te_cache, ti)
+                         total, num_batches, weight_dtype, run, data.te_cache, ti, network)
 
 
 def base_model_hash(model: LoadedModel) -> str:

@@ -23,7 +23,7 @@ from engine.export.metadata import lora_metadata, modelspec_architecture
 from engine.export.safetensors_io import save_with_metadata
 from engine.models.loader import LoadedModel
 from engine.losses import diffusion_loss, min_snr_weights, offset_noise, training_target
-from engine.networks import lora
+from engine.networks import lora, lycoris_net
 from engine.setup import TrainingSetup, build_training, encode_latents, resolve_mixed_precision
 from engine.data.captions import process_caption
 from engine.text import encode_prompts
@@ -50,9 +50,11 @@ def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path
                 "modelspec.title": cfg.output.name, "ss_output_name": cfg.output.name}
         return s.ti.save(path, cfg.output.name, step, s.run.base_model_hash, s.run.base_model_name,
                          cfg.output.save_precision, meta)[0]
-    if cfg.network.type == "lora":
+    if cfg.network.type == "lora" or s.network is not None:
         meta = lora_metadata(cfg, s.index, s.run, epoch, step, finished_at=time.time())
-        return save_with_metadata(lora_state(s, accelerator), path, meta, cfg.output.save_precision)
+        state = (lora_state(s, accelerator) if s.network is None
+                 else lycoris_net.file_state_dict(s.network, s.model.text_encoder))
+        return save_with_metadata(state, path, meta, cfg.output.save_precision)
     unet = accelerator.unwrap_model(s.model.unet)
     te = accelerator.unwrap_model(s.model.text_encoder)
     meta = checkpoint_metadata(cfg, s.model.family, s.model.prediction_type, epoch, step)
@@ -86,9 +88,13 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     result = TrainResult(final_path=None)
 
     def take_samples(epoch: int, step: int) -> None:
+        if s.network is not None:
+            s.network.eval()  # no dropout while sampling
         paths = sample_during_training(cfg, s.model, accelerator.unwrap_model(unet),
                                        accelerator.unwrap_model(te), epoch, step, accelerator.autocast,
                                        expand=s.ti.expand if s.ti is not None else None)
+        if s.network is not None:
+            s.network.train()
         cb.on_sample(paths, epoch, step)
 
     cb.on_start(s.total_steps)
@@ -97,6 +103,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     for epoch in range(1, t.epochs + 1):
         unet.train()
         te.train(s.train_te)
+        if s.network is not None:
+            s.network.train()
         epoch_losses, accum = [], []
         for batch in loader:
             with accelerator.accumulate(unet, te) if s.train_te else accelerator.accumulate(unet):

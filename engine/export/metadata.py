@@ -51,14 +51,30 @@ def bucket_info(counts: dict) -> dict:
     return {"buckets": buckets, "mean_img_ar_error": 0.0}
 
 
+def network_module_and_args(net) -> tuple[str, dict[str, str]]:
+    """kohya's ``ss_network_module`` and ``ss_network_args`` (values as strings, as kohya writes)."""
+    args: dict[str, str] = {}
+    if net.type == "lora":
+        if net.conv_dim:
+            args = {"conv_dim": str(net.conv_dim), "conv_alpha": str(net.conv_alpha)}
+        if net.dropout:
+            args["dropout"] = str(net.dropout)
+        return "networks.lora", args
+    args = {"algo": net.type, "preset": net.preset,
+            "conv_dim": str(net.dim if net.conv_dim is None else net.conv_dim),
+            "conv_alpha": str(net.alpha if net.conv_alpha is None else net.conv_alpha)}
+    if net.type == "lokr":
+        args |= {"factor": str(net.factor), "decompose_both": str(net.decompose_both)}
+    for name in ("dropout", "rank_dropout", "module_dropout"):
+        if getattr(net, name):
+            args[name] = str(getattr(net, name))
+    return "lycoris.kohya", args
+
+
 def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, step: int,
                   finished_at: float) -> dict[str, str]:
     t, o, net, res = cfg.training, cfg.optimizer, cfg.network, cfg.dataset.resolution
-    network_args = {}
-    if net.conv_dim:
-        network_args = {"conv_dim": str(net.conv_dim), "conv_alpha": str(net.conv_alpha)}
-    if net.dropout:
-        network_args["dropout"] = str(net.dropout)
+    module, network_args = network_module_and_args(net)
     meta = {
         "ss_output_name": cfg.output.name,
         "ss_session_id": str(run.session_id),
@@ -81,7 +97,7 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         "ss_lr_warmup_steps": str(cfg.scheduler.warmup_steps),
         "ss_optimizer": run.optimizer,
         "ss_max_grad_norm": str(o.max_grad_norm),
-        "ss_network_module": "networks.lora",
+        "ss_network_module": module,
         "ss_network_dim": str(net.dim),
         "ss_network_alpha": str(net.alpha),
         "ss_network_dropout": str(net.dropout),

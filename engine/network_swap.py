@@ -1,0 +1,84 @@
+"""Swap add-on network files on a base held in memory: plain LoRA (peft layers) or LyCORIS.
+
+Plain kohya LoRA / LoCon files (``lora_down``/``lora_up`` only) go through :class:`LoraSwapper`;
+files with LoHa / LoKr / CP-decomposed modules need lycoris-lora's modules. Either way the
+modules are built once per file *structure* and later epochs only copy tensors in.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from engine.lora_apply import LoraFileError, LoraSwapper
+from engine.models.loader import LoadedModel
+from engine.networks import lycoris_net
+
+_LYCORIS_ONLY = (".hada_", ".lokr_", ".lora_mid.")
+
+
+def needs_lycoris(keys) -> bool:
+    """True when a file holds module types only lycoris-lora can apply (LoHa, LoKr, CP/Tucker)."""
+    return any(marker in k for k in keys for marker in _LYCORIS_ONLY)
+
+
+class LycorisSwapper:
+    """Same interface as LoraSwapper, for files only lycoris-lora can apply."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.network = None
+        self._signature: frozenset | None = None
+        self.injections = 0
+
+    def load(self, path: Path) -> None:
+        state = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        signature = frozenset((k, tuple(v.shape)) for k, v in state.items())
+        unet, te = self.model.unet, self.model.text_encoder
+        try:
+            if signature != self._signature:
+                if self.network is not None:
+                    lycoris_net.unhook(self.network)
+                self.network = lycoris_net.network_from_file_state(state, unet, te, meta)
+                self._signature = signature
+                self.injections += 1
+            else:
+                lycoris_net.load_file_state(self.network, state, te)
+        except (ValueError, KeyError, RuntimeError) as err:  # RuntimeError: lycoris' reload
+            raise LoraFileError(f"{Path(path).name}: {err}") from None
+        self.network.to(device=unet.device, dtype=unet.dtype).eval()
+
+    def set_weight(self, weight: float) -> None:
+        if self.network is None:
+            raise RuntimeError("load a network file first")
+        self.network.set_multiplier(weight)
+
+
+class NetworkSwapper:
+    """Picks the swapper from the first file; one comparison holds one kind of file."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self._impl: LoraSwapper | LycorisSwapper | None = None
+
+    @property
+    def injections(self) -> int:
+        return self._impl.injections if self._impl else 0
+
+    def load(self, path: Path) -> None:
+        with safe_open(str(path), "pt") as f:
+            kind = LycorisSwapper if needs_lycoris(f.keys()) else LoraSwapper
+        if self._impl is None:
+            self._impl = kind(self.model)
+        elif not isinstance(self._impl, kind):
+            raise LoraFileError(f"{Path(path).name}: a LoHa/LoKr file and a plain LoRA file cannot "
+                                "be compared in one grid; make one grid per file type")
+        self._impl.load(path)
+
+    def set_weight(self, weight: float) -> None:
+        if self._impl is None:
+            raise RuntimeError("load a network file first")
+        self._impl.set_weight(weight)

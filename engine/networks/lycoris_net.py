@@ -1,0 +1,171 @@
+"""LyCORIS networks (LoCon, LoHa, LoKr) through the lycoris-lora package.
+
+lycoris-lora owns the math (Hadamard / Kronecker products, scaling, dropout) and hooks the base
+modules' forward. What we add:
+- SD-only target presets: lycoris' own "full" preset also lists ``TimestepEmbedding`` for other
+  architectures, which on an SD UNet creates ``time_embedding.linear_1`` twice and fails.
+- A1111/ComfyUI key names: transformers >= 5 dropped the ``text_model.`` level of CLIPTextModel, so
+  lycoris would write ``lora_te_encoder_...``; files must read ``lora_te_text_model_encoder_...``.
+
+lycoris keeps its target lists as class attributes of ``LycorisNetworkKohya`` (read from the base
+class, so a subclass cannot hold its own): every build sets all of them under a lock. The package is
+imported on first use: it pulls in bitsandbytes, several seconds that a LoRA job should not pay.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+import torch
+
+from engine.config import LycorisNetworkConfig
+
+if TYPE_CHECKING:
+    from lycoris.kohya import LycorisNetworkKohya
+
+UNET_PREFIX, TE_PREFIX = "lora_unet", "lora_te"
+_TE_MODULES = ["CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"]
+_COMMON = {"module_algo_map": {}, "name_algo_map": {}, "use_fnmatch": False, "exclude_name": []}
+SD_PRESETS: dict[str, dict] = {
+    # every linear/conv of the UNet blocks plus conv_in/out and the time embedding (LyCORIS' default)
+    "full": {"enable_conv": True,
+             "unet_target_module": ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"],
+             "unet_target_name": ["conv_in", "conv_out", "time_embedding.linear_1",
+                                  "time_embedding.linear_2"],
+             "text_encoder_target_module": _TE_MODULES, "text_encoder_target_name": []},
+    # the classic LoRA targets: attention and feed-forward of the transformer blocks
+    "attn-mlp": {"enable_conv": False, "unet_target_module": ["Transformer2DModel"],
+                 "unet_target_name": [], "text_encoder_target_module": _TE_MODULES,
+                 "text_encoder_target_name": []},
+    "attn-only": {"enable_conv": False, "unet_target_module": ["Attention"], "unet_target_name": [],
+                  "text_encoder_target_module": ["CLIPAttention", "CLIPSdpaAttention"],
+                  "text_encoder_target_name": []},
+}
+ALGO = {"locon": "locon", "loha": "loha", "lokr": "lokr"}
+_LOCK = threading.RLock()
+_TE_FILE_PREFIX = f"{TE_PREFIX}_text_model_"
+
+
+def _lycoris():
+    """The lycoris.kohya module, its per-module INFO chatter turned down (we log a summary)."""
+    import lycoris.kohya
+
+    logging.getLogger("LyCORIS").setLevel(logging.WARNING)
+    return lycoris.kohya
+
+
+def _use_preset(name: str) -> None:
+    _lycoris().LycorisNetworkKohya.apply_preset({**SD_PRESETS[name], **_COMMON})
+
+
+def create_network(unet: torch.nn.Module, text_encoder: torch.nn.Module | None,
+                   cfg: LycorisNetworkConfig) -> LycorisNetworkKohya:
+    """Build and hook a fresh (no-op at step 0) network into ``unet`` (and ``text_encoder``)."""
+    conv_dim = cfg.dim if cfg.conv_dim is None else cfg.conv_dim
+    conv_alpha = cfg.alpha if cfg.conv_alpha is None else cfg.conv_alpha
+    with _LOCK:
+        _use_preset(cfg.preset)
+        net = _lycoris().LycorisNetworkKohya(
+            text_encoder, unet, multiplier=1.0, lora_dim=cfg.dim, alpha=cfg.alpha,
+            conv_lora_dim=conv_dim, conv_alpha=conv_alpha, dropout=cfg.dropout,
+            rank_dropout=cfg.rank_dropout, module_dropout=cfg.module_dropout, use_tucker=False,
+            network_module=ALGO[cfg.type], factor=cfg.factor, decompose_both=cfg.decompose_both,
+            warn_on_unmatched=False)
+    if not net.unet_loras:
+        raise ValueError(f"network.preset {cfg.preset!r} found no modules to train in this UNet")
+    net.apply_to(text_encoder, unet, apply_text_encoder=text_encoder is not None, apply_unet=True)
+    return net
+
+
+def _needs_text_model_level(text_encoder: torch.nn.Module | None) -> bool:
+    return text_encoder is not None and not hasattr(text_encoder, "text_model")
+
+
+def to_file_keys(state: dict[str, torch.Tensor], text_encoder: torch.nn.Module | None
+                 ) -> dict[str, torch.Tensor]:
+    """Network state -> A1111/ComfyUI keys (``lora_te_text_model_encoder_...``)."""
+    if not _needs_text_model_level(text_encoder):
+        return dict(state)
+    return {(_TE_FILE_PREFIX + k.removeprefix(f"{TE_PREFIX}_")
+             if k.startswith(f"{TE_PREFIX}_") and not k.startswith(_TE_FILE_PREFIX) else k): v
+            for k, v in state.items()}
+
+
+def from_file_keys(state: dict[str, torch.Tensor], text_encoder: torch.nn.Module | None
+                   ) -> dict[str, torch.Tensor]:
+    """The reverse of :func:`to_file_keys`, for a text encoder without the ``text_model`` level."""
+    if not _needs_text_model_level(text_encoder):
+        return dict(state)
+    return {(f"{TE_PREFIX}_" + k.removeprefix(_TE_FILE_PREFIX) if k.startswith(_TE_FILE_PREFIX)
+             else k): v for k, v in state.items()}
+
+
+def file_state_dict(net: LycorisNetworkKohya, text_encoder: torch.nn.Module | None
+                    ) -> dict[str, torch.Tensor]:
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return to_file_keys(state, text_encoder)
+
+
+def config_from_metadata(meta: dict[str, str], has_te: bool) -> LycorisNetworkConfig | None:
+    """The network config our own files record (ss_network_args), or None for foreign files."""
+    try:
+        args = json.loads(meta.get("ss_network_args") or "{}")
+        if meta.get("ss_network_module") != "lycoris.kohya" or args.get("algo") not in ALGO:
+            return None
+        return LycorisNetworkConfig(
+            type=args["algo"], dim=int(meta["ss_network_dim"]), alpha=float(meta["ss_network_alpha"]),
+            conv_dim=int(args["conv_dim"]), conv_alpha=float(args["conv_alpha"]),
+            preset=args.get("preset", "full"), factor=int(args.get("factor", -1)),
+            decompose_both=args.get("decompose_both") == "True", train_unet_only=not has_te)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def network_from_file_state(state: dict[str, torch.Tensor], unet: torch.nn.Module,
+                            text_encoder: torch.nn.Module | None, meta: dict[str, str] | None = None
+                            ) -> LycorisNetworkKohya:
+    """Rebuild and hook the modules a saved file describes.
+
+    Our own files are rebuilt from the config they record: lycoris' shape-guessing reload picks a
+    different Kronecker factor for some LoKr layers (e.g. a 4-channel conv_in) and fails. Foreign
+    files (any algo lycoris knows) go through that generic reload.
+    """
+    inner = from_file_keys(state, text_encoder)
+    has_te = any(k.startswith(f"{TE_PREFIX}_") for k in inner)
+    te = text_encoder if has_te else None
+    cfg = config_from_metadata(meta or {}, has_te)
+    if cfg is not None:
+        net = create_network(unet, te, cfg)
+        if set(net.state_dict()) == set(inner):
+            net.load_state_dict(inner, strict=True)
+            return net
+        unhook(net)
+    with _LOCK:  # it builds (and drops) a default network first: give it a preset that fits SD
+        _use_preset("full")
+        net, _ = _lycoris().create_network_from_weights(1.0, None, None, te, unet, weights_sd=inner)
+    found = {lora.lora_name for lora in net.unet_loras + net.text_encoder_loras}
+    missing = sorted({k.split(".")[0] for k in inner} - found)
+    if missing:
+        raise ValueError(f"{missing[0]}: no such module in this base model (wrong base model?)"
+                         + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    net.apply_to(text_encoder, unet, apply_text_encoder=has_te, apply_unet=True)
+    net.load_state_dict(inner, strict=False)
+    return net
+
+
+def load_file_state(net: LycorisNetworkKohya, state: dict[str, torch.Tensor],
+                    text_encoder: torch.nn.Module | None) -> None:
+    """Copy another epoch of the same run into an already hooked network."""
+    inner = from_file_keys(state, text_encoder)
+    own = net.state_dict()
+    if set(own) != set(inner) or any(own[k].shape != inner[k].shape for k in own):
+        raise ValueError("the file's modules differ from the loaded network")
+    net.load_state_dict(inner, strict=True)
+
+
+def unhook(net: LycorisNetworkKohya) -> None:
+    """Give the base modules their own forward back (the network no longer acts)."""
+    for module in net.unet_loras + net.text_encoder_loras:
+        module.restore()
