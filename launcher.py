@@ -79,7 +79,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
                   seeds=seeds, z_axis="seed" if args.seeds else "prompt", negative=args.negative,
                   steps=args.steps, cfg_scale=args.cfg, width=size, height=size)
     bar = tqdm(total=len(job.checkpoints) * len(weights), unit="cell-group")
-    result = run_grid(model, job, Path(args.out), lambda done, total: bar.update(1))
+    try:
+        result = run_grid(model, job, Path(args.out), lambda done, total: bar.update(1))
+    except ValueError as err:  # a file that does not fit the base, or mixed file kinds
+        bar.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     bar.close()
     for path in result.grids:
         print(f"grid: {path}")
@@ -133,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     grid = sub.add_parser("grid", help="XYZ grid: checkpoints x LoRA weights (x prompts or seeds)")
     grid.add_argument("--base", required=True, help="base model (folder, .safetensors, hub id, embedded)")
-    grid.add_argument("--checkpoints", nargs="+", required=True, help="LoRA files, one grid row each")
+    grid.add_argument("--checkpoints", nargs="+", required=True, help="LoRA / LyCORIS .safetensors or hypernetwork .pt files, "
+                      "one grid row each")
     grid.add_argument("--prompt", action="append", required=True, help="repeat for a prompt Z axis")
     grid.add_argument("--negative", default="")
     grid.add_argument("--weights", default="0, 0.4, 0.6, 0.8, 1.0", help="list or range '0.4-1.0(+0.2)'")

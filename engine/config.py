@@ -143,9 +143,51 @@ class TextualInversionConfig(_Section):
         return lines
 
 
+class HypernetworkConfig(_Section):
+    """An A1111 hypernetwork: small MLPs that reshape every attention's key/value input; the
+    model is untouched. Learns slowly by design: A1111 users train at lr 5e-6 .. 1e-5."""
+    type: Literal["hypernetwork"] = "hypernetwork"
+    layer_structure: list[float] = Field(default_factory=lambda: [1.0, 2.0, 1.0],
+                                         description="Width multipliers; starts and ends with 1.")
+    activation: Literal["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "gelu",
+                        "silu", "mish", "softsign", "celu", "selu"] = "linear"
+    activate_output: bool = False
+    layer_norm: bool = False
+    dropout_structure: Optional[list[float]] = Field(
+        default=None, description="Dropout after each layer, e.g. [0, 0.05, 0]: first and last 0.")
+    weight_init: Literal["Normal", "XavierUniform", "XavierNormal", "KaimingUniform",
+                         "KaimingNormal"] = "Normal"
+    lr_schedule: Optional[str] = Field(default=None, description="A1111 syntax, e.g. "
+                                       "'5e-5:100, 5e-6:1500, 5e-7' (overrides optimizer.lr).")
+
+    @field_validator("layer_structure")
+    @classmethod
+    def _structure(cls, values: list[float]) -> list[float]:
+        if len(values) < 2 or values[0] != 1 or values[-1] != 1:
+            raise ValueError(f"must start and end with 1, e.g. [1, 2, 1] (got {values})")
+        if any(v <= 0 for v in values):
+            raise ValueError(f"multipliers must be > 0 (got {values})")
+        return values
+
+    @model_validator(mode="after")
+    def _dropout_fits(self) -> "HypernetworkConfig":
+        d = self.dropout_structure
+        if d is not None:
+            if len(d) != len(self.layer_structure):
+                raise ValueError(f"network.dropout_structure needs one value per layer_structure "
+                                 f"entry ({len(self.layer_structure)}), got {len(d)}")
+            if d[0] != 0 or d[-1] != 0 or any(not 0 <= p < 1 for p in d):
+                raise ValueError(f"network.dropout_structure: values in [0, 1), first and last 0 "
+                                 f"(got {d})")
+        return self
+
+    _schedule_parses = field_validator("lr_schedule")(
+        TextualInversionConfig._schedule_parses.__func__)
+
+
 # The network is a discriminated union on `type`; other methods join it as they land.
 NetworkConfig = Annotated[Union[LoraNetworkConfig, LycorisNetworkConfig, FullFinetuneConfig,
-                                TextualInversionConfig],
+                                TextualInversionConfig, HypernetworkConfig],
                           Field(discriminator="type")]
 
 OptimizerName = Literal["AdamW", "AdamW8bit", "Adafactor", "Lion", "Prodigy"]
@@ -280,17 +322,18 @@ class JobConfig(_Section):
         return self
 
 
-def trains_text_encoder(net: "LoraNetworkConfig | LycorisNetworkConfig | FullFinetuneConfig | "
-                                  "TextualInversionConfig") -> bool:
+def trains_text_encoder(net: "NetworkConfig") -> bool:
     """Whether the text encoder's output changes during training (it cannot be cached then)."""
     if net.type == "textual_inversion":
         return True
     if net.type == "dreambooth":
         return net.train_text_encoder
+    if net.type == "hypernetwork":
+        return False
     return not net.train_unet_only
 
 
-NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "dreambooth", "textual_inversion")
+NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "dreambooth", "textual_inversion", "hypernetwork")
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:

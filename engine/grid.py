@@ -47,12 +47,15 @@ def parse_weights(text: str) -> list[float]:
 
 
 def checkpoint_label(path: Path) -> str:
-    """'epoch 3' from the file's ss_epoch (falls back to the file name)."""
+    """'epoch 3' from the file's ss_epoch, or from our ``name-000003`` file names (hypernetwork
+    .pt files carry no metadata); otherwise the file name."""
+    epoch = None
     try:
         with safe_open(str(path), "pt") as f:
             epoch = (f.metadata() or {}).get("ss_epoch")
     except Exception:
-        epoch = None
+        m = re.search(r"-(\d{6})$", Path(path).stem)
+        epoch = str(int(m.group(1))) if m else None
     return f"epoch {epoch}" if epoch else Path(path).stem
 
 
@@ -112,7 +115,7 @@ def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
             batch = generate_batch(pipe, specs)
             for z, (spec, im) in enumerate(zip(specs, batch)):
                 text = a1111_parameters(spec, job.sampler, model_name=model.name)
-                text += f'\n<lora:{Path(ckpt).stem}:{weight:g}>'
+                text += "\n" + swapper.prompt_tag(Path(ckpt).stem, weight)
                 name = f"r{r:02d}_c{c:02d}_z{z:02d}_{safe_name(Path(ckpt).stem)}_w{weight:g}.png"
                 cells[(r, c, z)] = save_png_with_parameters(im, out_dir / "cells" / name, text)
                 images[(r, c, z)] = im
@@ -120,7 +123,8 @@ def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
             if progress:
                 progress(done, total)
     rows = [checkpoint_label(Path(p)) for p in job.checkpoints]
-    cols = [f"weight {w:g}" for w in job.weights]
+    axis = "strength" if swapper.is_hypernetwork else "weight"
+    cols = [f"{axis} {w:g}" for w in job.weights]
     grids = []
     for z, (_, _, zlabel) in enumerate(zs):
         sheet = compose_grid([[images[(r, c, z)] for c in range(len(cols))] for r in range(len(rows))],

@@ -1,8 +1,10 @@
-"""Swap add-on network files on a base held in memory: plain LoRA (peft layers) or LyCORIS.
+"""Swap add-on network files on a base held in memory: plain LoRA (peft layers), LyCORIS, or an
+A1111 hypernetwork.
 
 Plain kohya LoRA / LoCon files (``lora_down``/``lora_up`` only) go through :class:`LoraSwapper`;
-files with LoHa / LoKr / CP-decomposed modules need lycoris-lora's modules. Either way the
-modules are built once per file *structure* and later epochs only copy tensors in.
+files with LoHa / LoKr / CP-decomposed modules need lycoris-lora's modules; ``.pt`` files are
+hypernetworks. Either way the modules are built once per file *structure* and later epochs only
+copy tensors in.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from safetensors.torch import load_file
 from engine.lora_apply import LoraFileError, LoraSwapper
 from engine.models.loader import LoadedModel
 from engine.networks import lycoris_net
+from engine.networks.hypernetwork import HypernetworkFileError, load_hypernetwork
 
 _LYCORIS_ONLY = (".hada_", ".lokr_", ".lora_mid.")
 
@@ -57,6 +60,38 @@ class LycorisSwapper:
         self.network.set_multiplier(weight)
 
 
+class HypernetworkSwapper:
+    """A1111 hypernetworks: hooks on the UNet's key/value projections; weight = strength."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.network = None
+        self._signature: tuple | None = None
+        self.injections = 0
+
+    def load(self, path: Path) -> None:
+        try:
+            net, meta = load_hypernetwork(Path(path))
+        except HypernetworkFileError as err:
+            raise LoraFileError(str(err)) from None
+        signature = (tuple(net.widths), repr(net.settings))
+        if signature != self._signature:
+            if self.network is not None:
+                self.network.detach()
+            self.network = net.to(self.model.unet.device)
+            self.network.attach(self.model.unet)
+            self._signature = signature
+            self.injections += 1
+        else:
+            self.network.load_state_dict(net.state_dict())
+        self.network.eval()
+
+    def set_weight(self, weight: float) -> None:
+        if self.network is None:
+            raise RuntimeError("load a hypernetwork file first")
+        self.network.set_multiplier(weight)
+
+
 class NetworkSwapper:
     """Picks the swapper from the first file; one comparison holds one kind of file."""
 
@@ -68,14 +103,26 @@ class NetworkSwapper:
     def injections(self) -> int:
         return self._impl.injections if self._impl else 0
 
+    @property
+    def is_hypernetwork(self) -> bool:
+        return isinstance(self._impl, HypernetworkSwapper)
+
+    def prompt_tag(self, name: str, weight: float) -> str:
+        """How A1111 writes this network in a prompt (for the PNG ``parameters`` text)."""
+        return f"<{'hypernet' if self.is_hypernetwork else 'lora'}:{name}:{weight:g}>"
+
     def load(self, path: Path) -> None:
-        with safe_open(str(path), "pt") as f:
-            kind = LycorisSwapper if needs_lycoris(f.keys()) else LoraSwapper
+        if Path(path).suffix.lower() == ".pt":
+            kind = HypernetworkSwapper
+        else:
+            with safe_open(str(path), "pt") as f:
+                kind = LycorisSwapper if needs_lycoris(f.keys()) else LoraSwapper
         if self._impl is None:
             self._impl = kind(self.model)
         elif not isinstance(self._impl, kind):
-            raise LoraFileError(f"{Path(path).name}: a LoHa/LoKr file and a plain LoRA file cannot "
-                                "be compared in one grid; make one grid per file type")
+            raise LoraFileError(f"{Path(path).name}: files of different kinds (LoRA, LoHa/LoKr, "
+                                "hypernetwork) cannot be compared in one grid; make one grid per "
+                                "file type")
         self._impl.load(path)
 
     def set_weight(self, weight: float) -> None:

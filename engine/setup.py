@@ -27,6 +27,7 @@ from engine.export.hashes import cached_sha256
 from engine.export.metadata import RunInfo
 from engine.models.loader import LoadedModel, load_sd_components
 from engine.networks import lora, lycoris_net
+from engine.networks.hypernetwork import Hypernetwork, widths_in_unet
 from engine.networks.textual_inversion import TextualInversion, lr_at, parse_lr_schedule
 from engine.optim import build_optimizer, build_scheduler, describe_optimizer, param_groups
 
@@ -107,11 +108,12 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                                                                       torch.float32)
     kind = cfg.network.type
     is_lora, is_ti, is_lyco = kind == "lora", kind == "textual_inversion", kind in lycoris_net.ALGO
+    is_hyper = kind == "hypernetwork"
     train_te = trains_text_encoder(cfg.network)
     for m in (model.unet, model.vae, model.text_encoder):
         m.requires_grad_(False)
         m.to(accelerator.device)
-    if weight_dtype != torch.float32 and (is_lora or is_lyco):  # frozen base in half; the VAE
+    if weight_dtype != torch.float32 and (is_lora or is_lyco or is_hyper):  # frozen base in half; VAE
         model.unet.to(dtype=weight_dtype)           # stays fp32 (an fp16 SD1.5 VAE makes NaNs)
         model.text_encoder.to(dtype=weight_dtype)
 
@@ -141,6 +143,13 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         network.to(accelerator.device, dtype=torch.float32)
         unet_params = [p for m in network.unet_loras for p in m.parameters() if p.requires_grad]
         te_params = [p for m in network.text_encoder_loras for p in m.parameters() if p.requires_grad]
+    elif is_hyper:  # MLPs on every attention's key/value input, in fp32; the base is untouched
+        net = cfg.network
+        network = Hypernetwork(widths_in_unet(model.unet), net.layer_structure, net.activation,
+                               net.layer_norm, net.activate_output, net.dropout_structure,
+                               net.weight_init).to(accelerator.device)
+        network.attach(model.unet)
+        unet_params, te_params = list(network.parameters()), []
     else:  # full fine-tune: every weight learns, kept in fp32 (autocast does the half math)
         unet_params = list(model.unet.requires_grad_(True).parameters())
         te_params = list(model.text_encoder.requires_grad_(True).parameters()) if train_te else []
@@ -170,7 +179,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     except (RuntimeError, ImportError) as err:
         raise SetupError(str(err)) from None
     scheduler = build_scheduler(cfg.scheduler, optimizer, total, accelerator.num_processes)
-    if ti is not None and cfg.network.lr_schedule:
+    if getattr(cfg.network, "lr_schedule", None):  # A1111 syntax (TI, hypernetwork)
         schedule = parse_lr_schedule(cfg.network.lr_schedule)
         base_lr = optimizer.param_groups[0]["lr"]
         scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -43,13 +43,17 @@ def lora_state(s: TrainingSetup, accelerator: Accelerator) -> dict[str, torch.Te
 
 def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path: Path,
                 epoch: int, step: int, final: bool = False) -> Path:
-    """A LoRA file, or for a full fine-tune a single-file checkpoint (+ diffusers folder at the end)."""
+    """The method's file(s): LoRA/LyCORIS .safetensors, TI embedding files, a hypernetwork .pt, or
+    for a full fine-tune a single-file checkpoint (+ diffusers folder at the end)."""
     if cfg.network.type == "textual_inversion":
         meta = {"modelspec.architecture": f"{modelspec_architecture(s.model.family, s.model.prediction_type)}"
                                           "/textual-inversion",
                 "modelspec.title": cfg.output.name, "ss_output_name": cfg.output.name}
         return s.ti.save(path, cfg.output.name, step, s.run.base_model_hash, s.run.base_model_name,
                          cfg.output.save_precision, meta)[0]
+    if cfg.network.type == "hypernetwork":  # A1111 .pt (its only hypernetwork format)
+        return s.network.save(path.with_suffix(".pt"), cfg.output.name, step, s.run.base_model_hash,
+                              s.run.base_model_name)
     if cfg.network.type == "lora" or s.network is not None:
         meta = lora_metadata(cfg, s.index, s.run, epoch, step, finished_at=time.time())
         state = (lora_state(s, accelerator) if s.network is None
@@ -167,6 +171,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
             break
 
     result.steps, result.stopped_early = step, stop.stopped
+    if s.network is not None:  # a caller's model keeps the network: leave it as at inference
+        s.network.eval()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = save_output(cfg, s, accelerator, out_dir / f"{cfg.output.name}.safetensors", epoch,
