@@ -18,6 +18,6 @@ def test_job_preset_parses(path):
     assert cfg.output.name
 
 
-def test_there_are_presets_for_lora_and_textual_inversion():
+def test_there_are_presets_for_each_method_family():
     kinds = {tomllib.loads(p.read_text(encoding="utf-8")).get("network", {}).get("type", "lora") for p in JOBS}
-    assert {"lora", "textual_inversion"} <= kinds
+    assert {"lora", "loha", "textual_inversion", "hypernetwork"} <= kinds
