@@ -1,5 +1,6 @@
-"""The XYZ comparison grid: saved checkpoints (rows) x LoRA weights (columns) x prompts or seeds
-(one grid per Z value), all with one fixed seed, to pick the best epoch and weight.
+"""The XYZ comparison grid: saved checkpoints (rows) x LoRA/LyCORIS weights or hypernetwork /
+embedding strengths (columns) x prompts or seeds (one grid per Z value), all with one fixed seed,
+to pick the best epoch and weight.
 
 The base model is loaded once; each checkpoint is swapped in place (NetworkSwapper) and the Z cells
 of one (checkpoint, weight) pair are generated as a single batch.
@@ -112,7 +113,7 @@ def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
             swapper.set_weight(weight)
             specs = [SampleSpec(prompt, job.negative, seed, job.steps, job.cfg_scale, job.width, job.height)
                      for prompt, seed, _ in zs]
-            batch = generate_batch(pipe, specs)
+            batch = generate_batch(pipe, specs, encode=swapper.encode)
             for z, (spec, im) in enumerate(zip(specs, batch)):
                 text = a1111_parameters(spec, job.sampler, model_name=model.name)
                 text += "\n" + swapper.prompt_tag(Path(ckpt).stem, weight)
@@ -123,8 +124,7 @@ def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
             if progress:
                 progress(done, total)
     rows = [checkpoint_label(Path(p)) for p in job.checkpoints]
-    axis = "strength" if swapper.is_hypernetwork else "weight"
-    cols = [f"{axis} {w:g}" for w in job.weights]
+    cols = [f"{swapper.axis_name} {w:g}" for w in job.weights]
     grids = []
     for z, (_, _, zlabel) in enumerate(zs):
         sheet = compose_grid([[images[(r, c, z)] for c in range(len(cols))] for r in range(len(rows))],

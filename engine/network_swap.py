@@ -1,5 +1,5 @@
 """Swap add-on network files on a base held in memory: plain LoRA (peft layers), LyCORIS, or an
-A1111 hypernetwork.
+A1111 hypernetwork, or a Textual Inversion embedding (see embedding_apply).
 
 Plain kohya LoRA / LoCon files (``lora_down``/``lora_up`` only) go through :class:`LoraSwapper`;
 files with LoHa / LoKr / CP-decomposed modules need lycoris-lora's modules; ``.pt`` files are
@@ -13,6 +13,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from engine.embedding_apply import EmbeddingFileError, EmbeddingSwapper, is_embedding_file
 from engine.lora_apply import LoraFileError, LoraSwapper
 from engine.models.loader import LoadedModel
 from engine.networks import lycoris_net
@@ -104,15 +105,26 @@ class NetworkSwapper:
         return self._impl.injections if self._impl else 0
 
     @property
-    def is_hypernetwork(self) -> bool:
-        return isinstance(self._impl, HypernetworkSwapper)
+    def axis_name(self) -> str:
+        """Grid column label: LoRA/LyCORIS "weight"; hypernetwork/embedding "strength"."""
+        return "weight" if isinstance(self._impl, (LoraSwapper, LycorisSwapper)) else "strength"
+
+    @property
+    def encode(self):
+        """Prompt encoder the pipeline must use (embeddings at a strength), or None."""
+        return self._impl.encode if isinstance(self._impl, EmbeddingSwapper) else None
 
     def prompt_tag(self, name: str, weight: float) -> str:
         """How A1111 writes this network in a prompt (for the PNG ``parameters`` text)."""
-        return f"<{'hypernet' if self.is_hypernetwork else 'lora'}:{name}:{weight:g}>"
+        if isinstance(self._impl, EmbeddingSwapper):
+            return self._impl.prompt_tag(name, weight)
+        kind = "hypernet" if isinstance(self._impl, HypernetworkSwapper) else "lora"
+        return f"<{kind}:{name}:{weight:g}>"
 
     def load(self, path: Path) -> None:
-        if Path(path).suffix.lower() == ".pt":
+        if is_embedding_file(path):
+            kind = EmbeddingSwapper
+        elif Path(path).suffix.lower() == ".pt":
             kind = HypernetworkSwapper
         else:
             with safe_open(str(path), "pt") as f:
@@ -121,9 +133,12 @@ class NetworkSwapper:
             self._impl = kind(self.model)
         elif not isinstance(self._impl, kind):
             raise LoraFileError(f"{Path(path).name}: files of different kinds (LoRA, LoHa/LoKr, "
-                                "hypernetwork) cannot be compared in one grid; make one grid per "
-                                "file type")
-        self._impl.load(path)
+                                "hypernetwork, embedding) cannot be compared in one grid; make one "
+                                "grid per file type")
+        try:
+            self._impl.load(path)
+        except EmbeddingFileError as err:
+            raise LoraFileError(str(err)) from None
 
     def set_weight(self, weight: float) -> None:
         if self._impl is None:

@@ -40,9 +40,11 @@ def build_pipeline(model: "LoadedModel", unet=None, text_encoder=None, scheduler
     return pipe
 
 
-def generate_batch(pipe, specs: list[SampleSpec]) -> list[Image.Image]:
+def generate_batch(pipe, specs: list[SampleSpec], encode=None) -> list[Image.Image]:
     """One pipeline call for several specs that share steps, CFG and size (each keeps its own
-    prompt, negative and seed): the grid batches its Z cells this way."""
+    prompt, negative and seed): the grid batches its Z cells this way. ``encode`` (prompts ->
+    text-encoder output) replaces the pipeline's own prompt encoding, e.g. for an embedding at an
+    A1111 emphasis strength."""
     import torch
 
     first = specs[0]
@@ -51,9 +53,12 @@ def generate_batch(pipe, specs: list[SampleSpec]) -> list[Image.Image]:
         raise ValueError("specs in one batch must share steps, cfg_scale, width and height")
     gens = [torch.Generator(device="cpu").manual_seed(s.seed) for s in specs]
     negatives = [s.negative or "" for s in specs] if any(s.negative for s in specs) else None
+    text = {"prompt": [s.prompt for s in specs], "negative_prompt": negatives}
+    if encode is not None:
+        text = {"prompt_embeds": encode([s.prompt for s in specs]),
+                "negative_prompt_embeds": encode([s.negative or "" for s in specs])}
     with torch.no_grad():
-        out = pipe(prompt=[s.prompt for s in specs], negative_prompt=negatives,
-                   num_inference_steps=first.steps, guidance_scale=first.cfg_scale,
+        out = pipe(**text, num_inference_steps=first.steps, guidance_scale=first.cfg_scale,
                    width=first.width, height=first.height, generator=gens, output_type="pil")
     return out.images
 

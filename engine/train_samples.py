@@ -5,9 +5,7 @@ and puts the modules back into train mode afterwards.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -31,10 +29,10 @@ def should_sample(cfg: JobConfig, epoch: int = 0, step: int = 0) -> bool:
 
 
 def sample_during_training(cfg: JobConfig, model: LoadedModel, unet, text_encoder, epoch: int,
-                           step: int, autocast=None, expand: Callable[[str], str] | None = None
-                           ) -> list[Path]:
-    """``expand`` rewrites prompts before generation (Textual Inversion: one typed word becomes
-    all of its vectors); the PNG text keeps the prompt as the user wrote it."""
+                           step: int, autocast=None) -> list[Path]:
+    """Textual Inversion needs nothing special here: the diffusers pipeline itself rewrites a
+    multi-vector token (``name`` -> ``name name_1 ...``), so prompts go in as the user typed them
+    (rewriting them first would make the pipeline rewrite them again, into nonsense)."""
     out_dir = Path(cfg.output.dir) / "sample"
     was_training = (unet.training, text_encoder.training)
     unet.eval()
@@ -44,9 +42,7 @@ def sample_during_training(cfg: JobConfig, model: LoadedModel, unet, text_encode
         pipe = build_pipeline(model, unet=unet, text_encoder=text_encoder, scheduler=cfg.sample.sampler)
         with torch.random.fork_rng(devices=[]), torch.no_grad(), (autocast or _null)():
             for i, spec in enumerate(sample_specs(cfg)):
-                run = (replace(spec, prompt=expand(spec.prompt), negative=expand(spec.negative))
-                       if expand else spec)
-                image = generate(pipe, run)[0]
+                image = generate(pipe, spec)[0]
                 text = a1111_parameters(spec, cfg.sample.sampler, model_name=model.name)
                 path = out_dir / f"{cfg.output.name}_e{epoch:06d}_s{step:06d}_{i:02d}.png"
                 paths.append(save_png_with_parameters(image, path, text))

@@ -48,7 +48,8 @@ def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path
     if cfg.network.type == "textual_inversion":
         meta = {"modelspec.architecture": f"{modelspec_architecture(s.model.family, s.model.prediction_type)}"
                                           "/textual-inversion",
-                "modelspec.title": cfg.output.name, "ss_output_name": cfg.output.name}
+                "modelspec.title": cfg.output.name, "ss_output_name": cfg.output.name,
+                "ss_epoch": str(epoch), "ss_steps": str(step)}
         return s.ti.save(path, cfg.output.name, step, s.run.base_model_hash, s.run.base_model_name,
                          cfg.output.save_precision, meta)[0]
     if cfg.network.type == "hypernetwork":  # A1111 .pt (its only hypernetwork format)
@@ -95,8 +96,7 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         if s.network is not None:
             s.network.eval()  # no dropout while sampling
         paths = sample_during_training(cfg, s.model, accelerator.unwrap_model(unet),
-                                       accelerator.unwrap_model(te), epoch, step, accelerator.autocast,
-                                       expand=s.ti.expand if s.ti is not None else None)
+                                       accelerator.unwrap_model(te), epoch, step, accelerator.autocast)
         if s.network is not None:
             s.network.train()
         cb.on_sample(paths, epoch, step)

@@ -142,18 +142,68 @@ def test_sample_prompts_use_every_vector(tmp_path, tiny_model_dir, tiny_dataset,
     import engine.train_samples as ts
 
     seen = []
-    real = ts.generate
+    real = ts.build_pipeline
 
-    def spy(pipe, spec, num_images=1):
-        seen.append(spec.prompt)
-        return real(pipe, spec, num_images)
+    def spy(*args, **kwargs):  # record the prompt text the pipeline actually tokenizes
+        pipe = real(*args, **kwargs)
+        convert = pipe.maybe_convert_prompt
 
-    monkeypatch.setattr(ts, "generate", spy)
+        def recording(prompt, tokenizer):
+            out = convert(prompt, tokenizer)
+            seen.append(out)
+            return out
+        pipe.maybe_convert_prompt = recording
+        return pipe
+
+    monkeypatch.setattr(ts, "build_pipeline", spy)
     job = ti_job(tiny_model_dir, tiny_dataset, tmp_path)
     job["training"]["epochs"] = 1
     job["sample"] = {"prompts": ["a photo of zkzstar --s 2"], "every_n_epochs": 1}
     result = train(parse_config(job))
-    assert seen == ["a photo of zkzstar zkzstar_1"]
+    assert seen[0] in ("a photo of zkzstar zkzstar_1", ["a photo of zkzstar zkzstar_1"])
     png = sorted((tmp_path / "sample").glob("*.png"))
     assert len(png) == 1 and Image.open(png[0]).text["parameters"].startswith("a photo of zkzstar\n")
     assert result.steps == 6
+
+
+def test_grid_strength_axis_is_a1111_emphasis(trained_ti, tiny_model_dir, tmp_path):
+    """Rows = epochs of one embedding, columns = (name:strength); strength 1 equals plain use."""
+    import numpy as np
+
+    from engine.grid import GridJob, run_grid
+    from engine.models.loader import load_sd_components
+    from engine.network_swap import NetworkSwapper
+    from engine.sampler import SampleSpec, build_pipeline, generate
+
+    _, result, trained, _ = trained_ti
+    model = load_sd_components(str(tiny_model_dir), local_files_only=True)
+    job = GridJob(checkpoints=result.saved, prompts=["a photo of tiny"], weights=[0.5, 1.0],
+                  seeds=[3], steps=3, cfg_scale=5.0, width=64, height=64)
+    grid = run_grid(model, job, tmp_path)
+    assert grid.row_labels == ["epoch 1", "epoch 2", "epoch 3"]
+    assert grid.col_labels == ["strength 0.5", "strength 1"]
+    assert "(tiny:0.5)" in Image.open(grid.cells[(2, 0, 0)]).text["parameters"]
+    px = {k: np.asarray(Image.open(p).convert("RGB"), dtype=np.int16) for k, p in grid.cells.items()}
+    assert np.abs(px[(2, 0, 0)] - px[(2, 1, 0)]).max() > 0
+    # strength 1 of the last epoch = the trained model prompted with its own token
+    pipe = build_pipeline(trained)
+    own = generate(pipe, SampleSpec("a photo of zkzstar", seed=3, steps=3, cfg_scale=5.0,
+                                    width=64, height=64))[0]
+    assert np.array_equal(px[(2, 1, 0)], np.asarray(own.convert("RGB"), dtype=np.int16))
+
+    # strength 0.5 follows A1111's rule: scale the embedding's token rows, keep the mean
+    own_model = load_sd_components(str(tiny_model_dir), local_files_only=True)
+    swapper = NetworkSwapper(own_model)
+    swapper.load(result.final_path)
+    swapper.set_weight(0.5)
+    got = swapper.encode(["a photo of tiny"])[0]
+    swapper.set_weight(1.0)
+    plain = swapper.encode(["a photo of tiny"])[0]
+    ids = own_model.tokenizer("a photo of <tiny> <tiny>_1", padding="max_length", max_length=77,
+                              return_tensors="pt").input_ids[0]
+    rows = ids >= 49408  # the two added tokens, after CLIP's 49408 words
+    assert rows.sum() == 2
+    want = plain.clone()
+    want[rows] *= 0.5
+    want *= plain.mean() / want.mean()
+    torch.testing.assert_close(got, want)
