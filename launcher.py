@@ -94,7 +94,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def cmd_pick(args: argparse.Namespace) -> int:
     from engine.export.pick import pick_checkpoint
 
-    dest = Path(args.out) / f"{args.name}.safetensors"
+    dest = Path(args.out) / f"{args.name}{Path(args.checkpoint).suffix or '.safetensors'}"
     try:
         pick_checkpoint(Path(args.checkpoint), dest, args.weight)
     except (OSError, ValueError) as err:

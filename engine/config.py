@@ -243,6 +243,10 @@ class OutputConfig(_Section):
     author: str = ""
     description: str = ""
     trigger_phrase: str = ""
+    log_with: Literal["none", "tensorboard"] = Field(
+        default="none", description="Also log loss, lr and samples for TensorBoard.")
+    logging_dir: Optional[str] = Field(default=None, description="TensorBoard logs; empty = "
+                                       "<output dir>/logs (one <name>_<date-time> folder per run).")
 
 
 class SampleConfig(_Section):

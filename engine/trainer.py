@@ -24,7 +24,9 @@ from engine.export.safetensors_io import save_with_metadata
 from engine.models.loader import LoadedModel
 from engine.losses import diffusion_loss, min_snr_weights, offset_noise, training_target
 from engine.networks import lora, lycoris_net
-from engine.setup import TrainingSetup, build_training, encode_latents, resolve_mixed_precision
+from engine.setup import (SetupError, TrainingSetup, build_training, encode_latents,
+                          resolve_mixed_precision)
+from engine.tb_log import TensorBoardLogger, TensorBoardUnavailable, run_log_dir
 from engine.data.captions import process_caption
 from engine.text import encode_prompts
 from engine.train_samples import sample_during_training, should_sample
@@ -68,10 +70,21 @@ def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path
     return save_checkpoint_file(s.model, unet, te, path, meta, cfg.output.save_precision)
 
 
+def tensorboard_logger(cfg: JobConfig) -> TensorBoardLogger | None:
+    if cfg.output.log_with != "tensorboard":
+        return None
+    logging_dir = Path(cfg.output.logging_dir or Path(cfg.output.dir) / "logs")
+    try:
+        return TensorBoardLogger(run_log_dir(logging_dir, cfg.output.name))
+    except TensorBoardUnavailable as err:
+        raise SetupError(str(err)) from None
+
+
 def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | None = None,
           model: LoadedModel | None = None) -> TrainResult:
     stop = stop or StopToken()
-    cb = CallbackList(CurveWriter(Path(cfg.output.dir), cfg.output.name, plot_every=25), callbacks)
+    cb = CallbackList(CurveWriter(Path(cfg.output.dir), cfg.output.name, plot_every=25),
+                      tensorboard_logger(cfg), callbacks)
     t = cfg.training
     # accelerate keeps its state in a process-wide singleton; a long-running app trains many jobs
     # (with different precisions) in one process, so start each job from a clean state. The

@@ -241,3 +241,17 @@ def test_old_files_without_dropout_structure_load(tmp_path):
     net, meta = load_hypernetwork(tmp_path / "old.pt")
     assert meta["name"] == "old" and net.widths == [32]
     assert torch.equal(net.pairs["32"][0].linear[0].weight, torch.ones(64, 32))
+
+
+def test_pick_epoch_keeps_the_layers_and_renames(hyper_run, tmp_path):
+    from engine.export.pick import pick_checkpoint
+
+    _, _, result, _ = hyper_run
+    dest = pick_checkpoint(result.saved[0], tmp_path / "mystyle.safetensors")
+    assert dest.name == "mystyle.pt"
+    src = torch.load(str(result.saved[0]), weights_only=True)
+    got = torch.load(str(dest), weights_only=True)
+    assert got["name"] == "mystyle" and got["step"] == src["step"]
+    for w in (k for k in src if isinstance(k, int)):
+        for a, b in zip(src[w], got[w]):
+            assert all(torch.equal(a[k], b[k]) for k in a)

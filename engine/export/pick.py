@@ -15,9 +15,12 @@ from engine.fileio import atomic_write
 
 
 def pick_checkpoint(src: Path, dest: Path, preferred_weight: float | None = None) -> Path:
-    src, dest = Path(src), Path(dest)
+    """``dest`` takes the source's suffix: a hypernetwork ``.pt`` stays a ``.pt``."""
+    src, dest = Path(src), Path(dest).with_suffix(Path(src).suffix)
     if src.resolve() == dest.resolve():
         raise ValueError("the picked checkpoint already has that name")
+    if src.suffix.lower() == ".pt":
+        return _pick_hypernetwork(src, dest)
     with safe_open(str(src), "pt") as f:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -29,3 +32,15 @@ def pick_checkpoint(src: Path, dest: Path, preferred_weight: float | None = None
     if meta.get("sshs_model_hash") and safetensors_file_data_hash(dest) != meta["sshs_model_hash"]:
         raise RuntimeError(f"{dest}: tensor data changed while copying")  # never silently corrupt
     return dest
+
+
+def _pick_hypernetwork(src: Path, dest: Path) -> Path:
+    """A1111 hypernetwork: same layers, the file's ``name`` follows the new file name (the
+    file has no slot for a preferred strength)."""
+    import torch
+
+    data = torch.load(str(src), map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or not any(isinstance(k, int) for k in data):
+        raise ValueError(f"{src.name}: not a hypernetwork file")
+    data["name"] = dest.stem
+    return atomic_write(dest, lambda tmp: torch.save(data, tmp))
