@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from engine.models.loader import LoadedModel
 from engine.networks import lora
 
-_MODULE = re.compile(r"^(lora_unet|lora_te)_(.+)\.lora_down\.weight$")
+_MODULE = re.compile(r"^(lora_unet|lora_te[12]?)_(.+)\.lora_down\.weight$")
 
 
 class LoraFileError(ValueError):
@@ -50,7 +50,8 @@ class LoraSwapper:
 
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
-        self._parts = {lora.UNET_PREFIX: model.unet, lora.TE_PREFIX: model.text_encoder}
+        tes = model.text_encoders
+        self._parts = {lora.UNET_PREFIX: model.unet, **dict(zip(lora.te_prefixes(len(tes)), tes))}
         self._names = {p: _module_names(m, p) for p, m in self._parts.items()}
         self._adapters: dict[frozenset, str] = {}
         self.active: str | None = None

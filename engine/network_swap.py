@@ -41,7 +41,7 @@ class LycorisSwapper:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         signature = frozenset((k, tuple(v.shape)) for k, v in state.items())
-        unet, te = self.model.unet, self.model.text_encoder
+        unet, te = self.model.unet, self.model.text_encoders
         try:
             if signature != self._signature:
                 if self.network is not None:

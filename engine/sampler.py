@@ -25,17 +25,26 @@ class SampleSpec:
     height: int = 512
 
 
-def build_pipeline(model: "LoadedModel", unet=None, text_encoder=None, scheduler: str = "euler_a"):
+def build_pipeline(model: "LoadedModel", unet=None, text_encoders: list | None = None,
+                   scheduler: str = "euler_a"):
+    """A diffusers pipeline over the components we hold (``unet``/``text_encoders`` override them,
+    e.g. the modules being trained); SDXL gets the SDXL pipeline."""
     from diffusers import (DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-                           StableDiffusionPipeline)
+                           StableDiffusionPipeline, StableDiffusionXLPipeline)
 
     kinds = {"euler_a": EulerAncestralDiscreteScheduler, "euler": EulerDiscreteScheduler,
              "ddim": DDIMScheduler}
     sched = kinds[scheduler].from_config(model.noise_scheduler.config)
-    pipe = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=text_encoder or model.text_encoder, tokenizer=model.tokenizer,
-        unet=unet or model.unet, scheduler=sched, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
+    tes = text_encoders or model.text_encoders
+    if model.is_sdxl:
+        pipe = StableDiffusionXLPipeline(
+            vae=model.vae, text_encoder=tes[0], text_encoder_2=tes[1], tokenizer=model.tokenizer,
+            tokenizer_2=model.tokenizer_2, unet=unet or model.unet, scheduler=sched)
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=model.vae, text_encoder=tes[0], tokenizer=model.tokenizer, unet=unet or model.unet,
+            scheduler=sched, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

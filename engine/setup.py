@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers.training_utils import cast_training_params
 from torch.utils.data import DataLoader
 
 from engine.te_cache import TextEncoderCache
@@ -26,8 +25,7 @@ from engine.data_setup import build_data, encode_latents, scan_job_dataset, scan
 from engine.export.hashes import cached_sha256
 from engine.export.metadata import RunInfo
 from engine.models.loader import LoadedModel, load_sd_components
-from engine.networks import lora, lycoris_net
-from engine.networks.hypernetwork import Hypernetwork, widths_in_unet
+from engine.method_setup import attach_method
 from engine.networks.textual_inversion import TextualInversion, lr_at, parse_lr_schedule
 from engine.optim import build_optimizer, build_scheduler, describe_optimizer, param_groups
 
@@ -72,9 +70,8 @@ def _configure_memory(cfg: JobConfig, model: LoadedModel, train_te: bool) -> Non
                              f"({err}); use 'sdpa' (PyTorch's built-in, the default)") from None
     if cfg.training.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-        if train_te:
-            model.text_encoder.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+        for te in (model.text_encoders if train_te else []):
+            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
@@ -106,53 +103,21 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
                                                                       torch.float32)
-    kind = cfg.network.type
-    is_lora, is_ti, is_lyco = kind == "lora", kind == "textual_inversion", kind in lycoris_net.ALGO
-    is_hyper = kind == "hypernetwork"
     train_te = trains_text_encoder(cfg.network)
-    for m in (model.unet, model.vae, model.text_encoder):
+    for m in (model.unet, model.vae, *model.text_encoders):
         m.requires_grad_(False)
         m.to(accelerator.device)
-    if weight_dtype != torch.float32 and (is_lora or is_lyco or is_hyper):  # frozen base in half; VAE
-        model.unet.to(dtype=weight_dtype)           # stays fp32 (an fp16 SD1.5 VAE makes NaNs)
-        model.text_encoder.to(dtype=weight_dtype)
-
-    ti, network = None, None
-    if is_ti:  # only the embedding table learns (and only our rows are kept changed)
-        net = cfg.network
-        try:
-            ti = TextualInversion(model, net.token, net.num_vectors, net.init_text, net.template,
-                                  net.custom_templates)
-        except ValueError as err:
-            raise SetupError(str(err)) from None
-        model.text_encoder.to(accelerator.device)
-        unet_params, te_params = [], [ti.parameter.requires_grad_(True)]
-    elif is_lora:
-        unet_params = lora.inject_lora(model.unet, lora.unet_targets(model.unet, cfg.network),
-                                       cfg.network.dropout)
-        te_params = (lora.inject_lora(model.text_encoder,
-                                      lora.text_encoder_targets(model.text_encoder, cfg.network),
-                                      cfg.network.dropout) if train_te else [])
-        cast_training_params([model.unet, model.text_encoder], dtype=torch.float32)
-    elif is_lyco:  # the network's own modules learn, in fp32; the base keeps its weights
-        try:
-            network = lycoris_net.create_network(model.unet, model.text_encoder if train_te else None,
-                                                 cfg.network)
-        except ValueError as err:
-            raise SetupError(str(err)) from None
-        network.to(accelerator.device, dtype=torch.float32)
-        unet_params = [p for m in network.unet_loras for p in m.parameters() if p.requires_grad]
-        te_params = [p for m in network.text_encoder_loras for p in m.parameters() if p.requires_grad]
-    elif is_hyper:  # MLPs on every attention's key/value input, in fp32; the base is untouched
-        net = cfg.network
-        network = Hypernetwork(widths_in_unet(model.unet), net.layer_structure, net.activation,
-                               net.layer_norm, net.activate_output, net.dropout_structure,
-                               net.weight_init).to(accelerator.device)
-        network.attach(model.unet)
-        unet_params, te_params = list(network.parameters()), []
-    else:  # full fine-tune: every weight learns, kept in fp32 (autocast does the half math)
-        unet_params = list(model.unet.requires_grad_(True).parameters())
-        te_params = list(model.text_encoder.requires_grad_(True).parameters()) if train_te else []
+    if model.is_sdxl and t.cache_text_encoder_outputs:
+        raise SetupError("training.cache_text_encoder_outputs is not available for SDXL yet")
+    frozen_half = cfg.network.type not in ("textual_inversion", "dreambooth")
+    if weight_dtype != torch.float32 and frozen_half:  # frozen base in half precision; the VAE
+        for m in (model.unet, *model.text_encoders):   # stays fp32 (fp16 SD VAEs make NaNs)
+            m.to(dtype=weight_dtype)
+    try:
+        parts = attach_method(cfg, model, train_te, accelerator.device)
+    except ValueError as err:  # MethodError, a TI token clash, a LyCORIS preset matching nothing
+        raise SetupError(str(err)) from None
+    unet_params, te_params, ti, network = parts.unet_params, parts.te_params, parts.ti, parts.network
     _configure_memory(cfg, model, train_te)
 
     data = build_data(cfg, model, accelerator.device, cb, index, reg_index)

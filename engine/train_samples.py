@@ -28,18 +28,18 @@ def should_sample(cfg: JobConfig, epoch: int = 0, step: int = 0) -> bool:
     return bool(cfg.sample.prompts) and n > 0 and count > 0 and count % n == 0
 
 
-def sample_during_training(cfg: JobConfig, model: LoadedModel, unet, text_encoder, epoch: int,
+def sample_during_training(cfg: JobConfig, model: LoadedModel, unet, text_encoders: list, epoch: int,
                            step: int, autocast=None) -> list[Path]:
     """Textual Inversion needs nothing special here: the diffusers pipeline itself rewrites a
     multi-vector token (``name`` -> ``name name_1 ...``), so prompts go in as the user typed them
     (rewriting them first would make the pipeline rewrite them again, into nonsense)."""
     out_dir = Path(cfg.output.dir) / "sample"
-    was_training = (unet.training, text_encoder.training)
-    unet.eval()
-    text_encoder.eval()
+    was_training = [unet.training] + [te.training for te in text_encoders]
+    for module in (unet, *text_encoders):
+        module.eval()
     paths = []
     try:
-        pipe = build_pipeline(model, unet=unet, text_encoder=text_encoder, scheduler=cfg.sample.sampler)
+        pipe = build_pipeline(model, unet=unet, text_encoders=text_encoders, scheduler=cfg.sample.sampler)
         with torch.random.fork_rng(devices=[]), torch.no_grad(), (autocast or _null)():
             for i, spec in enumerate(sample_specs(cfg)):
                 image = generate(pipe, spec)[0]
@@ -47,8 +47,8 @@ def sample_during_training(cfg: JobConfig, model: LoadedModel, unet, text_encode
                 path = out_dir / f"{cfg.output.name}_e{epoch:06d}_s{step:06d}_{i:02d}.png"
                 paths.append(save_png_with_parameters(image, path, text))
     finally:
-        unet.train(was_training[0])
-        text_encoder.train(was_training[1])
+        for module, mode in zip((unet, *text_encoders), was_training):
+            module.train(mode)
     return paths
 
 

@@ -28,7 +28,7 @@ from engine.setup import (SetupError, TrainingSetup, build_training, encode_late
                           resolve_mixed_precision)
 from engine.tb_log import TensorBoardLogger, TensorBoardUnavailable, run_log_dir
 from engine.data.captions import process_caption
-from engine.text import encode_prompts
+from engine.conditioning import unet_conditioning
 from engine.train_samples import sample_during_training, should_sample
 
 
@@ -39,7 +39,9 @@ def epoch_file_name(name: str, epoch: int) -> str:
 def lora_state(s: TrainingSetup, accelerator: Accelerator) -> dict[str, torch.Tensor]:
     state = lora.kohya_state_dict(accelerator.unwrap_model(s.model.unet), lora.UNET_PREFIX)
     if s.train_te:
-        state |= lora.kohya_state_dict(accelerator.unwrap_model(s.model.text_encoder), lora.TE_PREFIX)
+        tes = s.model.text_encoders
+        for prefix, te in zip(lora.te_prefixes(len(tes)), tes):
+            state |= lora.kohya_state_dict(accelerator.unwrap_model(te), prefix)
     return state
 
 
@@ -60,7 +62,7 @@ def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path
     if cfg.network.type == "lora" or s.network is not None:
         meta = lora_metadata(cfg, s.index, s.run, epoch, step, finished_at=time.time())
         state = (lora_state(s, accelerator) if s.network is None
-                 else lycoris_net.file_state_dict(s.network, s.model.text_encoder))
+                 else lycoris_net.file_state_dict(s.network, s.model.text_encoders))
         return save_with_metadata(state, path, meta, cfg.output.save_precision)
     unet = accelerator.unwrap_model(s.model.unet)
     te = accelerator.unwrap_model(s.model.text_encoder)
@@ -94,12 +96,13 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                               gradient_accumulation_steps=t.gradient_accumulation_steps)
     set_seed(t.seed)
     s = build_training(cfg, accelerator, cb, model)
-    unet, te = s.model.unet, s.model.text_encoder
+    tes = s.model.text_encoders  # SDXL has two
     if s.train_te:
-        unet, te, optimizer, loader, scheduler = accelerator.prepare(
-            unet, te, s.optimizer, s.loader, s.scheduler)
+        unet, *rest = accelerator.prepare(s.model.unet, *tes, s.optimizer, s.loader, s.scheduler)
+        tes, (optimizer, loader, scheduler) = rest[:len(tes)], rest[len(tes):]
     else:
-        unet, optimizer, loader, scheduler = accelerator.prepare(unet, s.optimizer, s.loader, s.scheduler)
+        unet, optimizer, loader, scheduler = accelerator.prepare(s.model.unet, s.optimizer, s.loader,
+                                                                 s.scheduler)
     noise_sched, pred_type = s.model.noise_scheduler, s.model.prediction_type
     caption_rng = random.Random(t.seed)
     out_dir = Path(cfg.output.dir)
@@ -109,7 +112,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         if s.network is not None:
             s.network.eval()  # no dropout while sampling
         paths = sample_during_training(cfg, s.model, accelerator.unwrap_model(unet),
-                                       accelerator.unwrap_model(te), epoch, step, accelerator.autocast)
+                                       [accelerator.unwrap_model(te) for te in tes], epoch, step,
+                                       accelerator.autocast)
         if s.network is not None:
             s.network.train()
         cb.on_sample(paths, epoch, step)
@@ -119,12 +123,13 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     step, epoch = 0, 0
     for epoch in range(1, t.epochs + 1):
         unet.train()
-        te.train(s.train_te)
+        for te in tes:
+            te.train(s.train_te)
         if s.network is not None:
             s.network.train()
         epoch_losses, accum = [], []
         for batch in loader:
-            with accelerator.accumulate(unet, te) if s.train_te else accelerator.accumulate(unet):
+            with accelerator.accumulate(unet, *tes) if s.train_te else accelerator.accumulate(unet):
                 latents = (batch["latents"].to(accelerator.device) if "latents" in batch
                            else encode_latents(s.model, batch["pixels"]))
                 latents = latents.to(s.weight_dtype)
@@ -138,12 +143,9 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                             for c in batch["captions"]]
                 if s.ti is not None:
                     captions = [s.ti.prompt(c, caption_rng) for c in captions]
-                if s.te_cache is not None:
-                    hidden = s.te_cache.get(captions, latents.device, s.weight_dtype)
-                else:
-                    with torch.set_grad_enabled(s.train_te):
-                        hidden = encode_prompts(s.model.tokenizer, te, captions, t.clip_skip)
-                pred = unet(noisy, timesteps, hidden.to(s.weight_dtype)).sample
+                hidden, added = unet_conditioning(s.model, tes, captions, batch, t.clip_skip, s.train_te,
+                                                  s.te_cache, latents.device, s.weight_dtype)
+                pred = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
                 target = training_target(noise_sched, latents, noise, timesteps, pred_type)
                 weights = batch["loss_weights"].to(latents.device)  # prior_loss_weight on reg images
                 if t.min_snr_gamma:

@@ -186,8 +186,9 @@ def test_family_detection_folders(sd15, tmp_path):
     assert detect_family_from_folder(build_tiny_sdxl(tmp_path / "sdxl")) == "sdxl"
     m = load_sd_components(str(tmp_path / "sd2"), local_files_only=True)
     assert (m.family, m.prediction_type) == ("sd2", "v_prediction")
-    with pytest.raises(ModelLoadError, match="SDXL models are not supported by this trainer yet"):
-        load_sd_components(str(tmp_path / "sdxl"))
+    xl = load_sd_components(str(tmp_path / "sdxl"), local_files_only=True)
+    assert xl.is_sdxl and type(xl.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert xl.tokenizer_2.pad_token == "!" and len(xl.text_encoders) == 2
     with pytest.raises(ModelLoadError, match="is an SDXL model but the job is set to SD 1.5"):
         load_sd_components(str(tmp_path / "sdxl"), family="sd15")
 

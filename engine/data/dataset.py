@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Sampler
 
 from engine.data.buckets import BucketAssignment, assign_buckets
 from engine.data.folder import DatasetIndex, ImageItem
-from engine.data.images import image_size, load_rgb, resize_center_crop, to_tensor
+from engine.data.images import cover_and_crop, image_size, load_rgb, resize_center_crop, to_tensor
 from engine.data.latent_cache import DiskLatentCache
 
 
@@ -55,6 +55,7 @@ class TrainingSamples(Dataset):
             self.assignment = BucketAssignment({str(i): (resolution, resolution)
                                                 for i in range(len(self._unique))})
         self._latents: Optional[list[torch.Tensor]] = None  # [n_unique] of [2 or 1, C, h, w]
+        self._size_cond: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -65,6 +66,16 @@ class TrainingSamples(Dataset):
     def bucket_keys(self) -> list[tuple[int, int]]:
         """The training size of every entry (what the batch sampler groups by)."""
         return [self.size_of(e.unique) for e in self._entries]
+
+    def size_conditioning(self, unique_idx: int) -> torch.Tensor:
+        """SDXL's six numbers: original (h, w), crop corner (top, left), target (h, w)."""
+        if unique_idx not in self._size_cond:  # a header read, once per image
+            src_w, src_h = image_size(self._unique[unique_idx].path)
+            w, h = self.size_of(unique_idx)
+            _, left, top = cover_and_crop(src_w, src_h, w, h)
+            self._size_cond[unique_idx] = torch.tensor([src_h, src_w, top, left, h, w],
+                                                       dtype=torch.float32)
+        return self._size_cond[unique_idx]
 
     def pixels(self, unique_idx: int) -> torch.Tensor:
         im = load_rgb(self._unique[unique_idx].path)
@@ -108,7 +119,8 @@ class TrainingSamples(Dataset):
         entry = self._entries[k]
         i = entry.unique
         flip = bool(self.flip_aug and torch.rand(()) < 0.5)
-        out: dict = {"caption": self._unique[i].caption, "loss_weight": entry.loss_weight}
+        out: dict = {"caption": self._unique[i].caption, "loss_weight": entry.loss_weight,
+                     "time_ids": self.size_conditioning(i)}
         if self._latents is not None:
             out["latents"] = self._latents[i][1 if flip else 0]
         else:
@@ -147,7 +159,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 def collate(batch: list[dict]) -> dict:
     out: dict = {"captions": [b["caption"] for b in batch],
                  "loss_weights": torch.tensor([b["loss_weight"] for b in batch], dtype=torch.float32)}
-    for key in ("latents", "pixels"):
+    for key in ("latents", "pixels", "time_ids"):
         if key in batch[0]:
             out[key] = torch.stack([b[key] for b in batch])
     return out

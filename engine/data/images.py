@@ -29,12 +29,18 @@ def load_rgb(path: Path, background: tuple[int, int, int] = (255, 255, 255)) -> 
         return im.convert("RGB")
 
 
+def cover_and_crop(src_w: int, src_h: int, width: int, height: int) -> tuple[tuple[int, int], int, int]:
+    """((resized w, h), left, top): scale to cover ``width``x``height``, centre crop. SDXL is
+    told these numbers (original size and crop corner) as part of its conditioning."""
+    scale = max(width / src_w, height / src_h)
+    new = (max(width, round(src_w * scale)), max(height, round(src_h * scale)))
+    return new, (new[0] - width) // 2, (new[1] - height) // 2
+
+
 def resize_center_crop(im: Image.Image, width: int, height: int) -> Image.Image:
     """Scale so the image covers ``width``x``height``, then crop the centre."""
-    scale = max(width / im.width, height / im.height)
-    new = (max(width, round(im.width * scale)), max(height, round(im.height * scale)))
+    new, left, top = cover_and_crop(im.width, im.height, width, height)
     im = im.resize(new, Image.Resampling.LANCZOS)
-    left, top = (im.width - width) // 2, (im.height - height) // 2
     return im.crop((left, top, left + width, top + height))
 
 

@@ -18,7 +18,7 @@ import torch
 
 Family = Literal["sd15", "sd2", "sdxl"]
 FAMILY_LABELS = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL"}
-TRAINABLE_FAMILIES = ("sd15", "sd2")
+TRAINABLE_FAMILIES = ("sd15", "sd2", "sdxl")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Component weights + configs + tokenizers only: no root single files, fp16/EMA variants or safety checker.
 HUB_ALLOW_PATTERNS = [
@@ -29,7 +29,8 @@ HUB_ALLOW_PATTERNS = [
 HUB_IGNORE_PATTERNS = ["safety_checker/*"]
 CONFIG_PATTERNS = ["*.json", "*.txt", "tokenizer*/*"]
 # Where a single file's missing config (layer sizes, scheduler, tokenizer) can come from in the HF cache.
-REFERENCE_CONFIG_REPOS = {"sd15": ["stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"]}
+REFERENCE_CONFIG_REPOS = {"sd15": ["stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"],
+                          "sdxl": ["stabilityai/stable-diffusion-xl-base-1.0"]}
 # The tiny pretrained "shapes" model shipped with the app, so everything works with no download.
 EMBEDDED_NAMES = ("embedded", "embedded:shapes")
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "presets" / "base" / "shapes-base"
@@ -60,6 +61,16 @@ class LoadedModel:
     source_kind: str
     name: str
     path: Path
+    text_encoder_2: Any = None  # SDXL's second (OpenCLIP, projected) encoder
+    tokenizer_2: Any = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == "sdxl"
+
+    @property
+    def text_encoders(self) -> list[Any]:
+        return [te for te in (self.text_encoder, self.text_encoder_2) if te is not None]
 
 
 def detect_family_from_keys(keys: Iterable[str]) -> Family:
@@ -221,7 +232,7 @@ def _check_family(source: ResolvedSource, family: str) -> None:
 
 def _load_folder(folder: Path, family: Family, dtype: torch.dtype) -> dict[str, Any]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     safe = {"use_safetensors": True}  # never fall back to pickled .bin weights
     parts = {
@@ -237,26 +248,38 @@ def _load_folder(folder: Path, family: Family, dtype: torch.dtype) -> dict[str, 
         parts["tokenizer"] = load_clip_tokenizer()
     else:
         raise ModelLoadError(f"{folder} has no tokenizer/ folder.")
+    if family == "sdxl":
+        if not (folder / "text_encoder_2").is_dir() or not (folder / "tokenizer_2").is_dir():
+            raise ModelLoadError(f"{folder} is an SDXL folder without text_encoder_2/ and tokenizer_2/.")
+        parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+            folder, subfolder="text_encoder_2", dtype=dtype, **safe)
+        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
     return parts
 
 
 def load_sd_components(base: str, family: str = "auto", local_files_only: bool = False,
                        single_file_config: Path | None = None, dtype: torch.dtype = torch.float32,
                        cache_dir: Path | None = None) -> LoadedModel:
-    """Load UNet, VAE, text encoder, tokenizer and a DDPM training scheduler for an SD 1.x/2.x base model."""
+    """Load UNet, VAE, text encoder(s), tokenizer(s) and a DDPM training scheduler (SD 1.x/2.x/XL)."""
     from diffusers import DDPMScheduler
 
     source = resolve_source(base, local_files_only=local_files_only, cache_dir=cache_dir)
     _check_family(source, family)
     try:
         if source.kind == "single_file":
-            from diffusers import StableDiffusionPipeline
+            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
             config = _single_file_config(source.family, single_file_config, local_files_only, cache_dir)
-            pipe = StableDiffusionPipeline.from_single_file(
-                str(source.path), config=str(config), local_files_only=True, torch_dtype=dtype,
-                safety_checker=None, requires_safety_checker=False)
-            parts = {n: getattr(pipe, n) for n in ("unet", "vae", "text_encoder", "tokenizer")}
+            names = ["unet", "vae", "text_encoder", "tokenizer"]
+            if source.family == "sdxl":
+                pipe = StableDiffusionXLPipeline.from_single_file(
+                    str(source.path), config=str(config), local_files_only=True, torch_dtype=dtype)
+                names += ["text_encoder_2", "tokenizer_2"]
+            else:
+                pipe = StableDiffusionPipeline.from_single_file(
+                    str(source.path), config=str(config), local_files_only=True, torch_dtype=dtype,
+                    safety_checker=None, requires_safety_checker=False)
+            parts = {n: getattr(pipe, n) for n in names}
             scheduler_config = pipe.scheduler.config
         else:
             parts = _load_folder(source.path, source.family, dtype)

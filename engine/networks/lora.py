@@ -85,6 +85,11 @@ def text_encoder_targets(text_encoder: nn.Module, cfg: LoraNetworkConfig) -> lis
     return find_targets(text_encoder, _TE_PARENTS, cfg.dim, cfg.alpha)
 
 
+def te_prefixes(num_text_encoders: int) -> list[str]:
+    """kohya: ``lora_te`` for SD 1.x/2.x, ``lora_te1`` / ``lora_te2`` for SDXL's two encoders."""
+    return [TE_PREFIX] if num_text_encoders == 1 else [f"{TE_PREFIX}{i + 1}" for i in range(num_text_encoders)]
+
+
 def lora_layers(model: nn.Module, adapter: str = ADAPTER) -> dict[str, LoraLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
 

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.config import LycorisNetworkConfig
+from engine.networks import lora
 
 if TYPE_CHECKING:
     from lycoris.kohya import LycorisNetworkKohya
 
-UNET_PREFIX, TE_PREFIX = "lora_unet", "lora_te"
+UNET_PREFIX, TE_PREFIX = lora.UNET_PREFIX, lora.TE_PREFIX
 _TE_MODULES = ["CLIPAttention", "CLIPSdpaAttention", "CLIPMLP"]
 _COMMON = {"module_algo_map": {}, "name_algo_map": {}, "use_fnmatch": False, "exclude_name": []}
 SD_PRESETS: dict[str, dict] = {
@@ -45,7 +46,6 @@ SD_PRESETS: dict[str, dict] = {
 }
 ALGO = {"locon": "locon", "loha": "loha", "lokr": "lokr"}
 _LOCK = threading.RLock()
-_TE_FILE_PREFIX = f"{TE_PREFIX}_text_model_"
 
 
 def _lycoris():
@@ -60,52 +60,64 @@ def _use_preset(name: str) -> None:
     _lycoris().LycorisNetworkKohya.apply_preset({**SD_PRESETS[name], **_COMMON})
 
 
-def create_network(unet: torch.nn.Module, text_encoder: torch.nn.Module | None,
+def _as_lycoris_te(text_encoders: list | None):
+    """lycoris names one encoder ``lora_te`` and a list ``lora_te1``, ``lora_te2`` (SDXL)."""
+    if not text_encoders:
+        return None
+    return text_encoders[0] if len(text_encoders) == 1 else list(text_encoders)
+
+
+def create_network(unet: torch.nn.Module, text_encoders: list | None,
                    cfg: LycorisNetworkConfig) -> LycorisNetworkKohya:
-    """Build and hook a fresh (no-op at step 0) network into ``unet`` (and ``text_encoder``)."""
+    """Build and hook a fresh (no-op at step 0) network into ``unet`` (and the text encoders)."""
     conv_dim = cfg.dim if cfg.conv_dim is None else cfg.conv_dim
     conv_alpha = cfg.alpha if cfg.conv_alpha is None else cfg.conv_alpha
+    te = _as_lycoris_te(text_encoders)
     with _LOCK:
         _use_preset(cfg.preset)
         net = _lycoris().LycorisNetworkKohya(
-            text_encoder, unet, multiplier=1.0, lora_dim=cfg.dim, alpha=cfg.alpha,
+            te, unet, multiplier=1.0, lora_dim=cfg.dim, alpha=cfg.alpha,
             conv_lora_dim=conv_dim, conv_alpha=conv_alpha, dropout=cfg.dropout,
             rank_dropout=cfg.rank_dropout, module_dropout=cfg.module_dropout, use_tucker=False,
             network_module=ALGO[cfg.type], factor=cfg.factor, decompose_both=cfg.decompose_both,
             warn_on_unmatched=False)
     if not net.unet_loras:
         raise ValueError(f"network.preset {cfg.preset!r} found no modules to train in this UNet")
-    net.apply_to(text_encoder, unet, apply_text_encoder=text_encoder is not None, apply_unet=True)
+    net.apply_to(te, unet, apply_text_encoder=te is not None, apply_unet=True)
     return net
 
 
-def _needs_text_model_level(text_encoder: torch.nn.Module | None) -> bool:
-    return text_encoder is not None and not hasattr(text_encoder, "text_model")
+def _renames(text_encoders: list | None) -> list[tuple[str, str]]:
+    """(lycoris prefix, file prefix) for each encoder without the ``text_model`` level."""
+    tes = list(text_encoders or [])
+    return [(f"{p}_", f"{p}_text_model_") for p, te in zip(lora.te_prefixes(len(tes)), tes)
+            if not hasattr(te, "text_model")] if tes else []
 
 
-def to_file_keys(state: dict[str, torch.Tensor], text_encoder: torch.nn.Module | None
+def to_file_keys(state: dict[str, torch.Tensor], text_encoders: list | None
                  ) -> dict[str, torch.Tensor]:
     """Network state -> A1111/ComfyUI keys (``lora_te_text_model_encoder_...``)."""
-    if not _needs_text_model_level(text_encoder):
-        return dict(state)
-    return {(_TE_FILE_PREFIX + k.removeprefix(f"{TE_PREFIX}_")
-             if k.startswith(f"{TE_PREFIX}_") and not k.startswith(_TE_FILE_PREFIX) else k): v
-            for k, v in state.items()}
+    out = dict(state)
+    for inner, outer in _renames(text_encoders):
+        out = {(outer + k.removeprefix(inner) if k.startswith(inner) and not k.startswith(outer)
+                else k): v for k, v in out.items()}
+    return out
 
 
-def from_file_keys(state: dict[str, torch.Tensor], text_encoder: torch.nn.Module | None
+def from_file_keys(state: dict[str, torch.Tensor], text_encoders: list | None
                    ) -> dict[str, torch.Tensor]:
-    """The reverse of :func:`to_file_keys`, for a text encoder without the ``text_model`` level."""
-    if not _needs_text_model_level(text_encoder):
-        return dict(state)
-    return {(f"{TE_PREFIX}_" + k.removeprefix(_TE_FILE_PREFIX) if k.startswith(_TE_FILE_PREFIX)
-             else k): v for k, v in state.items()}
+    """The reverse of :func:`to_file_keys`."""
+    out = dict(state)
+    for inner, outer in _renames(text_encoders):
+        out = {(inner + k.removeprefix(outer) if k.startswith(outer) else k): v
+               for k, v in out.items()}
+    return out
 
 
-def file_state_dict(net: LycorisNetworkKohya, text_encoder: torch.nn.Module | None
+def file_state_dict(net: LycorisNetworkKohya, text_encoders: list | None
                     ) -> dict[str, torch.Tensor]:
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    return to_file_keys(state, text_encoder)
+    return to_file_keys(state, text_encoders)
 
 
 def config_from_metadata(meta: dict[str, str], has_te: bool) -> LycorisNetworkConfig | None:
@@ -124,7 +136,7 @@ def config_from_metadata(meta: dict[str, str], has_te: bool) -> LycorisNetworkCo
 
 
 def network_from_file_state(state: dict[str, torch.Tensor], unet: torch.nn.Module,
-                            text_encoder: torch.nn.Module | None, meta: dict[str, str] | None = None
+                            text_encoders: list | None, meta: dict[str, str] | None = None
                             ) -> LycorisNetworkKohya:
     """Rebuild and hook the modules a saved file describes.
 
@@ -132,12 +144,13 @@ def network_from_file_state(state: dict[str, torch.Tensor], unet: torch.nn.Modul
     different Kronecker factor for some LoKr layers (e.g. a 4-channel conv_in) and fails. Foreign
     files (any algo lycoris knows) go through that generic reload.
     """
-    inner = from_file_keys(state, text_encoder)
-    has_te = any(k.startswith(f"{TE_PREFIX}_") for k in inner)
-    te = text_encoder if has_te else None
+    inner = from_file_keys(state, text_encoders)
+    has_te = any(k.startswith(TE_PREFIX) for k in inner)
+    tes = text_encoders if has_te else None
+    te = _as_lycoris_te(tes)
     cfg = config_from_metadata(meta or {}, has_te)
     if cfg is not None:
-        net = create_network(unet, te, cfg)
+        net = create_network(unet, tes, cfg)
         if set(net.state_dict()) == set(inner):
             net.load_state_dict(inner, strict=True)
             return net
@@ -150,15 +163,15 @@ def network_from_file_state(state: dict[str, torch.Tensor], unet: torch.nn.Modul
     if missing:
         raise ValueError(f"{missing[0]}: no such module in this base model (wrong base model?)"
                          + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    net.apply_to(text_encoder, unet, apply_text_encoder=has_te, apply_unet=True)
+    net.apply_to(te, unet, apply_text_encoder=has_te, apply_unet=True)
     net.load_state_dict(inner, strict=False)
     return net
 
 
 def load_file_state(net: LycorisNetworkKohya, state: dict[str, torch.Tensor],
-                    text_encoder: torch.nn.Module | None) -> None:
+                    text_encoders: list | None) -> None:
     """Copy another epoch of the same run into an already hooked network."""
-    inner = from_file_keys(state, text_encoder)
+    inner = from_file_keys(state, text_encoders)
     own = net.state_dict()
     if set(own) != set(inner) or any(own[k].shape != inner[k].shape for k in own):
         raise ValueError("the file's modules differ from the loaded network")
