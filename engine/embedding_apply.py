@@ -33,6 +33,9 @@ def read_embedding(path: Path) -> tuple[torch.Tensor, str]:
         state = load_file(str(path))
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
+        if "clip_l" in state and "clip_g" in state:
+            raise EmbeddingFileError(f"{path.name}: an SDXL embedding; the grid's embedding "
+                                     "strength axis works with SD 1.x embeddings only so far")
         if "emb_params" not in state:
             raise EmbeddingFileError(f"{path.name}: no 'emb_params' tensor (an SD 1.5 embedding has one)")
         name = meta.get("name") or meta.get("ss_output_name") or path.stem
@@ -50,7 +53,8 @@ def is_embedding_file(path: Path) -> bool:
     try:
         if path.suffix.lower() == ".safetensors":
             with safe_open(str(path), "pt") as f:
-                return "emb_params" in f.keys()
+                keys = set(f.keys())
+            return "emb_params" in keys or {"clip_l", "clip_g"} <= keys
         data = torch.load(str(path), map_location="cpu", weights_only=True)
         return isinstance(data, dict) and "string_to_param" in data
     except Exception:

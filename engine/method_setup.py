@@ -2,7 +2,8 @@
 
 LoRA injects peft layers, LyCORIS hooks lycoris modules, a hypernetwork hooks the attention
 inputs, Textual Inversion opens the embedding table, a full fine-tune unfreezes the weights.
-SDXL has two text encoders: LoRA/LyCORIS train both (``lora_te1`` / ``lora_te2``).
+SDXL has two text encoders: LoRA/LyCORIS train both (``lora_te1`` / ``lora_te2``), TI learns a
+vector set in each (``clip_l`` / ``clip_g``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from engine.networks import lora, lycoris_net
 from engine.networks.hypernetwork import Hypernetwork, widths_in_unet
 from engine.networks.textual_inversion import TextualInversion
 
-SDXL_METHODS = ("lora", *lycoris_net.ALGO)
+SDXL_METHODS = ("lora", *lycoris_net.ALGO, "textual_inversion")
 
 
 class MethodError(ValueError):
@@ -41,8 +42,9 @@ def attach_method(cfg: JobConfig, model: LoadedModel, train_te: bool, device) ->
     if kind == "textual_inversion":  # only the embedding table learns (our rows only)
         ti = TextualInversion(model, net.token, net.num_vectors, net.init_text, net.template,
                               net.custom_templates)
-        model.text_encoder.to(device)  # the resized embedding table
-        return MethodParts([], [ti.parameter.requires_grad_(True)], ti=ti)
+        for te in tes:
+            te.to(device)  # the resized embedding tables
+        return MethodParts([], [p.requires_grad_(True) for p in ti.parameters], ti=ti)
     if kind == "lora":
         unet_params = lora.inject_lora(model.unet, lora.unet_targets(model.unet, net), net.dropout)
         te_params = [p for te in (tes if train_te else [])

@@ -66,35 +66,66 @@ def token_names(token: str, num_vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
-class TextualInversion:
-    """The new tokens inside a loaded model, plus what is needed to keep everything else fixed."""
+class _Table:
+    """One text encoder's embedding table with our rows in it, and a copy to restore the rest."""
 
-    def __init__(self, model, token: str, num_vectors: int, init_text: str, template: str,
-                 custom_templates: list[str] | None = None):
-        self.model = model
-        self.token = token
-        self.names = token_names(token, num_vectors)
-        tok, te = model.tokenizer, model.text_encoder
-        clash = [n for n in self.names if n in tok.get_vocab()]
-        if clash:
-            raise ValueError(f"the token {clash[0]!r} is already a word in the tokenizer; pick a "
-                             "made-up name (e.g. 'zkzstar')")
-        init_ids = tok(init_text or "*", add_special_tokens=False).input_ids or tok("*", add_special_tokens=False).input_ids
-        tok.add_tokens(self.names)
-        self.ids = tok.convert_tokens_to_ids(self.names)
-        te.resize_token_embeddings(len(tok), mean_resizing=False)  # our rows are set just below
-        emb = te.get_input_embeddings().weight
+    def __init__(self, tokenizer, text_encoder, names: list[str], init_text: str) -> None:
+        self.text_encoder = text_encoder
+        init_ids = (tokenizer(init_text or "*", add_special_tokens=False).input_ids
+                    or tokenizer("*", add_special_tokens=False).input_ids)
+        tokenizer.add_tokens(names)
+        self.ids = tokenizer.convert_tokens_to_ids(names)
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # set below
+        emb = text_encoder.get_input_embeddings().weight
         with torch.no_grad():
             for k, tid in enumerate(self.ids):
                 emb[tid] = emb[init_ids[k % len(init_ids)]]
         self.original = emb.detach().clone()
         self.keep = torch.ones(emb.shape[0], dtype=torch.bool)
         self.keep[self.ids] = False
-        self.templates = custom_templates or TEMPLATES[template]
 
     @property
     def parameter(self) -> torch.nn.Parameter:
-        return self.model.text_encoder.get_input_embeddings().weight
+        return self.text_encoder.get_input_embeddings().weight
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        emb = self.parameter
+        keep = self.keep.to(emb.device)
+        emb[keep] = self.original.to(emb.device, emb.dtype)[keep]
+
+    def vectors(self) -> torch.Tensor:
+        return self.parameter.detach()[self.ids].float().cpu().clone()
+
+
+class TextualInversion:
+    """The new tokens inside a loaded model (both encoders of SDXL), plus what is needed to keep
+    everything else fixed."""
+
+    def __init__(self, model, token: str, num_vectors: int, init_text: str, template: str,
+                 custom_templates: list[str] | None = None):
+        self.model = model
+        self.token = token
+        self.names = token_names(token, num_vectors)
+        pairs = [(model.tokenizer, model.text_encoder)]
+        if getattr(model, "is_sdxl", False):
+            pairs.append((model.tokenizer_2, model.text_encoder_2))
+        for tok, _ in pairs:
+            clash = [n for n in self.names if n in tok.get_vocab()]
+            if clash:
+                raise ValueError(f"the token {clash[0]!r} is already a word in the tokenizer; pick a "
+                                 "made-up name (e.g. 'zkzstar')")
+        self.tables = [_Table(tok, te, self.names, init_text) for tok, te in pairs]
+        self.ids = self.tables[0].ids
+        self.templates = custom_templates or TEMPLATES[template]
+
+    @property
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [t.parameter for t in self.tables]
+
+    @property
+    def parameter(self) -> torch.nn.Parameter:
+        return self.tables[0].parameter
 
     def expand(self, text: str) -> str:
         """``name`` -> ``name name_1 ... name_{n-1}`` (whole words only)."""
@@ -105,26 +136,30 @@ class TextualInversion:
         t = rng.choice(self.templates)
         return t.replace("[name]", " ".join(self.names)).replace("[filewords]", caption).strip(" ,")
 
-    @torch.no_grad()
     def restore_frozen_rows(self) -> None:
         """Undo whatever the optimizer did to rows other than ours (AdamW moves every row it
         sees a gradient or weight decay for)."""
-        emb = self.parameter
-        keep = self.keep.to(emb.device)
-        emb[keep] = self.original.to(emb.device, emb.dtype)[keep]
+        for table in self.tables:
+            table.restore()
 
     def vectors(self) -> torch.Tensor:
-        return self.parameter.detach()[self.ids].float().cpu().clone()
+        return self.tables[0].vectors()
 
     def save(self, path: Path, name: str, step: int, checkpoint_hash: str, checkpoint_name: str,
              precision: str = "fp32", metadata: dict[str, str] | None = None) -> list[Path]:
-        """``path`` (.safetensors) + the .pt and .png beside it; returns all three."""
+        """``path`` (.safetensors) + the A1111 .pt and .png beside it; returns all written.
+        SDXL: one .safetensors with ``clip_l`` and ``clip_g`` (the format A1111 and ComfyUI read
+        for SDXL; there is no SDXL .pt embedding)."""
         from engine.export.safetensors_io import cast_state_dict, save_with_metadata
 
-        vec = cast_state_dict({"emb_params": self.vectors()}, precision)["emb_params"]
         path = Path(path)
-        save_with_metadata({"emb_params": vec}, path, {"name": name, "step": str(step), **(metadata or {})},
-                           precision)
+        meta = {"name": name, "step": str(step), **(metadata or {})}
+        if len(self.tables) == 2:
+            state = {"clip_l": self.tables[0].vectors(), "clip_g": self.tables[1].vectors()}
+            save_with_metadata(state, path, meta, precision)
+            return [path]
+        vec = cast_state_dict({"emb_params": self.vectors()}, precision)["emb_params"]
+        save_with_metadata({"emb_params": vec}, path, meta, precision)
         pt = path.with_suffix(".pt")
         data = a1111_embedding_dict(vec, name, step, checkpoint_hash, checkpoint_name)
         atomic_write(pt, lambda tmp: torch.save(data, tmp))
