@@ -143,6 +143,17 @@ class TextualInversionConfig(_Section):
         return lines
 
 
+class DreamArtistConfig(TextualInversionConfig):
+    """DreamArtist (APT): a positive embedding ``<token>`` and a negative one ``<token>-neg``
+    learned together, with classifier-free guidance inside the training step. Use the first in
+    the prompt and the second in the negative prompt."""
+    type: Literal["dreamartist"] = "dreamartist"
+    negative_init_text: str = Field(default="*", description="Start the negative embedding here.")
+    negative_num_vectors: int = Field(default=1, ge=1, le=75)
+    cfg_scale: float = Field(default=3.0, ge=1.0, le=30.0,
+                             description="Guidance scale used while training (APT's 'CFG').")
+
+
 class HypernetworkConfig(_Section):
     """An A1111 hypernetwork: small MLPs that reshape every attention's key/value input; the
     model is untouched. Learns slowly by design: A1111 users train at lr 5e-6 .. 1e-5."""
@@ -187,7 +198,7 @@ class HypernetworkConfig(_Section):
 
 # The network is a discriminated union on `type`; other methods join it as they land.
 NetworkConfig = Annotated[Union[LoraNetworkConfig, LycorisNetworkConfig, FullFinetuneConfig,
-                                TextualInversionConfig, HypernetworkConfig],
+                                TextualInversionConfig, DreamArtistConfig, HypernetworkConfig],
                           Field(discriminator="type")]
 
 OptimizerName = Literal["AdamW", "AdamW8bit", "Adafactor", "Lion", "Prodigy"]
@@ -328,7 +339,7 @@ class JobConfig(_Section):
 
 def trains_text_encoder(net: "NetworkConfig") -> bool:
     """Whether the text encoder's output changes during training (it cannot be cached then)."""
-    if net.type == "textual_inversion":
+    if net.type in ("textual_inversion", "dreamartist"):
         return True
     if net.type == "dreambooth":
         return net.train_text_encoder
@@ -337,7 +348,8 @@ def trains_text_encoder(net: "NetworkConfig") -> bool:
     return not net.train_unet_only
 
 
-NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "dreambooth", "textual_inversion", "hypernetwork")
+NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "dreambooth", "textual_inversion", "dreamartist",
+                 "hypernetwork")
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:

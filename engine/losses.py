@@ -49,3 +49,9 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor,
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample.device, per_sample.dtype)
     return per_sample.mean()
+
+
+def guided(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): ``uncond + scale * (cond - uncond)``.
+    DreamArtist trains through it, so the negative embedding learns to be a good "uncond"."""
+    return uncond + scale * (cond - uncond)

@@ -39,9 +39,11 @@ def attach_method(cfg: JobConfig, model: LoadedModel, train_te: bool, device) ->
         raise MethodError(f"network.type = {kind!r} is not available for SDXL yet "
                           f"(SDXL trains {', '.join(SDXL_METHODS)})")
     tes = model.text_encoders
-    if kind == "textual_inversion":  # only the embedding table learns (our rows only)
+    if kind in ("textual_inversion", "dreamartist"):  # only our rows of the table learn
+        negative = ((net.negative_num_vectors, net.negative_init_text) if kind == "dreamartist"
+                    else None)
         ti = TextualInversion(model, net.token, net.num_vectors, net.init_text, net.template,
-                              net.custom_templates)
+                              net.custom_templates, negative=negative)
         for te in tes:
             te.to(device)  # the resized embedding tables
         return MethodParts([], [p.requires_grad_(True) for p in ti.parameters], ti=ti)

@@ -109,7 +109,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         m.to(accelerator.device)
     if model.is_sdxl and t.cache_text_encoder_outputs:
         raise SetupError("training.cache_text_encoder_outputs is not available for SDXL yet")
-    frozen_half = cfg.network.type not in ("textual_inversion", "dreambooth")
+    frozen_half = cfg.network.type not in ("textual_inversion", "dreamartist", "dreambooth")
     if weight_dtype != torch.float32 and frozen_half:  # frozen base in half precision; the VAE
         for m in (model.unet, *model.text_encoders):   # stays fp32 (fp16 SD VAEs make NaNs)
             m.to(dtype=weight_dtype)

@@ -22,7 +22,7 @@ from engine.export.checkpoint import checkpoint_metadata, save_checkpoint_file, 
 from engine.export.metadata import lora_metadata, modelspec_architecture
 from engine.export.safetensors_io import save_with_metadata
 from engine.models.loader import LoadedModel
-from engine.losses import diffusion_loss, min_snr_weights, offset_noise, training_target
+from engine.losses import diffusion_loss, guided, min_snr_weights, offset_noise, training_target
 from engine.networks import lora, lycoris_net
 from engine.setup import (SetupError, TrainingSetup, build_training, encode_latents,
                           resolve_mixed_precision)
@@ -49,7 +49,7 @@ def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path
                 epoch: int, step: int, final: bool = False) -> Path:
     """The method's file(s): LoRA/LyCORIS .safetensors, TI embedding files, a hypernetwork .pt, or
     for a full fine-tune a single-file checkpoint (+ diffusers folder at the end)."""
-    if cfg.network.type == "textual_inversion":
+    if cfg.network.type in ("textual_inversion", "dreamartist"):
         meta = {"modelspec.architecture": f"{modelspec_architecture(s.model.family, s.model.prediction_type)}"
                                           "/textual-inversion",
                 "modelspec.title": cfg.output.name, "ss_output_name": cfg.output.name,
@@ -145,7 +145,15 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                     captions = [s.ti.prompt(c, caption_rng) for c in captions]
                 hidden, added = unet_conditioning(s.model, tes, captions, batch, t.clip_skip, s.train_te,
                                                   s.te_cache, latents.device, s.weight_dtype)
-                pred = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
+                if s.ti is not None and s.ti.neg_names:  # DreamArtist: CFG inside the step
+                    neg, _ = unet_conditioning(s.model, tes, [s.ti.negative_prompt()] * len(captions),
+                                               batch, t.clip_skip, True, None, latents.device,
+                                               s.weight_dtype)
+                    cond, uncond = unet(torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]),
+                                        torch.cat([hidden, neg])).sample.chunk(2)
+                    pred = guided(cond, uncond, cfg.network.cfg_scale)
+                else:
+                    pred = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
                 target = training_target(noise_sched, latents, noise, timesteps, pred_type)
                 weights = batch["loss_weights"].to(latents.device)  # prior_loss_weight on reg images
                 if t.min_snr_gamma:

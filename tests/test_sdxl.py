@@ -212,6 +212,7 @@ def test_textual_inversion_on_sdxl(sdxl_dir, tiny_dataset, tmp_path):
 
 
 @pytest.mark.parametrize("network", [
+    {"type": "dreamartist", "token": "zkzstar"},
     {"type": "hypernetwork"},
     {"type": "dreambooth"},
 ])

@@ -67,19 +67,24 @@ def token_names(token: str, num_vectors: int) -> list[str]:
 
 
 class _Table:
-    """One text encoder's embedding table with our rows in it, and a copy to restore the rest."""
+    """One text encoder's embedding table with our rows in it, and a copy to restore the rest.
+    ``groups`` = [(token names, init text)]: one group, or DreamArtist's positive + negative."""
 
-    def __init__(self, tokenizer, text_encoder, names: list[str], init_text: str) -> None:
+    def __init__(self, tokenizer, text_encoder, groups: list[tuple[list[str], str]]) -> None:
         self.text_encoder = text_encoder
-        init_ids = (tokenizer(init_text or "*", add_special_tokens=False).input_ids
-                    or tokenizer("*", add_special_tokens=False).input_ids)
+        names = [n for group, _ in groups for n in group]
+        inits = []
+        for group, init_text in groups:
+            init_ids = (tokenizer(init_text or "*", add_special_tokens=False).input_ids
+                        or tokenizer("*", add_special_tokens=False).input_ids)
+            inits += [init_ids[k % len(init_ids)] for k in range(len(group))]
         tokenizer.add_tokens(names)
         self.ids = tokenizer.convert_tokens_to_ids(names)
         text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # set below
         emb = text_encoder.get_input_embeddings().weight
         with torch.no_grad():
-            for k, tid in enumerate(self.ids):
-                emb[tid] = emb[init_ids[k % len(init_ids)]]
+            for tid, src in zip(self.ids, inits):
+                emb[tid] = emb[src]
         self.original = emb.detach().clone()
         self.keep = torch.ones(emb.shape[0], dtype=torch.bool)
         self.keep[self.ids] = False
@@ -94,8 +99,8 @@ class _Table:
         keep = self.keep.to(emb.device)
         emb[keep] = self.original.to(emb.device, emb.dtype)[keep]
 
-    def vectors(self) -> torch.Tensor:
-        return self.parameter.detach()[self.ids].float().cpu().clone()
+    def vectors(self, rows: slice = slice(None)) -> torch.Tensor:
+        return self.parameter.detach()[self.ids[rows]].float().cpu().clone()
 
 
 class TextualInversion:
@@ -103,21 +108,31 @@ class TextualInversion:
     everything else fixed."""
 
     def __init__(self, model, token: str, num_vectors: int, init_text: str, template: str,
-                 custom_templates: list[str] | None = None):
+                 custom_templates: list[str] | None = None,
+                 negative: tuple[int, str] | None = None):
+        """``negative`` = (num_vectors, init_text) adds DreamArtist's negative embedding, the
+        word ``<token>-neg``."""
         self.model = model
         self.token = token
         self.names = token_names(token, num_vectors)
+        self.neg_token = f"{token}-neg" if negative else None
+        self.neg_names = token_names(self.neg_token, negative[0]) if negative else []
+        groups = [(self.names, init_text)] + ([(self.neg_names, negative[1])] if negative else [])
         pairs = [(model.tokenizer, model.text_encoder)]
         if getattr(model, "is_sdxl", False):
             pairs.append((model.tokenizer_2, model.text_encoder_2))
         for tok, _ in pairs:
-            clash = [n for n in self.names if n in tok.get_vocab()]
+            clash = [n for n in self.names + self.neg_names if n in tok.get_vocab()]
             if clash:
                 raise ValueError(f"the token {clash[0]!r} is already a word in the tokenizer; pick a "
                                  "made-up name (e.g. 'zkzstar')")
-        self.tables = [_Table(tok, te, self.names, init_text) for tok, te in pairs]
-        self.ids = self.tables[0].ids
+        self.tables = [_Table(tok, te, groups) for tok, te in pairs]
+        self.ids = self.tables[0].ids[:len(self.names)]
         self.templates = custom_templates or TEMPLATES[template]
+
+    def negative_prompt(self) -> str:
+        """DreamArtist: the negative embedding's tokens (the uncond side of CFG)."""
+        return " ".join(self.neg_names)
 
     @property
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -142,23 +157,39 @@ class TextualInversion:
         for table in self.tables:
             table.restore()
 
-    def vectors(self) -> torch.Tensor:
-        return self.tables[0].vectors()
+    def vectors(self, negative: bool = False) -> torch.Tensor:
+        n = len(self.names)
+        return self.tables[0].vectors(slice(n, None) if negative else slice(0, n))
 
     def save(self, path: Path, name: str, step: int, checkpoint_hash: str, checkpoint_name: str,
              precision: str = "fp32", metadata: dict[str, str] | None = None) -> list[Path]:
         """``path`` (.safetensors) + the A1111 .pt and .png beside it; returns all written.
         SDXL: one .safetensors with ``clip_l`` and ``clip_g`` (the format A1111 and ComfyUI read
         for SDXL; there is no SDXL .pt embedding)."""
-        from engine.export.safetensors_io import cast_state_dict, save_with_metadata
+        from engine.export.safetensors_io import save_with_metadata
 
         path = Path(path)
         meta = {"name": name, "step": str(step), **(metadata or {})}
         if len(self.tables) == 2:
-            state = {"clip_l": self.tables[0].vectors(), "clip_g": self.tables[1].vectors()}
+            n = slice(0, len(self.names))
+            state = {"clip_l": self.tables[0].vectors(n), "clip_g": self.tables[1].vectors(n)}
             save_with_metadata(state, path, meta, precision)
             return [path]
-        vec = cast_state_dict({"emb_params": self.vectors()}, precision)["emb_params"]
+        written = self._save_one(path, name, self.vectors(), step, checkpoint_hash,
+                                 checkpoint_name, precision, meta)
+        if self.neg_names:  # DreamArtist: <name>-neg, for the negative prompt
+            neg = path.with_name(path.stem.replace(name, f"{name}-neg", 1) + path.suffix)
+            written += self._save_one(neg, f"{name}-neg", self.vectors(negative=True), step,
+                                      checkpoint_hash, checkpoint_name, precision,
+                                      {**meta, "name": f"{name}-neg"})
+        return written
+
+    @staticmethod
+    def _save_one(path: Path, name: str, vectors: torch.Tensor, step: int, checkpoint_hash: str,
+                  checkpoint_name: str, precision: str, meta: dict[str, str]) -> list[Path]:
+        from engine.export.safetensors_io import cast_state_dict, save_with_metadata
+
+        vec = cast_state_dict({"emb_params": vectors}, precision)["emb_params"]
         save_with_metadata({"emb_params": vec}, path, meta, precision)
         pt = path.with_suffix(".pt")
         data = a1111_embedding_dict(vec, name, step, checkpoint_hash, checkpoint_name)
