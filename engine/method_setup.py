@@ -18,7 +18,7 @@ from engine.networks import lora, lycoris_net
 from engine.networks.hypernetwork import Hypernetwork, widths_in_unet
 from engine.networks.textual_inversion import TextualInversion
 
-SDXL_METHODS = ("lora", *lycoris_net.ALGO, "textual_inversion")
+SDXL_METHODS = ("lora", *lycoris_net.ALGO, "textual_inversion", "dreambooth")
 
 
 class MethodError(ValueError):
@@ -67,4 +67,4 @@ def attach_method(cfg: JobConfig, model: LoadedModel, train_te: bool, device) ->
         return MethodParts(list(network.parameters()), [], network=network)
     # full fine-tune: every weight learns, kept in fp32 (autocast does the half math)
     return MethodParts(list(model.unet.requires_grad_(True).parameters()),
-                       list(model.text_encoder.requires_grad_(True).parameters()) if train_te else [])
+                       [p for te in (tes if train_te else []) for p in te.requires_grad_(True).parameters()])

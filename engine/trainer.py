@@ -65,11 +65,11 @@ def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path
                  else lycoris_net.file_state_dict(s.network, s.model.text_encoders))
         return save_with_metadata(state, path, meta, cfg.output.save_precision)
     unet = accelerator.unwrap_model(s.model.unet)
-    te = accelerator.unwrap_model(s.model.text_encoder)
+    tes = [accelerator.unwrap_model(te) for te in s.model.text_encoders]
     meta = checkpoint_metadata(cfg, s.model.family, s.model.prediction_type, epoch, step)
     if final and cfg.network.save_diffusers:
-        save_diffusers_folder(s.model, unet, te, path.with_suffix(""))
-    return save_checkpoint_file(s.model, unet, te, path, meta, cfg.output.save_precision)
+        save_diffusers_folder(s.model, unet, tes, path.with_suffix(""))
+    return save_checkpoint_file(s.model, unet, tes, path, meta, cfg.output.save_precision)
 
 
 def tensorboard_logger(cfg: JobConfig) -> TensorBoardLogger | None:

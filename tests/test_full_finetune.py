@@ -14,6 +14,11 @@ from engine.trainer import train
 def test_full_finetune_saves_reloadable_checkpoint(tmp_path, tiny_model_dir, tiny_dataset):
     from diffusers import StableDiffusionPipeline
 
+    from engine.data.dataset import TrainingSamples
+    from engine.data.folder import scan_dataset
+    from engine.text import encode_prompts
+    from test_lora_training import fixed_loss
+
     job = lora_job(tiny_model_dir, tiny_dataset, tmp_path, training={"epochs": 2, "batch_size": 6})
     job["network"] = {"type": "dreambooth", "train_text_encoder": True}
     result = train(parse_config(job))
@@ -36,3 +41,17 @@ def test_full_finetune_saves_reloadable_checkpoint(tmp_path, tiny_model_dir, tin
     vae_same = all(torch.equal(a, b) for a, b in zip(base.vae.state_dict().values(),
                                                      folder.vae.state_dict().values()))
     assert vae_same, "the VAE must stay frozen"
+
+    # and it learned: the fixed-noise denoising loss on the training images went down
+    data = TrainingSamples(scan_dataset(tiny_dataset), 64)
+
+    def loss(m) -> float:
+        with torch.no_grad():
+            latents = torch.cat([m.vae.encode(data.pixels(i)[None]).latent_dist.mean
+                                 for i in range(4)]) * m.vae.config.scaling_factor
+            ctx = encode_prompts(m.tokenizer, m.text_encoder, ["zkz star, purple"])
+        return fixed_loss(m.unet, latents, ctx, m.noise_scheduler)
+
+    before, after = loss(base), loss(folder)
+    print(f"full fine-tune fixed-noise loss {before:.4f} -> {after:.4f}")
+    assert after < 0.95 * before, (before, after)

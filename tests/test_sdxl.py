@@ -38,7 +38,7 @@ def unet_inputs(unet, seed=0):
     size = unet.config.sample_size
     x = torch.randn(2, 4, size, size, generator=g)
     ctx = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
-    pooled = torch.randn(2, 32, generator=g)
+    pooled = torch.randn(2, 48, generator=g)
     time_ids = torch.tensor([[64.0, 64, 0, 0, 64, 64], [80, 64, 0, 8, 64, 64]])
     return x, torch.tensor([10, 700]), ctx, {"text_embeds": pooled, "time_ids": time_ids}
 
@@ -142,7 +142,7 @@ def test_size_conditioning_numbers(tmp_path):
 def test_loha_on_sdxl_merges_like_a1111(sdxl_dir, tiny_dataset, tmp_path):
     job = lora_job(sdxl_dir, tiny_dataset, tmp_path, network={
         "type": "loha", "dim": 4, "alpha": 2.0, "conv_dim": 2, "conv_alpha": 1.0})
-    job["training"]["max_steps"] = 4
+    job["training"]["max_steps"] = 6
     model = load_sd_components(str(sdxl_dir))
     result = train(parse_config(job), model=model)
     state = load_file(str(result.final_path))
@@ -158,6 +158,11 @@ def test_loha_on_sdxl_merges_like_a1111(sdxl_dir, tiny_dataset, tmp_path):
         torch.testing.assert_close(base.unet(x, t, ctx, added_cond_kwargs=added).sample,
                                    model.unet(x, t, ctx, added_cond_kwargs=added).sample,
                                    rtol=1e-4, atol=1e-5)
+    fresh = load_sd_components(str(sdxl_dir))
+    before = fixed_loss_xl(fresh, tiny_dataset, "zkz star, purple")
+    after = fixed_loss_xl(model, tiny_dataset, "zkz star, purple")
+    print(f"SDXL LoHa fixed-noise loss {before:.4f} -> {after:.4f}")
+    assert after < 0.99 * before, (before, after)
 
 
 def test_grid_on_sdxl(sdxl_lora, sdxl_dir, tmp_path):
@@ -185,7 +190,8 @@ def test_textual_inversion_on_sdxl(sdxl_dir, tiny_dataset, tmp_path):
     model = load_sd_components(str(sdxl_dir))
     result = train(parse_config(job), model=model)
     state = load_file(str(result.final_path))
-    assert set(state) == {"clip_l", "clip_g"} and state["clip_l"].shape == state["clip_g"].shape == (2, 32)
+    assert set(state) == {"clip_l", "clip_g"}
+    assert state["clip_l"].shape == (2, 32) and state["clip_g"].shape == (2, 48)
     base = load_sd_components(str(sdxl_dir))
     for before, after, vec in ((base.text_encoder, model.text_encoder, state["clip_l"]),
                                (base.text_encoder_2, model.text_encoder_2, state["clip_g"])):
@@ -211,10 +217,47 @@ def test_textual_inversion_on_sdxl(sdxl_dir, tiny_dataset, tmp_path):
     assert after < before, (before, after)
 
 
+def test_dreambooth_on_sdxl_single_file_round_trip(sdxl_dir, tiny_dataset, tmp_path):
+    """Full fine-tune of the UNet and both encoders; the original-layout single file (SGM keys,
+    OpenCLIP layout for the second encoder) reloads with from_single_file to the same weights,
+    and our loader reads it back as SDXL."""
+    from diffusers import StableDiffusionXLPipeline
+
+    job = lora_job(sdxl_dir, tiny_dataset, tmp_path, optimizer={"lr": 5e-4})
+    job["network"] = {"type": "dreambooth", "train_text_encoder": True}
+    job["training"]["max_steps"] = 4
+    job["output"]["save_precision"] = "fp32"
+    model = load_sd_components(str(sdxl_dir))
+    result = train(parse_config(job), model=model)
+    with safe_open(str(result.final_path), "pt") as f:
+        keys = set(f.keys())
+        assert f.metadata()["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+    assert "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight" in keys
+    assert "model.diffusion_model.label_emb.0.0.weight" in keys
+    base = load_sd_components(str(sdxl_dir))
+    assert not torch.equal(base.unet.conv_in.weight, model.unet.conv_in.weight)
+    pipe = StableDiffusionXLPipeline.from_single_file(str(result.final_path), config=str(sdxl_dir),
+                                                      local_files_only=True)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        mine, theirs = getattr(model, name).state_dict(), getattr(pipe, name).state_dict()
+        for key, value in mine.items():
+            if not key.endswith("position_ids"):
+                assert torch.equal(value, theirs[key]), (name, key)
+    again = load_sd_components(str(result.final_path), single_file_config=sdxl_dir)
+    assert again.is_sdxl and torch.equal(again.text_encoder_2.text_projection.weight,
+                                         model.text_encoder_2.text_projection.weight)
+    folder = result.final_path.with_suffix("")
+    assert (folder / "text_encoder_2" / "model.safetensors").is_file()
+    before = fixed_loss_xl(base, tiny_dataset, "zkz star, purple")
+    after = fixed_loss_xl(model, tiny_dataset, "zkz star, purple")
+    print(f"SDXL full fine-tune fixed-noise loss {before:.4f} -> {after:.4f}")
+    assert after < 0.97 * before, (before, after)
+
+
 @pytest.mark.parametrize("network", [
     {"type": "dreamartist", "token": "zkzstar"},
     {"type": "hypernetwork"},
-    {"type": "dreambooth"},
 ])
 def test_methods_not_yet_on_sdxl_are_refused_clearly(sdxl_dir, tiny_dataset, tmp_path, network):
     job = lora_job(sdxl_dir, tiny_dataset, tmp_path)

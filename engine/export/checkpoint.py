@@ -35,22 +35,30 @@ def checkpoint_metadata(cfg: JobConfig, family: str, prediction_type: str, epoch
     }
 
 
-def save_checkpoint_file(model: LoadedModel, unet, text_encoder, path: Path, metadata: dict[str, str],
-                         precision: str) -> Path:
-    parts = {"unet": unet, "vae": model.vae, "text_encoder": text_encoder}
+def save_checkpoint_file(model: LoadedModel, unet, text_encoders: list, path: Path,
+                         metadata: dict[str, str], precision: str) -> Path:
+    parts = {"unet": unet, "vae": model.vae, "text_encoder": text_encoders[0],
+             "text_encoder_2": text_encoders[1] if len(text_encoders) > 1 else None}
     return save_single_file(parts, path, half=precision == "fp16", metadata=metadata)
 
 
-def save_diffusers_folder(model: LoadedModel, unet, text_encoder, folder: Path) -> Path:
+def save_diffusers_folder(model: LoadedModel, unet, text_encoders: list, folder: Path) -> Path:
     """Write the pipeline to a temp folder beside ``folder`` and swap it in, so a crash never
     leaves a half-written model where a good one was."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from diffusers import (EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline)
 
     folder = Path(folder)
-    pipe = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=text_encoder, tokenizer=model.tokenizer, unet=unet,
-        scheduler=PNDMScheduler.from_config(model.noise_scheduler.config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
+    if model.is_sdxl:
+        pipe = StableDiffusionXLPipeline(
+            vae=model.vae, text_encoder=text_encoders[0], text_encoder_2=text_encoders[1],
+            tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=unet,
+            scheduler=EulerDiscreteScheduler.from_config(model.noise_scheduler.config))
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=model.vae, text_encoder=text_encoders[0], tokenizer=model.tokenizer, unet=unet,
+            scheduler=PNDMScheduler.from_config(model.noise_scheduler.config), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:

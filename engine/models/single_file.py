@@ -1,4 +1,4 @@
-"""Save a diffusers SD 1.x model as one original-layout (CompVis/LDM) ``.safetensors`` file.
+"""Save a diffusers SD 1.x or SDXL model as one original-layout (CompVis/LDM/SGM) ``.safetensors`` file.
 
 A1111, ComfyUI and most model sites expect DreamBooth results as a single checkpoint with the original
 Stable Diffusion key names (``model.diffusion_model.*``, ``first_stage_model.*``,
@@ -20,6 +20,7 @@ from engine.fileio import atomic_write
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
+SDXL_TEXT_PREFIXES = ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.")
 
 _UNET_FIXED = {
     "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
@@ -104,12 +105,47 @@ def text_key_to_original(key: str) -> str:
     return key if key.startswith("text_model.") else f"text_model.{key}"
 
 
-def to_original_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
-    """Original-layout state dict for an SD 1.x model (tensors are detached views; no copies in fp32)."""
-    if getattr(text_encoder.config, "hidden_act", "quick_gelu") != "quick_gelu" or hasattr(
-        text_encoder, "text_projection"
-    ):
-        raise ValueError("only SD 1.x (CLIP-L text encoder) models can be saved as an original single file")
+def open_clip_state_dict(text_encoder) -> dict[str, torch.Tensor]:
+    """transformers ``CLIPTextModelWithProjection`` -> OpenCLIP names (SDXL's second encoder in
+    a single file): q/k/v fused into ``in_proj``, the projection stored transposed. The inverse of
+    diffusers' converter; every weight must be used, or this raises."""
+    sd = {(k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}"): v
+          for k, v in text_encoder.state_dict().items() if not k.endswith("position_ids")}
+    used: set[str] = set()
+
+    def take(key: str) -> torch.Tensor:
+        used.add(key)
+        return sd[key]
+
+    e, out = "text_model.", {}
+    out["token_embedding.weight"] = take(f"{e}embeddings.token_embedding.weight")
+    out["positional_embedding"] = take(f"{e}embeddings.position_embedding.weight")
+    for suffix in ("weight", "bias"):
+        out[f"ln_final.{suffix}"] = take(f"{e}final_layer_norm.{suffix}")
+    out["text_projection"] = take("text_projection.weight").T
+    for i in range(text_encoder.config.num_hidden_layers):
+        src, dst = f"{e}encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for suffix in ("weight", "bias"):
+            out[f"{dst}ln_1.{suffix}"] = take(f"{src}layer_norm1.{suffix}")
+            out[f"{dst}ln_2.{suffix}"] = take(f"{src}layer_norm2.{suffix}")
+            out[f"{dst}attn.in_proj_{suffix}"] = torch.cat(
+                [take(f"{src}self_attn.{p}_proj.{suffix}") for p in "qkv"])
+            out[f"{dst}attn.out_proj.{suffix}"] = take(f"{src}self_attn.out_proj.{suffix}")
+            out[f"{dst}mlp.c_fc.{suffix}"] = take(f"{src}mlp.fc1.{suffix}")
+            out[f"{dst}mlp.c_proj.{suffix}"] = take(f"{src}mlp.fc2.{suffix}")
+    left = sorted(set(sd) - used)
+    if left:
+        raise KeyError(f"no OpenCLIP single-file name for text encoder key {left[0]!r}")
+    return out
+
+
+def to_original_state_dict(unet, vae, text_encoder, text_encoder_2=None) -> dict[str, torch.Tensor]:
+    """Original-layout state dict for an SD 1.x model, or SDXL when ``text_encoder_2`` is given
+    (tensors are detached views; no copies in fp32)."""
+    if text_encoder_2 is None and (getattr(text_encoder.config, "hidden_act", "quick_gelu") != "quick_gelu"
+                                   or hasattr(text_encoder, "text_projection")):
+        raise ValueError("only SD 1.x (CLIP-L text encoder) and SDXL models can be saved as an original "
+                         "single file")
     out: dict[str, torch.Tensor] = {}
 
     def put(name: str, tensor: torch.Tensor) -> None:
@@ -126,10 +162,14 @@ def to_original_state_dict(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
         if ".mid.attn_" in name and name.endswith("weight") and tensor.ndim == 2:
             tensor = tensor[:, :, None, None]  # LDM's VAE attention uses 1x1 convs
         put(VAE_PREFIX + name, tensor)
+    first = SDXL_TEXT_PREFIXES[0] if text_encoder_2 is not None else TEXT_PREFIX
     for key, tensor in text_encoder.state_dict().items():
         if key.endswith("position_ids"):
             continue  # a buffer, not a weight; loaders rebuild it
-        put(TEXT_PREFIX + text_key_to_original(key), tensor)
+        put(first + text_key_to_original(key), tensor)
+    if text_encoder_2 is not None:
+        for key, tensor in open_clip_state_dict(text_encoder_2).items():
+            put(SDXL_TEXT_PREFIXES[1] + key, tensor)
     return out
 
 
@@ -147,7 +187,10 @@ def save_single_file(components: Any, path: Path, half: bool = False,
     """
     from safetensors.torch import save_file
 
-    state = to_original_state_dict(*(_component(components, n) for n in ("unet", "vae", "text_encoder")))
+    te2 = components.get("text_encoder_2") if isinstance(components, dict) else getattr(
+        components, "text_encoder_2", None)
+    state = to_original_state_dict(*(_component(components, n) for n in ("unet", "vae", "text_encoder")),
+                                   text_encoder_2=te2)
     if half:
         state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
     meta = {"format": "pt", **(metadata or {})}

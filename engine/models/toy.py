@@ -19,6 +19,7 @@ import torch
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                 clip_sample=False, steps_offset=1)
 TEXT_HIDDEN = 32
+TEXT2_HIDDEN = 48  # tiny SDXL's second encoder
 VAE_SCALE = 2  # tiny VAE has two blocks -> one downsample
 
 
@@ -119,16 +120,17 @@ def tiny_sdxl_components(seed: int = 0, sample_size: int = 32) -> dict[str, Any]
     torch.manual_seed(seed + 2)
     te1 = CLIPTextModel(_text_config("quick_gelu"))
     torch.manual_seed(seed + 3)
-    te2 = CLIPTextModelWithProjection(_text_config("gelu", projection_dim=TEXT_HIDDEN))
+    # wider than the first encoder, as in SDXL (768 / 1280): loaders tell the two apart by width
+    te2 = CLIPTextModelWithProjection(_text_config("gelu", hidden=TEXT2_HIDDEN, projection_dim=TEXT2_HIDDEN))
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=2 * TEXT_HIDDEN,  # penultimate states of both encoders, concatenated
+        cross_attention_dim=TEXT_HIDDEN + TEXT2_HIDDEN,  # both encoders' penultimate states, concatenated
         attention_head_dim=(2, 4), norm_num_groups=8, use_linear_projection=True,
         addition_embed_type="text_time", addition_time_embed_dim=time_dim,
         # 6 size/crop numbers embedded at time_dim each + the pooled text_encoder_2 projection
-        projection_class_embeddings_input_dim=6 * time_dim + TEXT_HIDDEN,
+        projection_class_embeddings_input_dim=6 * time_dim + TEXT2_HIDDEN,
     )
     tokenizer_2 = load_clip_tokenizer()
     tokenizer_2.pad_token = "!"  # SDXL's OpenCLIP tokenizer pads with "!"
