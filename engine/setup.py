@@ -50,7 +50,7 @@ class TrainingSetup:
     run: RunInfo
     te_cache: TextEncoderCache | None = None
     ti: TextualInversion | None = None
-    network: torch.nn.Module | None = None  # a LyCORIS network (hooks the base modules' forward)
+    network: torch.nn.Module | None = None  # LyCORIS / hypernetwork modules hooked into the base
 
 
 def resolve_mixed_precision(requested: str, cb: Callbacks) -> str:
@@ -118,6 +118,9 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     except ValueError as err:  # MethodError, a TI token clash, a LyCORIS preset matching nothing
         raise SetupError(str(err)) from None
     unet_params, te_params, ti, network = parts.unet_params, parts.te_params, parts.ti, parts.network
+    if cfg.network.type == "hypernetwork" and not cfg.network.lr_schedule and cfg.optimizer.lr > 1e-4:
+        cb.on_log(f"note: hypernetworks are usually trained at lr 5e-6 .. 1e-5 (A1111's default "
+                  f"range); {cfg.optimizer.lr:g} may overshoot on a real model")
     _configure_memory(cfg, model, train_te)
 
     data = build_data(cfg, model, accelerator.device, cb, index, reg_index)

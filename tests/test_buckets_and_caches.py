@@ -87,9 +87,10 @@ def test_disk_cache_is_reused_and_rebuilt_when_damaged(tmp_path, tiny_model_dir,
         def on_log(self, msg):
             logs.append(msg)
 
-    def run(name, **dataset):
+    def run(name, **dataset):  # the cache is filled before step 1; two steps show it is used
         cfg = parse_config(lora_job(tiny_model_dir, tiny_dataset, tmp_path / name, dataset=dataset,
-                                    training={"epochs": 1, "cache_latents_to_disk": True}))
+                                    training={"epochs": 1, "max_steps": 2,
+                                              "cache_latents_to_disk": True}))
         losses = train(cfg, Log()).losses
         return losses, [m for m in logs if m.startswith("latent cache:")][-1]
 

@@ -255,3 +255,18 @@ def test_pick_epoch_keeps_the_layers_and_renames(hyper_run, tmp_path):
     for w in (k for k in src if isinstance(k, int)):
         for a, b in zip(src[w], got[w]):
             assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_high_learning_rate_gets_a_hint(tiny_model_dir, tiny_dataset, tmp_path):
+    from engine.callbacks import Callbacks
+
+    logs = []
+
+    class Log(Callbacks):
+        def on_log(self, message):
+            logs.append(message)
+
+    cfg = _job(tiny_model_dir, tiny_dataset, tmp_path)
+    cfg.training.max_steps = 1
+    train(cfg, Log())
+    assert any("usually trained at lr 5e-6" in m for m in logs)
