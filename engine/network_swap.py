@@ -1,9 +1,10 @@
-"""Swap add-on network files on a base held in memory: plain LoRA (peft layers), LyCORIS, or an
-A1111 hypernetwork, or a Textual Inversion embedding (see embedding_apply).
+"""Swap add-on network files on a base held in memory: plain LoRA (peft layers), LyCORIS, an
+A1111 hypernetwork or a Textual Inversion embedding (see embedding_apply).
 
 Plain kohya LoRA / LoCon files (``lora_down``/``lora_up`` only) go through :class:`LoraSwapper`;
-files with LoHa / LoKr / CP-decomposed modules need lycoris-lora's modules; ``.pt`` files are
-hypernetworks. Either way the modules are built once per file *structure* and later epochs only
+files with LoHa / LoKr / CP-decomposed modules need lycoris-lora's modules; embeddings are
+recognised by their tensors (``emb_params`` / ``string_to_param``); any other ``.pt`` is read as a
+hypernetwork. Either way the modules are built once per file *structure* and later epochs only
 copy tensors in.
 """
 from __future__ import annotations
