@@ -17,7 +17,11 @@ def unet_conditioning(model, text_encoders: list, captions: list[str], batch: di
     """(encoder_hidden_states, added_cond_kwargs or None). ``text_encoders`` may be the
     accelerate-prepared modules (they carry the gradients when the encoders train)."""
     if te_cache is not None:
-        return te_cache.get(captions, device, dtype), None
+        hidden = te_cache.get(captions, device, dtype)
+        if not model.is_sdxl:
+            return hidden, None
+        pooled = te_cache.get_pooled(captions, device, dtype)
+        return hidden, {"text_embeds": pooled, "time_ids": batch["time_ids"].to(device, dtype)}
     with torch.set_grad_enabled(train_te):
         if not model.is_sdxl:
             return encode_prompts(model.tokenizer, text_encoders[0], captions, clip_skip).to(dtype), None

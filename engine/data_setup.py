@@ -16,7 +16,7 @@ from engine.data.dataset import BucketBatchSampler, BucketOptions, TrainingSampl
 from engine.data.folder import DatasetIndex, scan_dataset
 from engine.data.latent_cache import DiskLatentCache, vae_fingerprint
 from engine.models.loader import LoadedModel
-from engine.te_cache import TextEncoderCache
+from engine.te_cache import TextEncoderCache, caption_encoder
 
 
 @dataclass
@@ -67,7 +67,7 @@ def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Cal
     te_cache = None
     if t.cache_text_encoder_outputs:
         te_cache = TextEncoderCache()
-        te_cache.build(dataset.captions(), model.tokenizer, model.text_encoder, t.clip_skip)
+        te_cache.build(dataset.captions(), caption_encoder(model, t.clip_skip))
         cb.on_log(f"text-encoder outputs cached for {len(te_cache)} distinct captions")
     sampler = BucketBatchSampler(dataset.bucket_keys(), t.batch_size, t.seed)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)

@@ -101,14 +101,15 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
               f"{index.num_images} images, {index.num_train_images} per epoch with repeats"
               + (f"; {reg_index.num_images} regularization images" if reg_index else ""))
 
+    if model.is_sdxl and d.resolution < 768:
+        cb.on_log(f"note: SDXL models were trained at 1024 px; dataset.resolution = {d.resolution} "
+                  "usually gives blurry, low-detail results (1024 is the usual choice)")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
                                                                       torch.float32)
     train_te = trains_text_encoder(cfg.network)
     for m in (model.unet, model.vae, *model.text_encoders):
         m.requires_grad_(False)
         m.to(accelerator.device)
-    if model.is_sdxl and t.cache_text_encoder_outputs:
-        raise SetupError("training.cache_text_encoder_outputs is not available for SDXL yet")
     frozen_half = cfg.network.type not in ("textual_inversion", "dreamartist", "dreambooth")
     if weight_dtype != torch.float32 and frozen_half:  # frozen base in half precision; the VAE
         for m in (model.unet, *model.text_encoders):   # stays fp32 (fp16 SD VAEs make NaNs)
@@ -129,7 +130,8 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         if dataset.has_latent_cache:
             model.vae.to("cpu")
         if data.te_cache is not None:
-            model.text_encoder.to("cpu")
+            for te in model.text_encoders:
+                te.to("cpu")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     num_batches = len(loader)

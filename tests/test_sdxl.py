@@ -276,3 +276,28 @@ def test_grid_says_sdxl_embeddings_are_not_supported_yet(sdxl_dir, tmp_path):
     save_file({"clip_l": torch.zeros(1, 32), "clip_g": torch.zeros(1, 32)}, str(path))
     with pytest.raises(LoraFileError, match="an SDXL embedding"):
         NetworkSwapper(load_sd_components(str(sdxl_dir))).load(path)
+
+
+def test_text_encoder_cache_on_sdxl_trains_the_same(sdxl_dir, tiny_dataset, tmp_path):
+    """Cached hidden states + pooled projection give the same losses as encoding every step."""
+    runs = {}
+    for cache in (False, True):
+        job = lora_job(sdxl_dir, tiny_dataset, tmp_path / str(cache), network={"train_unet_only": True},
+                       training={"epochs": 1, "cache_text_encoder_outputs": cache,
+                                 "offload_after_caching": True})
+        runs[cache] = train(parse_config(job)).losses
+    assert len(runs[True]) == 6 and runs[True] == pytest.approx(runs[False], rel=1e-5)
+
+
+def test_low_resolution_gets_a_note(sdxl_dir, tiny_dataset, tmp_path):
+    from engine.callbacks import Callbacks
+
+    logs = []
+
+    class Log(Callbacks):
+        def on_log(self, message):
+            logs.append(message)
+
+    job = lora_job(sdxl_dir, tiny_dataset, tmp_path, training={"max_steps": 1})
+    train(parse_config(job), Log())
+    assert any("SDXL models were trained at 1024 px" in m for m in logs)
