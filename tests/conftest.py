@@ -50,6 +50,47 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return root
 
 
+def dataset_latents(model, dataset_dir: Path, n: int = 4):
+    """Scaled VAE posterior means of the first ``n`` training images at 64 px."""
+    import torch
+
+    from engine.data.dataset import TrainingSamples
+    from engine.data.folder import scan_dataset
+
+    data = TrainingSamples(scan_dataset(dataset_dir), 64)
+    with torch.no_grad():
+        return torch.cat([model.vae.encode(data.pixels(i)[None]).latent_dist.mean
+                          for i in range(n)]) * model.vae.config.scaling_factor
+
+
+def fixed_loss(unet, latents, ctx, scheduler, seed=123) -> float:
+    """Denoising loss at fixed noise and timesteps: a deterministic yardstick for 'learned'."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    with torch.no_grad():
+        for t in (100, 300, 500, 700, 900):
+            noise = torch.randn(latents.shape, generator=g)
+            ts = torch.full((latents.shape[0],), t)
+            noisy = scheduler.add_noise(latents, noise, ts)
+            pred = unet(noisy, ts, ctx.expand(latents.shape[0], -1, -1)).sample
+            losses.append(torch.nn.functional.mse_loss(pred, noise).item())
+    return sum(losses) / len(losses)
+
+
+def denoising_loss(model, dataset_dir: Path, prompt: str = "zkz star, purple") -> float:
+    """:func:`fixed_loss` of an SD 1.x model (as it is now: LoRA, merged weights, hooks) on the
+    training images, prompted through its own text encoder."""
+    import torch
+
+    from engine.text import encode_prompts
+
+    with torch.no_grad():
+        ctx = encode_prompts(model.tokenizer, model.text_encoder, [prompt])
+    return fixed_loss(model.unet, dataset_latents(model, dataset_dir), ctx, model.noise_scheduler)
+
+
 def lora_job(model_dir: Path, dataset_dir: Path, out_dir: Path, **overrides) -> dict:
     """A small, fast LoRA job on the tiny model; alpha != dim on purpose (alpha must be kept)."""
     job = {

@@ -70,15 +70,11 @@ def test_diffusers_loads_both_and_encodes_like_our_model(trained_da, tiny_model_
 
 
 def test_guided_loss_goes_down(trained_da, tiny_model_dir, tiny_dataset):
-    from engine.data.dataset import TrainingSamples
-    from engine.data.folder import scan_dataset
+    from conftest import dataset_latents
 
     _, model, _ = trained_da
     base = load_sd_components(str(tiny_model_dir), local_files_only=True)
-    data = TrainingSamples(scan_dataset(tiny_dataset), 64)
-    with torch.no_grad():
-        latents = torch.cat([base.vae.encode(data.pixels(i)[None]).latent_dist.mean
-                             for i in range(4)]) * base.vae.config.scaling_factor
+    latents = dataset_latents(base, tiny_dataset)
 
     def loss(m, pos: str, neg: str) -> float:
         g = torch.Generator().manual_seed(5)

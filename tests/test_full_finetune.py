@@ -14,10 +14,7 @@ from engine.trainer import train
 def test_full_finetune_saves_reloadable_checkpoint(tmp_path, tiny_model_dir, tiny_dataset):
     from diffusers import StableDiffusionPipeline
 
-    from engine.data.dataset import TrainingSamples
-    from engine.data.folder import scan_dataset
-    from engine.text import encode_prompts
-    from test_lora_training import fixed_loss
+    from conftest import denoising_loss
 
     job = lora_job(tiny_model_dir, tiny_dataset, tmp_path, training={"epochs": 2, "batch_size": 6})
     job["network"] = {"type": "dreambooth", "train_text_encoder": True}
@@ -43,15 +40,6 @@ def test_full_finetune_saves_reloadable_checkpoint(tmp_path, tiny_model_dir, tin
     assert vae_same, "the VAE must stay frozen"
 
     # and it learned: the fixed-noise denoising loss on the training images went down
-    data = TrainingSamples(scan_dataset(tiny_dataset), 64)
-
-    def loss(m) -> float:
-        with torch.no_grad():
-            latents = torch.cat([m.vae.encode(data.pixels(i)[None]).latent_dist.mean
-                                 for i in range(4)]) * m.vae.config.scaling_factor
-            ctx = encode_prompts(m.tokenizer, m.text_encoder, ["zkz star, purple"])
-        return fixed_loss(m.unet, latents, ctx, m.noise_scheduler)
-
-    before, after = loss(base), loss(folder)
+    before, after = denoising_loss(base, tiny_dataset), denoising_loss(folder, tiny_dataset)
     print(f"full fine-tune fixed-noise loss {before:.4f} -> {after:.4f}")
     assert after < 0.95 * before, (before, after)

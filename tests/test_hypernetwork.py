@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import lora_job
+from conftest import denoising_loss, lora_job
 from engine.config import ConfigError, parse_config
 from engine.models.loader import load_sd_components
 from engine.trainer import train
-from test_lora_training import _unet_inputs, fixed_loss
+from test_lora_training import _unet_inputs
 
 FILE_KEYS = {"layer_structure", "activation_func", "is_layer_norm", "weight_initialization",
              "use_dropout", "dropout_structure", "activate_output", "last_layer_dropout",
@@ -152,22 +152,13 @@ def test_strength_through_the_grid_swapper(hyper_run, tiny_model_dir):
 
 
 def test_loss_goes_down_and_base_untouched(hyper_run, tiny_model_dir, tiny_dataset):
-    from engine.data.dataset import TrainingSamples
-    from engine.data.folder import scan_dataset
-    from engine.text import encode_prompts
-
     _, _, result, trained = hyper_run
     model = load_sd_components(str(tiny_model_dir))
     for (name, p), q in zip(model.unet.state_dict().items(), trained.unet.state_dict().values()):
         assert torch.equal(p, q), name
-    data = TrainingSamples(scan_dataset(tiny_dataset), 64)
-    with torch.no_grad():
-        latents = torch.cat([model.vae.encode(data.pixels(i)[None]).latent_dist.mean
-                             for i in range(4)]) * model.vae.config.scaling_factor
-        ctx = encode_prompts(model.tokenizer, model.text_encoder, ["zkz star, purple"])
-    before = fixed_loss(model.unet, latents, ctx, model.noise_scheduler)
+    before = denoising_loss(model, tiny_dataset)
     apply_like_a1111(model.unet, result.final_path)
-    after = fixed_loss(model.unet, latents, ctx, model.noise_scheduler)
+    after = denoising_loss(model, tiny_dataset)
     # A hypernetwork only reshapes attention inputs: on the random tiny model 18 steps buy
     # ~12% (plain) / ~1.5% (relu + layer norm + dropout). Deterministic: no learning = equal.
     print(f"fixed-noise loss {before:.4f} -> {after:.4f}")

@@ -151,42 +151,19 @@ def test_diffusers_loads_it_and_weights_behave(trained_lora, tiny_model_dir):
     torch.testing.assert_close(mine, w1, rtol=1e-4, atol=1e-5)
 
 
-def fixed_loss(unet, latents, ctx, scheduler, seed=123) -> float:
-    """Denoising loss at fixed noise and timesteps: a deterministic yardstick for 'learned'."""
-    g = torch.Generator().manual_seed(seed)
-    losses = []
-    with torch.no_grad():
-        for t in (100, 300, 500, 700, 900):
-            noise = torch.randn(latents.shape, generator=g)
-            ts = torch.full((latents.shape[0],), t)
-            noisy = scheduler.add_noise(latents, noise, ts)
-            pred = unet(noisy, ts, ctx.expand(latents.shape[0], -1, -1)).sample
-            losses.append(torch.nn.functional.mse_loss(pred, noise).item())
-    return sum(losses) / len(losses)
-
-
 def test_loss_goes_down(trained_lora, tiny_model_dir, tiny_dataset):
-    from engine.data.dataset import TrainingSamples
-    from engine.data.folder import scan_dataset
+    from conftest import denoising_loss
     from engine.models.loader import load_sd_components
-    from engine.text import encode_prompts
 
     cfg, result = trained_lora
     model = load_sd_components(str(tiny_model_dir))
-    data = TrainingSamples(scan_dataset(tiny_dataset), 64)
-    with torch.no_grad():
-        latents = torch.cat([model.vae.encode(data.pixels(i)[None]).latent_dist.mean
-                             for i in range(4)]) * model.vae.config.scaling_factor
-        ctx = encode_prompts(model.tokenizer, model.text_encoder, ["zkz star, purple"])
-    before = fixed_loss(model.unet, latents, ctx, model.noise_scheduler)
+    before = denoising_loss(model, tiny_dataset)
     lora.inject_lora(model.unet, lora.unet_targets(model.unet, cfg.network))
     lora.inject_lora(model.text_encoder, lora.text_encoder_targets(model.text_encoder, cfg.network))
     state = load_file(str(result.final_path))
     lora.load_kohya_state_dict(model.unet, lora.UNET_PREFIX, state)
     lora.load_kohya_state_dict(model.text_encoder, lora.TE_PREFIX, state)
-    with torch.no_grad():
-        ctx = encode_prompts(model.tokenizer, model.text_encoder, ["zkz star, purple"])
-    after = fixed_loss(model.unet, latents, ctx, model.noise_scheduler)
+    after = denoising_loss(model, tiny_dataset)
     assert after < 0.95 * before, (before, after)  # deterministic yardstick: no learning = equal
     # and the logged training loss trends down too
     first, last = result.losses[:6], result.losses[-6:]

@@ -9,11 +9,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import lora_job
+from conftest import denoising_loss, lora_job
 from engine.config import ConfigError, parse_config
 from engine.models.loader import load_sd_components
 from engine.trainer import train
-from test_lora_training import _unet_inputs, fixed_loss
+from test_lora_training import _unet_inputs
 
 ALGOS = ("locon", "loha", "lokr")
 SUFFIXES = {"locon": {"lora_down.weight", "lora_up.weight", "alpha"},
@@ -62,16 +62,20 @@ def file_modules(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Te
     return out
 
 
-def a1111_names(unet, text_encoder) -> dict[str, torch.nn.Module]:
-    """File module key -> module, the A1111 way: diffusers paths, CLIP under ``text_model``."""
-    names = {f"lora_unet_{n}".replace(".", "_"): m for n, m in unet.named_modules() if n}
-    te_root = "" if hasattr(text_encoder, "text_model") else "text_model."
-    names |= {f"lora_te_{te_root}{n}".replace(".", "_"): m for n, m in text_encoder.named_modules() if n}
+def a1111_names(model) -> dict[str, torch.nn.Module]:
+    """File module key -> module, the A1111 way: diffusers paths, CLIP under ``text_model``,
+    ``lora_te`` for one text encoder, ``lora_te1`` / ``lora_te2`` for SDXL's two."""
+    names = {f"lora_unet_{n}".replace(".", "_"): m for n, m in model.unet.named_modules() if n}
+    encoders = [te for te in (model.text_encoder, model.text_encoder_2) if te is not None]
+    prefixes = ["lora_te"] if len(encoders) == 1 else ["lora_te1", "lora_te2"]
+    for prefix, te in zip(prefixes, encoders):
+        root = "" if hasattr(te, "text_model") else "text_model."
+        names |= {f"{prefix}_{root}{n}".replace(".", "_"): m for n, m in te.named_modules() if n}
     return names
 
 
 def merge_like_a1111(model, state: dict[str, torch.Tensor], multiplier: float = 1.0) -> int:
-    names = a1111_names(model.unet, model.text_encoder)
+    names = a1111_names(model)
     with torch.no_grad():
         for key, tensors in file_modules(state).items():
             module = names[key]  # KeyError = a key A1111 could not place
@@ -96,7 +100,7 @@ def lyco_run(request, tiny_model_dir, tiny_dataset, tmp_path_factory):
 def test_keys_are_a1111_keys_with_configured_alpha(lyco_run, tiny_model_dir):
     algo, _, result, _ = lyco_run
     base = load_sd_components(str(tiny_model_dir))
-    names = a1111_names(base.unet, base.text_encoder)
+    names = a1111_names(base)
     modules = file_modules(load_file(str(result.final_path)))
     assert set(modules) <= set(names), sorted(set(modules) - set(names))[:3]
     assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_") for k in modules)
@@ -157,22 +161,11 @@ def test_reloaded_network_scales_with_weight(lyco_run, tiny_model_dir):
 
 
 def test_loss_goes_down(lyco_run, tiny_model_dir, tiny_dataset):
-    from engine.data.dataset import TrainingSamples
-    from engine.data.folder import scan_dataset
-    from engine.text import encode_prompts
-
     _, _, result, _ = lyco_run
     model = load_sd_components(str(tiny_model_dir))
-    data = TrainingSamples(scan_dataset(tiny_dataset), 64)
-    with torch.no_grad():
-        latents = torch.cat([model.vae.encode(data.pixels(i)[None]).latent_dist.mean
-                             for i in range(4)]) * model.vae.config.scaling_factor
-        ctx = encode_prompts(model.tokenizer, model.text_encoder, ["zkz star, purple"])
-    before = fixed_loss(model.unet, latents, ctx, model.noise_scheduler)
+    before = denoising_loss(model, tiny_dataset)
     merge_like_a1111(model, load_file(str(result.final_path)))
-    with torch.no_grad():
-        ctx = encode_prompts(model.tokenizer, model.text_encoder, ["zkz star, purple"])
-    after = fixed_loss(model.unet, latents, ctx, model.noise_scheduler)
+    after = denoising_loss(model, tiny_dataset)
     assert after < 0.95 * before, (before, after)
     assert sum(result.losses[-6:]) < sum(result.losses[:6])
 

@@ -9,12 +9,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import lora_job
+from conftest import dataset_latents, lora_job
 from engine.config import parse_config
 from engine.models.loader import load_sd_components
 from engine.setup import SetupError
 from engine.trainer import train
-from test_lycoris import a1111_delta, file_modules
+from test_lycoris import a1111_names, file_modules, merge_like_a1111
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +41,6 @@ def unet_inputs(unet, seed=0):
     pooled = torch.randn(2, 48, generator=g)
     time_ids = torch.tensor([[64.0, 64, 0, 0, 64, 64], [80, 64, 0, 8, 64, 64]])
     return x, torch.tensor([10, 700]), ctx, {"text_embeds": pooled, "time_ids": time_ids}
-
-
-def a1111_names(model) -> dict[str, torch.nn.Module]:
-    names = {f"lora_unet_{n}".replace(".", "_"): m for n, m in model.unet.named_modules() if n}
-    for prefix, te in (("lora_te1", model.text_encoder), ("lora_te2", model.text_encoder_2)):
-        root = "" if hasattr(te, "text_model") else "text_model."
-        names |= {f"{prefix}_{root}{n}".replace(".", "_"): m for n, m in te.named_modules() if n}
-    return names
 
 
 def test_keys_metadata_and_samples(sdxl_lora, sdxl_dir):
@@ -100,10 +92,9 @@ def fixed_loss_xl(model, dataset_dir, prompt: str) -> float:
     from engine.text import encode_sdxl_prompts
 
     data = TrainingSamples(scan_dataset(dataset_dir), 64)
+    latents = dataset_latents(model, dataset_dir)
     g = torch.Generator().manual_seed(123)
     with torch.no_grad():
-        latents = torch.cat([model.vae.encode(data.pixels(i)[None]).latent_dist.mean
-                             for i in range(4)]) * model.vae.config.scaling_factor
         hidden, pooled = encode_sdxl_prompts([model.tokenizer, model.tokenizer_2],
                                              model.text_encoders, [prompt])
         added = {"text_embeds": pooled.expand(4, -1),
@@ -147,14 +138,12 @@ def test_loha_on_sdxl_merges_like_a1111(sdxl_dir, tiny_dataset, tmp_path):
     result = train(parse_config(job), model=model)
     state = load_file(str(result.final_path))
     base = load_sd_components(str(sdxl_dir))
-    names = a1111_names(base)
     modules = file_modules(state)
     assert any(k.startswith("lora_te1_text_model_") for k in modules)
     assert any(k.startswith("lora_te2_text_model_") for k in modules)
+    merge_like_a1111(base, state)
     x, t, ctx, added = unet_inputs(base.unet)
     with torch.no_grad():
-        for key, tensors in modules.items():
-            names[key].weight += a1111_delta(tensors, names[key].weight.shape)
         torch.testing.assert_close(base.unet(x, t, ctx, added_cond_kwargs=added).sample,
                                    model.unet(x, t, ctx, added_cond_kwargs=added).sample,
                                    rtol=1e-4, atol=1e-5)
