@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
+from engine.export.safetensors_io import load_with_metadata
 from engine.models.loader import LoadedModel
 from engine.networks.textual_inversion import token_names
 from engine.text import tokenize
@@ -30,9 +30,7 @@ def read_embedding(path: Path) -> tuple[torch.Tensor, str]:
     """(vectors [n, dim], name) from our/A1111 ``.safetensors`` (emb_params) or A1111 ``.pt``."""
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
-        state = load_file(str(path))
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        state, meta = load_with_metadata(path)
         if "clip_l" in state and "clip_g" in state:
             raise EmbeddingFileError(f"{path.name}: an SDXL embedding; the grid's embedding "
                                      "strength axis works with SD 1.x embeddings only so far")

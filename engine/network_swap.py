@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from engine.embedding_apply import EmbeddingFileError, EmbeddingSwapper, is_embedding_file
+from engine.export.safetensors_io import load_with_metadata
 from engine.lora_apply import LoraFileError, LoraSwapper
 from engine.models.loader import LoadedModel
 from engine.networks import lycoris_net
@@ -28,19 +28,27 @@ def needs_lycoris(keys) -> bool:
     return any(marker in k for k in keys for marker in _LYCORIS_ONLY)
 
 
-class LycorisSwapper:
-    """Same interface as LoraSwapper, for files only lycoris-lora can apply."""
+class _HookedSwapper:
+    """Swappers whose network hooks into the base (LyCORIS, hypernetwork): built once per file
+    structure (``injections`` counts builds); the weight is the network's multiplier."""
 
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
         self.network = None
-        self._signature: frozenset | None = None
+        self._signature = None
         self.injections = 0
 
+    def set_weight(self, weight: float) -> None:
+        if self.network is None:
+            raise RuntimeError("load a network file first")
+        self.network.set_multiplier(weight)
+
+
+class LycorisSwapper(_HookedSwapper):
+    """Same interface as LoraSwapper, for files only lycoris-lora can apply."""
+
     def load(self, path: Path) -> None:
-        state = load_file(str(path))
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
+        state, meta = load_with_metadata(path)
         signature = frozenset((k, tuple(v.shape)) for k, v in state.items())
         unet, te = self.model.unet, self.model.text_encoders
         try:
@@ -56,24 +64,13 @@ class LycorisSwapper:
             raise LoraFileError(f"{Path(path).name}: {err}") from None
         self.network.to(device=unet.device, dtype=unet.dtype).eval()
 
-    def set_weight(self, weight: float) -> None:
-        if self.network is None:
-            raise RuntimeError("load a network file first")
-        self.network.set_multiplier(weight)
 
-
-class HypernetworkSwapper:
+class HypernetworkSwapper(_HookedSwapper):
     """A1111 hypernetworks: hooks on the UNet's key/value projections; weight = strength."""
-
-    def __init__(self, model: LoadedModel) -> None:
-        self.model = model
-        self.network = None
-        self._signature: tuple | None = None
-        self.injections = 0
 
     def load(self, path: Path) -> None:
         try:
-            net, meta = load_hypernetwork(Path(path))
+            net, _ = load_hypernetwork(Path(path))
         except HypernetworkFileError as err:
             raise LoraFileError(str(err)) from None
         signature = (tuple(net.widths), repr(net.settings))
@@ -87,11 +84,6 @@ class HypernetworkSwapper:
         else:
             self.network.load_state_dict(net.state_dict())
         self.network.eval()
-
-    def set_weight(self, weight: float) -> None:
-        if self.network is None:
-            raise RuntimeError("load a hypernetwork file first")
-        self.network.set_multiplier(weight)
 
 
 class NetworkSwapper:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.export.hashes import safetensors_file_data_hash
+from engine.export.safetensors_io import load_with_metadata
 from engine.fileio import atomic_write
 
 
@@ -21,9 +21,7 @@ def pick_checkpoint(src: Path, dest: Path, preferred_weight: float | None = None
         raise ValueError("the picked checkpoint already has that name")
     if src.suffix.lower() == ".pt":
         return _pick_hypernetwork(src, dest)
-    with safe_open(str(src), "pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, meta = load_with_metadata(src)
     name = dest.stem
     meta.update({"ss_output_name": name, "modelspec.title": name, "ss_picked_from": src.name})
     if preferred_weight is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save, save_file
 
 from engine.export.hashes import safetensors_data_hash
@@ -15,6 +16,12 @@ _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 def cast_state_dict(state: dict[str, torch.Tensor], precision: str) -> dict[str, torch.Tensor]:
     dtype = _DTYPES[precision]
     return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
+
+
+def load_with_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) from one read of a ``.safetensors`` file."""
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
 
 
 def save_with_metadata(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str],
