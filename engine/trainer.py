@@ -59,9 +59,9 @@ def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path
     if cfg.network.type == "hypernetwork":  # A1111 .pt (its only hypernetwork format)
         return s.network.save(path.with_suffix(".pt"), cfg.output.name, step, s.run.base_model_hash,
                               s.run.base_model_name)
-    if cfg.network.type == "lora" or s.network is not None:
+    if cfg.network.type == "lora" or cfg.network.type in lycoris_net.ALGO:
         meta = lora_metadata(cfg, s.index, s.run, epoch, step, finished_at=time.time())
-        state = (lora_state(s, accelerator) if s.network is None
+        state = (lora_state(s, accelerator) if cfg.network.type == "lora"
                  else lycoris_net.file_state_dict(s.network, s.model.text_encoders))
         return save_with_metadata(state, path, meta, cfg.output.save_precision)
     unet = accelerator.unwrap_model(s.model.unet)
