@@ -7,6 +7,7 @@
     python launcher.py pick EPOCH.safetensors --name FINAL
     python launcher.py prep PHOTOS.zip --name mychar --out work/   # import, validate, crop
     python launcher.py caption work/train --method wd14|blip
+    python launcher.py aesthetic REFS/ --name mystyle   # Aesthetic Gradients embedding
     python launcher.py doctor               # what hardware was found, which preset tier
 """
 from __future__ import annotations
@@ -60,12 +61,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
+    from engine.cli_aesthetic import settings_from_args
     from engine.grid import GridError, GridJob, parse_weights, run_grid
     from engine.models.loader import ModelLoadError, load_sd_components
     from tqdm import tqdm
 
     try:
         weights = parse_weights(args.weights)
+        aesthetic = settings_from_args(args)
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
         missing = [p for p in args.checkpoints if not Path(p).is_file()]
         if missing:
@@ -77,7 +80,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
     size = args.size or 512
     job = GridJob(checkpoints=[Path(p) for p in args.checkpoints], prompts=args.prompt, weights=weights,
                   seeds=seeds, z_axis="seed" if args.seeds else "prompt", negative=args.negative,
-                  steps=args.steps, cfg_scale=args.cfg, width=size, height=size)
+                  steps=args.steps, cfg_scale=args.cfg, width=size, height=size,
+                  aesthetic=aesthetic, local_files_only=args.offline)
     bar = tqdm(total=len(job.checkpoints) * len(weights), unit="cell-group")
     try:
         result = run_grid(model, job, Path(args.out), lambda done, total: bar.update(1))
@@ -119,6 +123,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.cli_aesthetic import add_aesthetic_command, add_grid_arguments as add_aesthetic_grid_arguments
+
     parser = argparse.ArgumentParser(prog="launcher.py", description="LoRA Forge")
     sub = parser.add_subparsers(dest="command")
 
@@ -138,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     grid = sub.add_parser("grid", help="XYZ grid: checkpoints x LoRA weights (x prompts or seeds)")
     grid.add_argument("--base", required=True, help="base model (folder, .safetensors, hub id, embedded)")
-    grid.add_argument("--checkpoints", nargs="+", required=True, help="LoRA / LyCORIS .safetensors or hypernetwork .pt files, "
-                      "one grid row each")
+    grid.add_argument("--checkpoints", nargs="+", required=True,
+                      help="LoRA / LyCORIS .safetensors, hypernetwork .pt, embedding or aesthetic "
+                      "embedding files, one grid row each")
     grid.add_argument("--prompt", action="append", required=True, help="repeat for a prompt Z axis")
     grid.add_argument("--negative", default="")
     grid.add_argument("--weights", default="0, 0.4, 0.6, 0.8, 1.0", help="list or range '0.4-1.0(+0.2)'")
@@ -150,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--size", type=int, help="image size in pixels (default 512)")
     grid.add_argument("--offline", action="store_true", help="never download the base model")
     grid.add_argument("--out", default="output/grid")
+    add_aesthetic_grid_arguments(grid)
     grid.set_defaults(func=cmd_grid)
 
     pick = sub.add_parser("pick", help="publish one epoch's file under the final name")
@@ -165,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.cli_dataset import add_dataset_commands
 
     add_dataset_commands(sub)
+    add_aesthetic_command(sub)
     return parser
 
 

@@ -1,6 +1,6 @@
-"""The XYZ comparison grid: saved checkpoints (rows) x LoRA/LyCORIS weights or hypernetwork /
-embedding strengths (columns) x prompts or seeds (one grid per Z value), all with one fixed seed,
-to pick the best epoch and weight.
+"""The XYZ comparison grid: saved checkpoints (rows) x LoRA/LyCORIS weights, hypernetwork /
+embedding strengths or aesthetic weights (columns) x prompts or seeds (one grid per Z value),
+all with one fixed seed, to pick the best epoch and weight.
 
 The base model is loaded once; each checkpoint is swapped in place (NetworkSwapper) and the Z cells
 of one (checkpoint, weight) pair are generated as a single batch.
@@ -15,6 +15,7 @@ from typing import Callable
 from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
 
+from engine.aesthetic import AestheticSettings
 from engine.network_swap import NetworkSwapper
 from engine.models.loader import LoadedModel
 from engine.sample_prompts import a1111_parameters, save_png_with_parameters
@@ -78,6 +79,8 @@ class GridJob:
     width: int = 512
     height: int = 512
     sampler: str = "euler_a"
+    aesthetic: AestheticSettings | None = None  # how aesthetic embeddings are applied
+    local_files_only: bool = False  # e.g. the CLIP an aesthetic embedding needs
 
 
 @dataclass
@@ -100,7 +103,7 @@ def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
              progress: Callable[[int, int], None] | None = None) -> GridResult:
     if not job.checkpoints:
         raise GridError("no checkpoints to compare")
-    swapper = NetworkSwapper(model)
+    swapper = NetworkSwapper(model, aesthetic=job.aesthetic, local_files_only=job.local_files_only)
     pipe = build_pipeline(model, scheduler=job.sampler)
     zs = _z_values(job)
     out_dir = Path(out_dir)

@@ -1,9 +1,11 @@
 """Swap add-on network files on a base held in memory: plain LoRA (peft layers), LyCORIS, an
-A1111 hypernetwork or a Textual Inversion embedding (see embedding_apply).
+A1111 hypernetwork, a Textual Inversion embedding (see embedding_apply) or an aesthetic
+embedding (see aesthetic_apply).
 
 Plain kohya LoRA / LoCon files (``lora_down``/``lora_up`` only) go through :class:`LoraSwapper`;
 files with LoHa / LoKr / CP-decomposed modules need lycoris-lora's modules; embeddings are
-recognised by their tensors (``emb_params`` / ``string_to_param``); any other ``.pt`` is read as a
+recognised by their tensors (``emb_params`` / ``string_to_param``), aesthetic embeddings by
+``aesthetic_embedding`` or a ``.pt`` holding a bare tensor; any other ``.pt`` is read as a
 hypernetwork. Either way the modules are built once per file *structure* and later epochs only
 copy tensors in.
 """
@@ -13,6 +15,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from engine.aesthetic import AestheticError, AestheticSettings, is_aesthetic_file
+from engine.aesthetic_apply import AestheticSwapper
 from engine.embedding_apply import EmbeddingFileError, EmbeddingSwapper, is_embedding_file
 from engine.export.safetensors_io import load_with_metadata
 from engine.lora_apply import LoraFileError, LoraSwapper
@@ -89,9 +93,12 @@ class HypernetworkSwapper(_HookedSwapper):
 class NetworkSwapper:
     """Picks the swapper from the first file; one comparison holds one kind of file."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, aesthetic: AestheticSettings | None = None,
+                 local_files_only: bool = False) -> None:
         self.model = model
-        self._impl: LoraSwapper | LycorisSwapper | None = None
+        self.aesthetic = aesthetic
+        self.local_files_only = local_files_only
+        self._impl = None
 
     @property
     def injections(self) -> int:
@@ -99,23 +106,36 @@ class NetworkSwapper:
 
     @property
     def axis_name(self) -> str:
-        """Grid column label: LoRA/LyCORIS "weight"; hypernetwork/embedding "strength"."""
+        """Grid column label: LoRA/LyCORIS "weight", aesthetic "aesthetic weight",
+        hypernetwork/embedding "strength"."""
+        if isinstance(self._impl, AestheticSwapper):
+            return "aesthetic weight"
         return "weight" if isinstance(self._impl, (LoraSwapper, LycorisSwapper)) else "strength"
 
     @property
     def encode(self):
-        """Prompt encoder the pipeline must use (embeddings at a strength), or None."""
-        return self._impl.encode if isinstance(self._impl, EmbeddingSwapper) else None
+        """Prompt encoder the pipeline must use (embeddings at a strength, aesthetic
+        personalisation), or None."""
+        if isinstance(self._impl, (EmbeddingSwapper, AestheticSwapper)):
+            return self._impl.encode
+        return None
 
     def prompt_tag(self, name: str, weight: float) -> str:
         """How A1111 writes this network in a prompt (for the PNG ``parameters`` text)."""
-        if isinstance(self._impl, EmbeddingSwapper):
+        if isinstance(self._impl, (EmbeddingSwapper, AestheticSwapper)):
             return self._impl.prompt_tag(name, weight)
         kind = "hypernet" if isinstance(self._impl, HypernetworkSwapper) else "lora"
         return f"<{kind}:{name}:{weight:g}>"
 
+    def _new(self, kind):
+        if kind is AestheticSwapper:
+            return kind(self.model, self.aesthetic, self.local_files_only)
+        return kind(self.model)
+
     def load(self, path: Path) -> None:
-        if is_embedding_file(path):
+        if is_aesthetic_file(path):
+            kind = AestheticSwapper
+        elif is_embedding_file(path):
             kind = EmbeddingSwapper
         elif Path(path).suffix.lower() == ".pt":
             kind = HypernetworkSwapper
@@ -123,14 +143,17 @@ class NetworkSwapper:
             with safe_open(str(path), "pt") as f:
                 kind = LycorisSwapper if needs_lycoris(f.keys()) else LoraSwapper
         if self._impl is None:
-            self._impl = kind(self.model)
+            try:
+                self._impl = self._new(kind)
+            except AestheticError as err:
+                raise LoraFileError(str(err)) from None
         elif not isinstance(self._impl, kind):
             raise LoraFileError(f"{Path(path).name}: files of different kinds (LoRA, LoHa/LoKr, "
-                                "hypernetwork, embedding) cannot be compared in one grid; make one "
+                                "hypernetwork, embedding, aesthetic embedding) cannot be compared in one grid; make one "
                                 "grid per file type")
         try:
             self._impl.load(path)
-        except EmbeddingFileError as err:
+        except (EmbeddingFileError, AestheticError) as err:
             raise LoraFileError(str(err)) from None
 
     def set_weight(self, weight: float) -> None:

@@ -117,3 +117,15 @@ def trained_lora(tmp_path_factory, tiny_model_dir, tiny_dataset):
     cfg = parse_config(lora_job(tiny_model_dir, tiny_dataset, out))
     result = train(cfg)
     return cfg, result
+
+
+@pytest.fixture()
+def server():
+    """The real web app on a free local port (gradio_client and browser tests talk to it)."""
+    from webapp.server import build_app, find_free_port
+
+    app = build_app()
+    port = find_free_port("127.0.0.1", 7900)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()

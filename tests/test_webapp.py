@@ -9,17 +9,6 @@ import tomli_w
 from conftest import lora_job
 
 
-@pytest.fixture()
-def server():
-    from webapp.server import build_app, find_free_port
-
-    app = build_app()
-    port = find_free_port("127.0.0.1", 7900)
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.close()
-
-
 def test_train_through_the_api(server, tmp_path, tiny_model_dir, tiny_dataset):
     from gradio_client import Client
 
@@ -74,3 +63,33 @@ def test_listen_requires_auth():
     assert parse_auth("me:pw") == ("me", "pw")
     with pytest.raises(ValueError):
         parse_auth("nopassword")
+
+
+def grid_args(base, files, out_dir, weights="0, 1", prompt="zkz star, purple", **aesthetic):
+    """Arguments of /make_grid in the order of the compare tab's inputs."""
+    a = {"steps": 5, "lr": 1e-4, "slerp": False, "text": "", "clip": ""} | aesthetic
+    return (str(base), "\n".join(str(f) for f in files), prompt, weights, 42, 64, 3, 5.0, str(out_dir),
+            a["steps"], a["lr"], a["slerp"], a["text"], a["clip"])
+
+
+def test_compare_grid_through_the_api(server, tmp_path, tiny_model_dir, trained_lora):
+    from gradio_client import Client
+    from PIL import Image
+
+    lora = trained_lora[1].final_path
+    client = Client(server, verbose=False)
+    grid, cells, message = client.predict(*grid_args(tiny_model_dir, [lora], tmp_path),
+                                          api_name="/make_grid")
+    assert message.startswith("saved 1 grid(s) and 2 cells"), message
+    assert len(cells) == 2
+    sheet = Image.open(grid)
+    assert sheet.width > 2 * 64 and sheet.height > 64
+    saved = sorted(tmp_path.glob("*/cells/*.png"))
+    assert len(saved) == 2 and "<lora:" in Image.open(saved[1]).text["parameters"]
+    # bad input comes back as a message, not a crash
+    _, _, message = client.predict(*grid_args(tiny_model_dir, [tmp_path / "missing.safetensors"], tmp_path),
+                                   api_name="/make_grid")
+    assert message.startswith("error: file not found")
+    _, _, message = client.predict(*grid_args(tiny_model_dir, [lora], tmp_path, weights="a, b"),
+                                   api_name="/make_grid")
+    assert "weights must be numbers" in message

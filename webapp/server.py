@@ -85,27 +85,32 @@ def build_app(runner=None):
         frame = pd.DataFrame({"step": list(range(1, len(s.losses) + 1)), "loss": s.losses})
         return head, "\n".join(s.log[-40:]), frame, "\n".join(s.saved)
 
+    from webapp.compare import build_compare_tab
+
     with gr.Blocks(title="LoRA Forge") as app:
-        gr.Markdown("# LoRA Forge\nTrain a LoRA from a job file. The job below is the demo: the "
-                    "embedded *shapes* base model learns a purple star (trigger word "
-                    "`zkz`) in a few minutes on a CPU. Edit the TOML, check it, start.")
-        job = gr.Textbox(value=default_text, lines=24, label="Job (TOML)", elem_id="job-toml")
-        with gr.Row():
-            check_btn = gr.Button("Check job", elem_id="check")
-            start_btn = gr.Button("Start training", variant="primary", elem_id="start")
-            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-        message = gr.Textbox(label="Message", interactive=False, elem_id="message")
-        progress = gr.Textbox(label="Progress", interactive=False, elem_id="progress")
-        plot = gr.LinePlot(x="step", y="loss", label="Loss per step", elem_id="loss-plot")
-        log = gr.Textbox(label="Log", lines=8, interactive=False)
-        files = gr.Textbox(label="Saved files", lines=3, interactive=False, elem_id="saved")
-        check_btn.click(validate, job, message, api_name="check_job")
-        gr.Button("Default job", visible=False).click(default_job_text, None, job, api_name="default_job")
-        start_btn.click(start, job, message, api_name="start_training")
-        stop_btn.click(stop, None, message, api_name="stop_training")
-        refresh = gr.Button("Refresh", visible=False)
-        refresh.click(status, None, [progress, log, plot, files], api_name="status")
-        gr.Timer(1.0).tick(status, None, [progress, log, plot, files], api_name=False)
+        with gr.Tab("Train", elem_id="tab-train"):
+            gr.Markdown("# LoRA Forge\nTrain a LoRA from a job file. The job below is the demo: the "
+                        "embedded *shapes* base model learns a purple star (trigger word "
+                        "`zkz`) in a few minutes on a CPU. Edit the TOML, check it, start.")
+            job = gr.Textbox(value=default_text, lines=24, label="Job (TOML)", elem_id="job-toml")
+            with gr.Row():
+                check_btn = gr.Button("Check job", elem_id="check")
+                start_btn = gr.Button("Start training", variant="primary", elem_id="start")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+            message = gr.Textbox(label="Message", interactive=False, elem_id="message")
+            progress = gr.Textbox(label="Progress", interactive=False, elem_id="progress")
+            plot = gr.LinePlot(x="step", y="loss", label="Loss per step", elem_id="loss-plot")
+            log = gr.Textbox(label="Log", lines=8, interactive=False)
+            files = gr.Textbox(label="Saved files", lines=3, interactive=False, elem_id="saved")
+            check_btn.click(validate, job, message, api_name="check_job")
+            gr.Button("Default job", visible=False).click(default_job_text, None, job, api_name="default_job")
+            start_btn.click(start, job, message, api_name="start_training")
+            stop_btn.click(stop, None, message, api_name="stop_training")
+            refresh = gr.Button("Refresh", visible=False)
+            refresh.click(status, None, [progress, log, plot, files], api_name="status")
+            gr.Timer(1.0).tick(status, None, [progress, log, plot, files], api_name=False)
+        with gr.Tab("Compare", elem_id="tab-compare"):
+            build_compare_tab(runner)
     return app
 
 
@@ -126,5 +131,6 @@ def serve(host: str = "127.0.0.1", port: int = 7860, open_browser: bool = True,
     app = build_app()
     print(f"LoRA Forge running at http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}")
     app.launch(server_name=host, server_port=port, inbrowser=open_browser, auth=credentials,
-               prevent_thread_lock=not block, show_error=True, quiet=True)
+               prevent_thread_lock=not block, show_error=True, quiet=True,
+               allowed_paths=[str(ROOT / "output")])  # grids and samples are shown from there
     return app if not block else 0

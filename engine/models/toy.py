@@ -148,3 +148,29 @@ def build_tiny_sdxl(out_dir: Path, seed: int = 0, sample_size: int = 32) -> Path
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
+
+
+CLIP_PROJECTION = 16
+CLIP_IMAGE_SIZE = 32
+
+
+def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
+    """A tiny CLIP (text tower shaped like the tiny SD text encoder, a small ViT, a shared
+    16-wide projection) saved like ``openai/clip-vit-large-patch14``: weights, image processor
+    and tokenizer, for Aesthetic Gradients tests."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    from engine.models.clip_tokenizer import load_clip_tokenizer
+
+    text = _text_config(projection_dim=CLIP_PROJECTION).to_dict()
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=CLIP_IMAGE_SIZE, patch_size=8, projection_dim=CLIP_PROJECTION)
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=CLIP_PROJECTION))
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    size = CLIP_IMAGE_SIZE
+    CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+                       ).save_pretrained(out_dir)
+    load_clip_tokenizer().save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,92 @@
+"""The web app's compare step: the XYZ grid over saved files (LoRA / LyCORIS epochs, hypernetworks,
+embeddings, aesthetic embeddings) x weights, with one fixed seed.
+
+The grid runs in the click handler (Gradio queues it) but is refused while a training job runs:
+both would fight over the same cores or GPU. The base is loaded fresh per grid because swapping
+networks changes the loaded model.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: float, size: float,
+              steps: float, cfg: float, out_dir: str, a_steps: float, a_lr: float, a_slerp: bool,
+              a_text: str, a_clip: str, progress=None):
+    """(grid image path, cell image paths, message)."""
+    from pydantic import ValidationError
+
+    from engine.aesthetic import AestheticSettings
+    from engine.grid import GridError, GridJob, parse_weights, run_grid
+    from engine.models.loader import ModelLoadError, load_sd_components
+
+    if runner.running:
+        return None, [], "a training job is running; make the grid when it has finished"
+    try:
+        paths = [Path(line.strip()) for line in files.splitlines() if line.strip()]
+        if not paths:
+            raise GridError("list the files to compare, one per line")
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise GridError(f"file not found: {missing[0]}")
+        prompt_list = [p.strip() for p in prompts.splitlines() if p.strip()]
+        if not prompt_list:
+            raise GridError("write at least one prompt")
+        aesthetic = AestheticSettings(steps=int(a_steps), lr=float(a_lr), slerp=bool(a_slerp),
+                                      text=a_text or "", clip=a_clip.strip() or None)
+        job = GridJob(checkpoints=paths, prompts=prompt_list, weights=parse_weights(weights),
+                      seeds=[int(seed)], steps=int(steps), cfg_scale=float(cfg), width=int(size),
+                      height=int(size), aesthetic=aesthetic)
+        model = load_sd_components(base.strip() or "embedded")
+        out = Path(out_dir.strip() or ROOT / "output" / "grid") / time.strftime("%Y%m%d-%H%M%S")
+        tick = (lambda done, total: progress((done, total), desc="grid")) if progress else None
+        result = run_grid(model, job, out, tick)
+    except (GridError, ModelLoadError, ValidationError, ValueError, OSError) as err:
+        return None, [], f"error: {err}"
+    cells = [str(result.cells[key]) for key in sorted(result.cells)]
+    return str(result.grids[0]), cells, f"saved {len(result.grids)} grid(s) and {len(cells)} cells in {out}"
+
+
+def build_compare_tab(runner) -> None:
+    """Widgets + events of the compare step; call inside a ``gr.Blocks`` context."""
+    import gradio as gr
+
+    gr.Markdown("Compare saved files side by side: each file is a row, each weight a column, "
+                "all with the same seed. Pick the epoch and weight that look best.")
+    with gr.Row():
+        base = gr.Textbox("embedded", label="Base model", elem_id="grid-base")
+        out_dir = gr.Textbox(str(ROOT / "output" / "grid"), label="Save grids in", elem_id="grid-out")
+    files = gr.Textbox(lines=4, label="Files (one per line): LoRA/LyCORIS .safetensors, "
+                       "hypernetwork .pt, embeddings, aesthetic embeddings", elem_id="grid-files")
+    prompts = gr.Textbox("zkz, a star on a white background", lines=2,
+                         label="Prompts (one per line: one grid each)", elem_id="grid-prompts")
+    with gr.Row():
+        weights = gr.Textbox("0, 0.5, 1", label="Weights (list or range 0.4-1.0(+0.2))",
+                             elem_id="grid-weights")
+        seed = gr.Number(42, label="Seed", precision=0)
+        size = gr.Number(64, label="Size (px)", precision=0)
+        steps = gr.Number(20, label="Sampling steps", precision=0)
+        cfg = gr.Number(7.0, label="CFG scale")
+    with gr.Accordion("Aesthetic embeddings (only for aesthetic embedding files)", open=False):
+        gr.Markdown("The text encoder is nudged toward the images' style for a few steps per "
+                    "prompt, then put back. Small weights (up to about 0.25) change the look "
+                    "without changing the content.")
+        with gr.Row():
+            a_steps = gr.Number(5, label="Aesthetic steps", precision=0)
+            a_lr = gr.Number(1e-4, label="Aesthetic learning rate")
+            a_slerp = gr.Checkbox(False, label="Spherical blend (slerp)")
+        a_text = gr.Textbox("", label="Aesthetic text (rotates the image embedding)")
+        a_clip = gr.Textbox("", label="CLIP (hub id or folder; empty = recorded in the file)")
+    go = gr.Button("Make grid", variant="primary", elem_id="make-grid")
+    message = gr.Textbox(label="Grid message", interactive=False, elem_id="grid-message")
+    grid = gr.Image(label="Grid", type="filepath", interactive=False, elem_id="grid-image")
+    cells = gr.Gallery(label="Cells", columns=6, elem_id="grid-cells")
+
+    def run(b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, progress=gr.Progress()):
+        return make_grid(runner, b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, progress)
+
+    go.click(run, [base, files, prompts, weights, seed, size, steps, cfg, out_dir,
+                   a_steps, a_lr, a_slerp, a_text, a_clip], [grid, cells, message], api_name="make_grid")
