@@ -348,6 +348,8 @@ def trains_text_encoder(net: "NetworkConfig") -> bool:
     return not net.train_unet_only
 
 
+JOB_SUFFIX = "_job.toml"  # the trainer saves each job as <output.dir>/<output.name>_job.toml
+
 NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "dreambooth", "textual_inversion", "dreamartist",
                  "hypernetwork")
 

@@ -16,7 +16,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 
 from engine.callbacks import CallbackList, Callbacks, StepInfo, StopToken, TrainResult
-from engine.config import JobConfig
+from engine.config import JOB_SUFFIX, JobConfig, save_config
 from engine.curves import CurveWriter
 from engine.export.checkpoint import checkpoint_metadata, save_checkpoint_file, save_diffusers_folder
 from engine.export.metadata import lora_metadata, modelspec_architecture
@@ -106,6 +106,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     noise_sched, pred_type = s.model.noise_scheduler, s.model.prediction_type
     caption_rng = random.Random(t.seed)
     out_dir = Path(cfg.output.dir)
+    # the job beside its outputs: model cards and "train again" read it later
+    save_config(cfg, out_dir / f"{cfg.output.name}{JOB_SUFFIX}")
     result = TrainResult(final_path=None)
 
     def take_samples(epoch: int, step: int) -> None:

@@ -1,0 +1,174 @@
+"""Export a trained file as a shareable folder: the model, A1111 sidecar + preview, sample
+images with A1111 ``parameters`` text, README.md / card.json / card.html.
+
+The folder is what a user uploads (Civitai, Hugging Face) or copies into A1111: everything in
+it is named after the model file, so ``<name>.safetensors``, ``<name>.json`` and
+``<name>.preview.png`` can go straight into ``models/Lora``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from engine.config import JOB_SUFFIX, ConfigError, JobConfig, load_config
+from engine.export.card_facts import CardError, CardFacts, gather_facts
+from engine.export.card_render import (CardInfo, CardSample, card_html, card_json, readme, sidecar,
+                                       usage_tag)
+from engine.fileio import atomic_write, atomic_write_bytes
+
+
+@dataclass
+class SampleSettings:
+    prompts: list[str] = field(default_factory=list)  # empty: the trigger words
+    negative: str = ""
+    count: int = 2  # images per prompt (seed, seed + 1, ...)
+    seed: int = 42
+    steps: int = 20
+    cfg_scale: float = 7.0
+    size: int | None = None  # None: the job's resolution, else 512
+    sampler: str = "euler_a"
+
+
+@dataclass
+class CardExport:
+    folder: Path
+    model: Path
+    files: dict[str, Path]
+    facts: CardFacts
+    samples: list[CardSample]
+
+
+def job_path_for(model_file: Path) -> Path | None:
+    """The ``<name>_job.toml`` the trainer wrote beside its outputs, if one matches this file
+    (epoch files ``name-000003`` and picked copies included)."""
+    model_file = Path(model_file)
+    names = [model_file.stem, re.sub(r"-\d{6}$", "", model_file.stem)]
+    if model_file.suffix == ".safetensors":
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(model_file), "pt") as f:
+                picked = (f.metadata() or {}).get("ss_picked_from", "")
+            names.append(re.sub(r"-\d{6}$", "", Path(picked).stem))
+        except Exception:
+            pass
+    for name in dict.fromkeys(n for n in names if n):
+        candidate = model_file.parent / f"{name}{JOB_SUFFIX}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_job_for(model_file: Path, job: Path | None = None) -> JobConfig | None:
+    path = Path(job) if job else job_path_for(model_file)
+    if path is None:
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        raise CardError(f"{path}: {err}") from None
+
+
+def _copy_model(src: Path, dest: Path) -> Path:
+    """Hard link when possible (a checkpoint can be gigabytes), else an atomic copy."""
+    if dest.exists() and dest.samefile(src):
+        return dest
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(src, dest)
+        return dest
+    except OSError:
+        return atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def _prompt_for_display(facts: CardFacts, prompt: str) -> str:
+    tag = usage_tag(facts)
+    if facts.kind in ("textual_inversion", "dreamartist"):
+        word = facts.trigger_words[0]
+        return re.sub(rf"(?<![\w(]){re.escape(word)}(?![\w])", tag, prompt, count=1) if tag != word else prompt
+    return f"{prompt} {tag}".strip() if tag else prompt
+
+
+def make_samples(facts: CardFacts, base: str, folder: Path, settings: SampleSettings,
+                 job: JobConfig | None, local_files_only: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> list[CardSample]:
+    """Generate the card's images with the file applied at its recommended weight."""
+    from engine.export.hashes import sha256_file
+    from engine.models.loader import load_sd_components
+    from engine.network_swap import NetworkSwapper
+    from engine.sample_prompts import a1111_parameters, save_png_with_parameters
+    from engine.sampler import SampleSpec, build_pipeline, generate_batch
+
+    is_checkpoint = facts.kind == "dreambooth"
+    model = load_sd_components(str(facts.file) if is_checkpoint else base, local_files_only=local_files_only)
+    swapper = None
+    if not is_checkpoint:
+        swapper = NetworkSwapper(model, local_files_only=local_files_only)
+        swapper.load(facts.file)
+        swapper.set_weight(facts.preferred_weight)
+    pipe = build_pipeline(model, scheduler=settings.sampler)
+    size = settings.size or (job.dataset.resolution if job else 512)
+    prompts = settings.prompts or [", ".join(facts.trigger_words) or facts.name]
+    if facts.kind in ("textual_inversion", "dreamartist"):
+        word = facts.trigger_words[0]
+        prompts = [p if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", p) else f"{word}, {p}" for p in prompts]
+    base_hash = facts.hashes["SHA256"].lower() if is_checkpoint else facts.base_model_hash
+    lora_hashes = ({facts.file.stem: facts.hashes["AutoV3"].lower()}
+                   if facts.kind in ("lora", "locon", "loha", "lokr") and "AutoV3" in facts.hashes else None)
+    out: list[CardSample] = []
+    total = len(prompts) * settings.count
+    for p_index, prompt in enumerate(prompts):
+        specs = [SampleSpec(prompt, settings.negative, settings.seed + i, settings.steps,
+                            settings.cfg_scale, size, size) for i in range(settings.count)]
+        images = generate_batch(pipe, specs, encode=swapper.encode if swapper else None)
+        for i, (spec, image) in enumerate(zip(specs, images)):
+            shown = replace(spec, prompt=_prompt_for_display(facts, spec.prompt))
+            text = a1111_parameters(shown, settings.sampler, model_name=Path(model.name).stem,
+                                    model_hash=base_hash, lora_hashes=lora_hashes)
+            rel = Path("samples") / f"{facts.file.stem}_{p_index:02d}_{i:02d}.png"
+            save_png_with_parameters(image, folder / rel, text)
+            out.append(CardSample(rel, shown.prompt, spec.negative, spec.seed, spec.steps,
+                                  settings.sampler, spec.cfg_scale, spec.width, spec.height))
+            if progress:
+                progress(len(out), total)
+    return out
+
+
+def export_card(model_file: Path, out_dir: Path, info: CardInfo | None = None,
+                job: JobConfig | None = None, base: str | None = None,
+                samples: SampleSettings | None = None, preferred_weight: float | None = None,
+                local_files_only: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> CardExport:
+    """Write ``out_dir/<stem>/`` and return what was written. ``base`` (default: the job's base
+    model) is needed for sample images; without either, the card has no samples."""
+    info = info or CardInfo()
+    model_file = Path(model_file)
+    facts = gather_facts(model_file, job, preferred_weight)
+    if not info.author and job is not None:
+        info = info.model_copy(update={"author": job.output.author})
+    if not info.description and job is not None:
+        info = info.model_copy(update={"description": job.output.description})
+    folder = Path(out_dir) / model_file.stem
+    folder.mkdir(parents=True, exist_ok=True)
+    model_copy = _copy_model(model_file, folder / model_file.name)
+    base = base or (job.model.base if job else None)
+    settings = samples or SampleSettings()
+    made: list[CardSample] = []
+    if settings.count > 0 and (base or facts.kind == "dreambooth"):
+        made = make_samples(facts, base or "", folder, settings, job, local_files_only, progress)
+    files = {"model": model_copy}
+    if made:
+        files["preview"] = atomic_write(folder / f"{model_file.stem}.preview.png",
+                                        lambda tmp: shutil.copyfile(folder / made[0].path, tmp))
+    files["sidecar"] = atomic_write_bytes(folder / f"{model_file.stem}.json", json.dumps(
+        sidecar(facts, info), indent=4, ensure_ascii=False).encode("utf-8"))
+    files["readme"] = atomic_write_bytes(folder / "README.md", readme(facts, info, made).encode("utf-8"))
+    files["card_json"] = atomic_write_bytes(folder / "card.json", json.dumps(
+        card_json(facts, info, made), indent=2, ensure_ascii=False).encode("utf-8"))
+    files["card_html"] = atomic_write_bytes(folder / "card.html", card_html(facts, info, made).encode("utf-8"))
+    return CardExport(folder, model_copy, files, facts, made)

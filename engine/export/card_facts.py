@@ -1,0 +1,253 @@
+"""Everything a model card states about a trained file, read from the file itself (metadata,
+tensors, hashes) and, where the file cannot say it, from the job that trained it.
+
+Why the file first: a card must describe the file being shared, also when it was renamed by
+"pick this epoch" or trained long ago. The job (``<name>_job.toml`` beside the outputs) fills
+in what only hypernetwork / embedding / checkpoint files lack (their formats carry no kohya
+``ss_*`` fields).
+"""
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import JobConfig
+from engine.export.hashes import legacy_hash, safetensors_file_data_hash, sha256_file
+
+CIVITAI_TYPE = {"lora": "LORA", "locon": "LoCon", "loha": "LoCon", "lokr": "LoCon",
+                "textual_inversion": "TextualInversion", "dreamartist": "TextualInversion",
+                "hypernetwork": "Hypernetwork", "dreambooth": "Checkpoint",
+                "aesthetic": "AestheticGradient"}
+BASE_MODEL = {"sd15": "SD 1.5", "sd2": "SD 2.1", "sdxl": "SDXL 1.0"}
+SD_VERSION = {"sd15": "SD1", "sd2": "SD2", "sdxl": "SDXL"}  # A1111's sidecar values
+_FAMILY_FROM_META = (("sdxl", "sdxl"), ("stable-diffusion-xl", "sdxl"), ("sd_v2", "sd2"),
+                     ("stable-diffusion-v2", "sd2"), ("sd_v1", "sd15"), ("stable-diffusion-v1", "sd15"))
+
+
+class CardError(ValueError):
+    pass
+
+
+@dataclass
+class CardFacts:
+    file: Path
+    name: str
+    kind: str  # a NETWORK_TYPES value, or "aesthetic"
+    family: str  # sd15 | sd2 | sdxl | unknown
+    trigger_words: list[str]
+    preferred_weight: float
+    epochs: int | None
+    steps: int | None
+    params: dict[str, Any]  # Civitai's training parameter names
+    tag_counts: list[tuple[str, int]]  # most frequent first
+    dataset_dirs: dict[str, dict[str, int]]
+    hashes: dict[str, str]
+    precision: str
+    base_model_name: str = ""
+    base_model_hash: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def civitai_type(self) -> str:
+        return CIVITAI_TYPE.get(self.kind, "Other")
+
+    @property
+    def base_model(self) -> str:
+        return BASE_MODEL.get(self.family, "Other")
+
+    @property
+    def sd_version(self) -> str:
+        return SD_VERSION.get(self.family, "Unknown")
+
+    @property
+    def num_images(self) -> int:
+        return sum(d.get("img_count", 0) for d in self.dataset_dirs.values())
+
+    @property
+    def size_kb(self) -> float:
+        return round(self.file.stat().st_size / 1024, 2)
+
+
+def file_hashes(path: Path) -> dict[str, str]:
+    """Civitai's hash names, upper case as Civitai shows them. AutoV3 only for safetensors."""
+    path = Path(path)
+    sha = sha256_file(path)
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    out = {"AutoV1": legacy_hash(path).upper(), "AutoV2": sha[:10].upper(), "SHA256": sha.upper(),
+           "CRC32": f"{crc:08X}"}
+    if path.suffix.lower() == ".safetensors":
+        out["AutoV3"] = safetensors_file_data_hash(path)[:12].upper()
+    return out
+
+
+def _read(path: Path) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """(kind, metadata, extra facts) from the file's own contents."""
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                keys, meta = set(f.keys()), dict(f.metadata() or {})
+                dtype = str(f.get_slice(next(iter(keys))).get_dtype()).lower() if keys else ""
+        except Exception as err:  # safetensors raises its own error types for damaged files
+            raise CardError(f"{path.name}: cannot read ({err})") from None
+        extra = {"precision": {"f16": "fp16", "bf16": "bf16", "f32": "fp32"}.get(dtype, dtype)}
+        module = meta.get("ss_network_module", "")
+        if module == "lycoris.kohya":
+            algo = json.loads(meta.get("ss_network_args") or "{}").get("algo", "locon")
+            return algo if algo in ("locon", "loha", "lokr") else "locon", meta, extra
+        if module.startswith("networks.lora") or any(".lora_down." in k for k in keys):
+            return "lora", meta, extra
+        if "aesthetic_embedding" in keys:
+            return "aesthetic", meta, extra
+        if "emb_params" in keys or {"clip_l", "clip_g"} <= keys:
+            extra["family"] = "sdxl" if "clip_g" in keys else None
+            return "textual_inversion", meta, extra
+        if any(k.startswith("model.diffusion_model.") for k in keys):
+            return "dreambooth", meta, extra
+        raise CardError(f"{path.name}: not a LoRA, LyCORIS, embedding or checkpoint file")
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CardError(f"{path.name}: cannot read ({err})") from None
+    if isinstance(data, torch.Tensor):
+        return "aesthetic", {}, {"precision": "fp32"}
+    if isinstance(data, dict) and "string_to_param" in data:
+        meta = {"name": str(data.get("name", "")), "ss_steps": str(data.get("step", ""))}
+        return "textual_inversion", meta, {"precision": "fp32", "base": data.get("sd_checkpoint_name")}
+    if isinstance(data, dict) and any(isinstance(k, int) for k in data):
+        meta = {"name": str(data.get("name", "")), "ss_steps": str(data.get("step", ""))}
+        return "hypernetwork", meta, {"precision": "fp32", "base": data.get("sd_checkpoint_name"),
+                                      "family": "sd15"}
+    raise CardError(f"{path.name}: not a hypernetwork, embedding or aesthetic embedding file")
+
+
+def _family(meta: dict[str, str], extra: dict[str, Any], job: JobConfig | None) -> str:
+    if extra.get("family"):
+        return extra["family"]
+    text = " ".join((meta.get("ss_base_model_version", ""), meta.get("modelspec.architecture", "")))
+    for marker, family in _FAMILY_FROM_META:
+        if marker in text:
+            return family
+    if job is not None and job.model.family != "auto":
+        return job.model.family
+    return "unknown"
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _trigger_words(meta: dict[str, str], kind: str, name: str, job: JobConfig | None,
+                   dirs: dict[str, dict[str, int]]) -> list[str]:
+    """What to type: the embedding's word for TI; else the trigger phrase; else concept names."""
+    if kind in ("textual_inversion", "dreamartist"):
+        return [meta.get("name") or name]
+    phrase = meta.get("modelspec.trigger_phrase") or (job.output.trigger_phrase if job else "")
+    if phrase:
+        return [w.strip() for w in phrase.split(",") if w.strip()]
+    concepts = [re.sub(r"^\d+_", "", d) for d in dirs]
+    return [c for c in dict.fromkeys(concepts) if c]
+
+
+def _params(meta: dict[str, str], kind: str, job: JobConfig | None,
+            dirs: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Civitai's training parameter names; the job wins, the file's ss_* fill in."""
+    p: dict[str, Any] = {}
+    if job is not None:
+        net, o, t, d = job.network, job.optimizer, job.training, job.dataset
+        p = {"unetLR": o.unet_lr or o.lr, "textEncoderLR": o.text_encoder_lr or o.lr,
+             "optimizerType": o.type, "lrScheduler": job.scheduler.type, "maxTrainEpochs": t.epochs,
+             "resolution": d.resolution, "enableBucket": d.enable_bucket, "keepTokens": d.keep_tokens,
+             "clipSkip": t.clip_skip, "flipAugmentation": d.flip_aug, "noiseOffset": t.noise_offset,
+             "minSnrGamma": t.min_snr_gamma or 0, "shuffleCaption": d.shuffle_caption,
+             "trainBatchSize": t.batch_size, "targetSteps": t.max_steps}
+        if hasattr(net, "dim"):
+            p |= {"networkDim": net.dim, "networkAlpha": net.alpha}
+        if getattr(net, "train_unet_only", False):
+            p["textEncoderLR"] = 0
+    elif meta.get("ss_network_module") or meta.get("ss_learning_rate"):
+        def f(key, cast=float):
+            value = meta.get(key)
+            try:
+                return cast(value) if value not in (None, "", "None") else None
+            except ValueError:
+                return value
+        boolean = lambda v: v == "True"  # noqa: E731
+        res = re.findall(r"\d+", meta.get("ss_resolution", ""))
+        p = {"unetLR": f("ss_unet_lr") or f("ss_learning_rate"), "textEncoderLR": f("ss_text_encoder_lr"),
+             "optimizerType": (meta.get("ss_optimizer") or "").split(".")[-1].split("(")[0] or None,
+             "networkDim": f("ss_network_dim", int), "networkAlpha": f("ss_network_alpha"),
+             "lrScheduler": meta.get("ss_lr_scheduler"), "maxTrainEpochs": f("ss_num_epochs", int),
+             "resolution": int(res[0]) if res else None, "enableBucket": f("ss_enable_bucket", boolean),
+             "keepTokens": f("ss_keep_tokens", int), "clipSkip": f("ss_clip_skip", int),
+             "flipAugmentation": f("ss_flip_aug", boolean), "noiseOffset": f("ss_noise_offset"),
+             "minSnrGamma": f("ss_min_snr_gamma") or 0, "shuffleCaption": f("ss_shuffle_caption", boolean),
+             "trainBatchSize": f("ss_batch_size_per_device", int),
+             "targetSteps": f("ss_max_train_steps", int)}
+    if dirs:
+        p["numRepeats"] = max(d.get("n_repeats", 1) for d in dirs.values())
+    p["loraType"] = kind if kind in ("lora", "locon", "loha", "lokr") else None
+    if kind == "lora" and '"conv_dim"' in meta.get("ss_network_args", ""):
+        p["loraType"] = "locon"  # kohya's LoRA with 3x3 conv layers is what Civitai calls LoCon
+    return {k: v for k, v in p.items() if v is not None}
+
+
+def _dataset(meta: dict[str, str], job: JobConfig | None
+             ) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """(dataset dirs, tag frequency per dir): the file's ss_* fields, else the job's dataset."""
+    try:
+        dirs = json.loads(meta.get("ss_dataset_dirs") or "{}")
+        tags = json.loads(meta.get("ss_tag_frequency") or "{}")
+    except ValueError:
+        dirs, tags = {}, {}
+    if not dirs and job is not None:
+        from engine.data.folder import DatasetError, scan_dataset
+
+        try:
+            index = scan_dataset(job.dataset.path, job.dataset.default_repeats,
+                                 job.dataset.caption_extension)
+            dirs, tags = index.dataset_dirs(), index.tag_frequency()
+        except DatasetError:
+            pass  # the dataset moved: the card simply has no dataset section
+    return dirs, tags
+
+
+def gather_facts(path: Path, job: JobConfig | None = None, preferred_weight: float | None = None
+                 ) -> CardFacts:
+    path = Path(path)
+    if not path.is_file():
+        raise CardError(f"model file not found: {path}")
+    kind, meta, extra = _read(path)
+    if job is not None and kind == "textual_inversion" and job.network.type == "dreamartist":
+        kind = "dreamartist"
+    name = meta.get("ss_output_name") or meta.get("modelspec.title") or meta.get("name") or path.stem
+    dirs, tags = _dataset(meta, job)
+    counts: Counter[str] = Counter()
+    for per_dir in tags.values():
+        counts.update(per_dir)
+    weight = preferred_weight
+    if weight is None:
+        weight = float(meta.get("ss_preferred_weight") or 1.0)
+    return CardFacts(
+        file=path, name=name, kind=kind, family=_family(meta, extra, job),
+        trigger_words=_trigger_words(meta, kind, name, job, dirs), preferred_weight=weight,
+        epochs=_int(meta.get("ss_epoch")), steps=_int(meta.get("ss_steps")),
+        params=_params(meta, kind, job, dirs), tag_counts=counts.most_common(), dataset_dirs=dirs,
+        hashes=file_hashes(path), precision=extra.get("precision", ""),
+        base_model_name=meta.get("ss_sd_model_name") or extra.get("base") or
+        (job.model.base if job else ""),
+        base_model_hash=meta.get("ss_new_sd_model_hash", ""))

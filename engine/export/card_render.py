@@ -1,0 +1,236 @@
+"""Model card files from CardFacts: README.md (Civitai-style, Hugging Face front matter),
+card.json (Civitai's field names), card.html (a preview; every user string escaped) and the
+A1111 sidecar ``<name>.json``.
+"""
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.export.card_facts import CardFacts
+
+CommercialUse = Literal["None", "Image", "RentCivit", "Rent", "Sell"]
+
+
+class CardInfo(BaseModel):
+    """What only the author can say (license, description); everything else comes from facts."""
+
+    model_config = ConfigDict(extra="forbid")
+    description: str = ""
+    author: str = ""
+    license: str = Field("creativeml-openrail-m", description="Hugging Face license id")
+    allow_no_credit: bool = True
+    allow_commercial_use: list[CommercialUse] = Field(default_factory=lambda: ["Image", "RentCivit",
+                                                                              "Rent", "Sell"])
+    allow_derivatives: bool = True
+    allow_different_license: bool = True
+    nsfw: bool = False
+    tags: list[str] = Field(default_factory=list)
+    negative_text: str = ""
+    notes: str = ""
+    top_tags: int = Field(10, ge=0, le=1000)
+
+
+@dataclass
+class CardSample:
+    path: Path  # relative to the card folder
+    prompt: str  # as A1111 would show it, network tag included
+    negative: str
+    seed: int
+    steps: int
+    sampler: str
+    cfg_scale: float
+    width: int
+    height: int
+
+
+def usage_tag(facts: CardFacts) -> str:
+    """What to type in A1111 to use the file at the preferred weight."""
+    w = f"{facts.preferred_weight:g}"
+    if facts.kind in ("lora", "locon", "loha", "lokr"):
+        return f"<lora:{facts.file.stem}:{w}>"
+    if facts.kind == "hypernetwork":
+        return f"<hypernet:{facts.file.stem}:{w}>"
+    if facts.kind in ("textual_inversion", "dreamartist"):
+        word = facts.trigger_words[0]
+        return word if w == "1" else f"({word}:{w})"
+    return ""
+
+
+def sidecar(facts: CardFacts, info: CardInfo) -> dict[str, Any]:
+    """A1111's ``<name>.json`` beside the model (its user-metadata editor's keys)."""
+    return {"description": info.description, "sd version": facts.sd_version,
+            "activation text": ", ".join(facts.trigger_words),
+            "preferred weight": facts.preferred_weight, "negative text": info.negative_text,
+            "notes": info.notes}
+
+
+def card_json(facts: CardFacts, info: CardInfo, samples: list[CardSample]) -> dict[str, Any]:
+    """Civitai's model + model-version fields (what its API returns and its uploader asks for)."""
+    images = [{"url": s.path.as_posix(), "width": s.width, "height": s.height, "nsfw": "None",
+               "meta": {"prompt": s.prompt, "negativePrompt": s.negative, "seed": s.seed,
+                        "steps": s.steps, "sampler": s.sampler, "cfgScale": s.cfg_scale,
+                        "Size": f"{s.width}x{s.height}"}} for s in samples]
+    lora_type = facts.params.get("loraType")
+    version = {
+        "name": f"epoch {facts.epochs}" if facts.epochs else "v1",
+        "baseModel": facts.base_model, "baseModelType": "Standard",
+        "trainedWords": facts.trigger_words, "epochs": facts.epochs, "steps": facts.steps,
+        "clipSkip": facts.params.get("clipSkip"),
+        "settings": {"strength": facts.preferred_weight},
+        "trainingDetails": {"params": facts.params},
+        "files": [{"name": facts.file.name, "sizeKB": facts.size_kb, "type": "Model", "primary": True,
+                   "metadata": {"format": "SafeTensor" if facts.file.suffix == ".safetensors"
+                                else "PickleTensor", "fp": facts.precision,
+                                **({"size": "pruned"} if facts.kind == "dreambooth" else {})},
+                   "hashes": facts.hashes}],
+        "images": images,
+    }
+    return {
+        "name": facts.name, "description": info.description, "type": facts.civitai_type,
+        "nsfw": info.nsfw, "tags": info.tags, "creator": {"username": info.author},
+        "allowNoCredit": info.allow_no_credit, "allowCommercialUse": info.allow_commercial_use,
+        "allowDerivatives": info.allow_derivatives, "allowDifferentLicense": info.allow_different_license,
+        "modelVersions": [version],
+        "loraForge": {"kind": facts.kind, "loraType": lora_type, "datasetImages": facts.num_images,
+                      "datasetDirs": facts.dataset_dirs,
+                      "tagFrequency": dict(facts.tag_counts[:info.top_tags]),
+                      "license": info.license},
+    }
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _rows(facts: CardFacts, info: CardInfo) -> list[tuple[str, str]]:
+    kind = facts.civitai_type + (f" ({facts.params['loraType']})" if facts.params.get("loraType") else "")
+    rows = [("Type", kind), ("Base model", facts.base_model),
+            ("Trigger words", ", ".join(facts.trigger_words) or "-"),
+            ("Recommended weight", f"{facts.preferred_weight:g}"),
+            ("Epochs", str(facts.epochs or "-")), ("Steps", str(facts.steps or "-"))]
+    if facts.dataset_dirs:
+        repeats = ", ".join(f"{k}: {v.get('img_count', 0)} x {v.get('n_repeats', 1)}"
+                            for k, v in facts.dataset_dirs.items())
+        rows.append(("Dataset", f"{facts.num_images} images ({repeats})"))
+    if facts.base_model_name:
+        rows.append(("Trained on", facts.base_model_name))
+    if info.author:
+        rows.append(("Author", info.author))
+    return rows
+
+
+def _license_rows(info: CardInfo) -> list[tuple[str, str]]:
+    return [("License", info.license), ("Use without crediting the author", _yes(info.allow_no_credit)),
+            ("Commercial use", ", ".join(info.allow_commercial_use) or "None"),
+            ("Share merges", _yes(info.allow_derivatives)),
+            ("Different permissions on merges", _yes(info.allow_different_license))]
+
+
+def _md_text(text: str) -> str:
+    """User text shown literally: Markdown renderers pass raw HTML through."""
+    return html.escape(str(text), quote=False)
+
+
+def _code(text: str) -> str:
+    return str(text).replace("`", "'")
+
+
+def _md_cell(text: str) -> str:
+    return _md_text(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("", "")) -> str:
+    lines = [f"| {head[0]} | {head[1]} |", "|---|---|"]
+    lines += [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def readme(facts: CardFacts, info: CardInfo, samples: list[CardSample]) -> str:
+    """Civitai-style card; the front matter makes it a Hugging Face model card too."""
+    tags = ["stable-diffusion", "text-to-image", facts.kind.replace("_", "-"), *info.tags]
+    front = ["---", f"license: {json.dumps(info.license)}", f"tags: {json.dumps(tags, ensure_ascii=False)}"]
+    if facts.trigger_words:
+        front.append(f"instance_prompt: {json.dumps(', '.join(facts.trigger_words), ensure_ascii=False)}")
+    front.append("---")
+    out = [*front, "", f"# {facts.name}", ""]
+    if info.description:
+        out += [_md_text(info.description), ""]
+    out += [_md_table(_rows(facts, info)), ""]
+    if samples:
+        out += ["## Samples", ""]
+        for s in samples:
+            out += [f"![{_md_cell(s.prompt)}]({s.path.as_posix()})", "",
+                    f"`{_code(s.prompt)}` (seed {s.seed}, {s.steps} steps, CFG {s.cfg_scale:g})", ""]
+    out += ["## How to use", "", *usage_lines(facts), ""]
+    if facts.params:
+        out += ["## Training parameters", "", _md_table(sorted(facts.params.items()), ("parameter", "value")), ""]
+    if facts.tag_counts and info.top_tags:
+        out += [f"## Most frequent tags (top {info.top_tags})", "",
+                _md_table(facts.tag_counts[:info.top_tags], ("tag", "images")), ""]
+    out += ["## Hashes", "", _md_table(list(facts.hashes.items()), ("hash", "value")), ""]
+    out += ["## License and permissions", "", _md_table(_license_rows(info)), ""]
+    if info.notes:
+        out += ["## Notes", "", _md_text(info.notes), ""]
+    return "\n".join(out)
+
+
+def usage_lines(facts: CardFacts) -> list[str]:
+    tag, f, words = usage_tag(facts), facts.file.name, ", ".join(facts.trigger_words)
+    if facts.kind in ("lora", "locon", "loha", "lokr"):
+        return [f"- AUTOMATIC1111 / Forge: put `{f}` in `models/Lora` and add `{tag}` to the prompt"
+                + (f" with `{words}`." if words else "."),
+                f"- ComfyUI: put it in `models/loras`; LoraLoader strength {facts.preferred_weight:g}.",
+                f"- diffusers: `pipe.load_lora_weights(\"{f}\")`, then "
+                f"`pipe(prompt, cross_attention_kwargs={{\"scale\": {facts.preferred_weight:g}}})`."]
+    if facts.kind in ("textual_inversion", "dreamartist"):
+        return [f"- AUTOMATIC1111 / ComfyUI: put `{f}` in `embeddings` and write `{tag}` in the prompt.",
+                f"- diffusers: `pipe.load_textual_inversion(\"{f}\", token=\"{words}\")`."]
+    if facts.kind == "hypernetwork":
+        return [f"- AUTOMATIC1111: put `{f}` in `models/hypernetworks` and add `{tag}` to the prompt."]
+    if facts.kind == "aesthetic":
+        return [f"- AUTOMATIC1111 with the aesthetic-gradients extension: put the `.pt` in "
+                "`models/aesthetic_embeddings`; aesthetic weight up to about 0.25."]
+    return [f"- AUTOMATIC1111 / ComfyUI: put `{f}` in `models/Stable-diffusion` (`models/checkpoints`)."]
+
+
+def _html_table(rows: list[tuple[str, Any]], head: tuple[str, str] | None = None) -> str:
+    e = html.escape
+    th = f"<tr><th>{e(head[0])}</th><th>{e(head[1])}</th></tr>" if head else ""
+    body = "".join(f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{th}{body}</table>"
+
+
+def card_html(facts: CardFacts, info: CardInfo, samples: list[CardSample]) -> str:
+    """A self-contained preview page (images by relative path); nothing unescaped from users."""
+    e = html.escape
+    parts = [f"<h1>{e(facts.name)}</h1>"]
+    if info.description:
+        parts.append(f"<p class='description'>{e(info.description)}</p>")
+    parts.append(_html_table(_rows(facts, info)))
+    if samples:
+        figs = "".join(f"<figure><img src='{e(s.path.as_posix(), quote=True)}' alt='{e(s.prompt, quote=True)}'>"
+                       f"<figcaption>{e(s.prompt)} (seed {s.seed})</figcaption></figure>" for s in samples)
+        parts.append(f"<h2>Samples</h2><div class='samples'>{figs}</div>")
+    parts.append("<h2>How to use</h2><ul>" + "".join(f"<li>{e(line[2:])}</li>" for line in usage_lines(facts))
+                 + "</ul>")
+    if facts.params:
+        parts.append("<h2>Training parameters</h2>" + _html_table(sorted(facts.params.items()),
+                                                                  ("parameter", "value")))
+    if facts.tag_counts and info.top_tags:
+        parts.append("<h2>Most frequent tags</h2>" + _html_table(facts.tag_counts[:info.top_tags],
+                                                                 ("tag", "images")))
+    parts.append("<h2>Hashes</h2>" + _html_table(list(facts.hashes.items()), ("hash", "value")))
+    parts.append("<h2>License and permissions</h2>" + _html_table(_license_rows(info)))
+    if info.notes:
+        parts.append(f"<h2>Notes</h2><p>{e(info.notes)}</p>")
+    style = ("body{font-family:sans-serif;max-width:860px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+             ".samples{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0}img{max-width:256px}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{e(facts.name)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
