@@ -14,6 +14,7 @@ def cmd_card(args: argparse.Namespace) -> int:
     from engine.export.card import SampleSettings, export_card, load_job_for
     from engine.export.card_facts import CardError
     from engine.export.card_render import CardInfo
+    from engine.export.hub_upload import UploadError, upload_card
     from engine.models.loader import ModelLoadError
 
     bar = None
@@ -41,6 +42,14 @@ def cmd_card(args: argparse.Namespace) -> int:
         print(f"  {kind}: {path.name}")
     if not result.samples:
         print("  (no sample images: give --base, or keep the job file beside the model)")
+    if args.upload:
+        try:
+            url = upload_card(result.folder, args.upload, token=args.token, private=args.private,
+                              endpoint=args.hub_endpoint)
+        except UploadError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"uploaded: {url}")
     return 0
 
 
@@ -67,4 +76,8 @@ def add_export_commands(sub) -> None:
     p.add_argument("--no-commercial", action="store_true", help="no commercial use")
     p.add_argument("--commercial-use", nargs="*", choices=["Image", "RentCivit", "Rent", "Sell"])
     p.add_argument("--offline", action="store_true", help="never download the base model")
+    p.add_argument("--upload", metavar="USER/NAME", help="then upload the folder to this Hugging Face model repo")
+    p.add_argument("--token", help="Hugging Face write token (default: HF_TOKEN or the saved login)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--hub-endpoint", help="Hub URL (default: huggingface.co or HF_ENDPOINT, e.g. a mirror)")
     p.set_defaults(func=cmd_card)

@@ -183,3 +183,53 @@ def test_card_cli(trained_lora, tiny_model_dir, tmp_path, capsys):
     (tmp_path / "notamodel.safetensors").write_bytes(b"\x02" + b"\x00" * 7 + b"{}")
     assert main(["card", str(tmp_path / "notamodel.safetensors"), "--out", str(tmp_path)]) == 2
     assert "not a LoRA" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def hub(monkeypatch):
+    import huggingface_hub.constants
+
+    from tests.hub_standin import HubStandIn
+
+    # the stand-in speaks the plain HTTP upload protocol, not Xet storage
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    # the suite runs offline (no real hub); the stand-in on 127.0.0.1 is the one server allowed
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with HubStandIn(token="hf_standin") as server:
+        yield server
+
+
+def test_upload_to_a_hub_stand_in(card, hub, monkeypatch):
+    from engine.export.hub_upload import UploadError, upload_card
+
+    url = upload_card(card.folder, "tester/tiny-lora", token="hf_standin", private=True, endpoint=hub.url)
+    assert url.startswith(f"{hub.url}/tester/tiny-lora/commit/")
+    assert hub.repos["tester/tiny-lora"]["private"] is True and not hub.unknown
+    local = {p.relative_to(card.folder).as_posix(): p.read_bytes()
+             for p in card.folder.rglob("*") if p.is_file()}
+    assert hub.repos["tester/tiny-lora"]["files"] == local  # every file, byte for byte
+    assert "tiny.safetensors" in local and "samples/tiny_00_01.png" in local
+    # uploading again to the existing repo is a second commit, not an error
+    upload_card(card.folder, "tester/tiny-lora", token="hf_standin", endpoint=hub.url)
+    assert len(hub.commits) == 2
+    with pytest.raises(UploadError, match="write access"):
+        upload_card(card.folder, "tester/x", token="wrong", endpoint=hub.url)
+    with pytest.raises(UploadError, match="must look like 'user/name'"):
+        upload_card(card.folder, "../etc", token="hf_standin", endpoint=hub.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    with pytest.raises(UploadError, match="no Hugging Face token"):
+        upload_card(card.folder, "tester/x", endpoint=hub.url)
+    with pytest.raises(UploadError, match="not an exported card folder"):
+        upload_card(card.folder / "samples", "tester/x", token="hf_standin", endpoint=hub.url)
+
+
+def test_card_cli_uploads(trained_lora, hub, tmp_path, monkeypatch):
+    from launcher import main
+
+    _, result = trained_lora
+    monkeypatch.setenv("HF_TOKEN", "hf_standin")
+    assert main(["card", str(result.final_path), "--out", str(tmp_path), "--count", "0",
+                 "--upload", "tester/cli-lora", "--hub-endpoint", hub.url]) == 0
+    files = hub.repos["tester/cli-lora"]["files"]
+    assert sorted(files) == ["README.md", "card.html", "card.json", "tiny.json", "tiny.safetensors"]
