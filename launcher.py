@@ -9,6 +9,7 @@
     python launcher.py caption work/train --method wd14|blip
     python launcher.py aesthetic REFS/ --name mystyle   # Aesthetic Gradients embedding
     python launcher.py card output/mylora.safetensors   # model card + A1111 sidecar folder
+    python launcher.py preset export --config job.toml --name mine --code   # share settings
     python launcher.py doctor               # what hardware was found, which preset tier
 """
 from __future__ import annotations
@@ -126,6 +127,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from engine.cli_aesthetic import add_aesthetic_command, add_grid_arguments as add_aesthetic_grid_arguments
     from engine.cli_export import add_export_commands
+    from engine.cli_preset import add_preset_commands
 
     parser = argparse.ArgumentParser(prog="launcher.py", description="LoRA Forge")
     sub = parser.add_subparsers(dest="command")
@@ -177,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_commands(sub)
     add_aesthetic_command(sub)
     add_export_commands(sub)
+    add_preset_commands(sub)
     return parser
 
 

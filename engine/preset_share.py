@@ -1,0 +1,199 @@
+"""Shareable presets: a job's settings as a sparse TOML with a ``[metadata]`` table, or as a short
+copy-paste text code, and the strict import that turns one back into a job.
+
+Why sparse and path-free: a preset travels between people. It lists only what differs from the
+defaults (so it stays readable and later default improvements still reach its users) and never
+carries a local path (dataset, output, base-model file) or anything secret. It is TOML data
+only: importing never runs code or unpickles anything.
+"""
+from __future__ import annotations
+
+import base64
+import re
+import tomllib
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.config import ConfigError, JobConfig, config_to_dict, parse_config
+from engine.presets import deep_merge, list_tiers
+
+PRESET_SCHEMA_VERSION = 1
+CODE_PREFIX = "LFP1."  # LoRA Forge Preset, code format 1
+MAX_PRESET_BYTES = 64 * 1024  # a preset is a few hundred bytes; refuse zip bombs early
+# Fields that hold where things are on one machine; the importer supplies its own.
+LOCAL_FIELDS = {("model", "config_dir"), ("dataset", "path"), ("dataset", "reg_path"),
+                ("output", "dir"), ("output", "logging_dir")}
+_PLACEHOLDER = {"model": {"base": "preset/placeholder"}, "dataset": {"path": "preset-placeholder"}}
+_LOCAL_PATH = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\|\.{1,2}[\\/])")
+
+
+class PresetError(ValueError):
+    pass
+
+
+class PresetMetadata(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=80)
+    author: str = Field("", max_length=80)
+    description: str = Field("", max_length=2000)
+    method: str = "lora"
+    base_family: Literal["sd15", "sd2", "sdxl", "any"] = "any"
+    target_tier: str = Field("any", description="VRAM tier it was tuned for (cpu, 4gb, ... 24gb+)")
+    schema_version: int = PRESET_SCHEMA_VERSION
+
+
+# Preset schema migrations: MIGRATIONS[v] turns a version-v preset dict into version v + 1.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def _is_local_path(value: Any) -> bool:
+    return isinstance(value, str) and bool(_LOCAL_PATH.match(value.strip()))
+
+
+def _diff(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            sub = _diff(value, defaults[key])
+            if sub:
+                out[key] = sub
+        elif key not in defaults or defaults[key] != value:
+            out[key] = value
+    return out
+
+
+def _defaults_for(method: str) -> dict[str, Any]:
+    job = deep_merge(_PLACEHOLDER, {"network": {"type": method}}) if method != "lora" else _PLACEHOLDER
+    if method in ("textual_inversion", "dreamartist"):
+        job = deep_merge(job, {"network": {"token": "placeholder"}})
+    return config_to_dict(parse_config(job))
+
+
+def preset_settings(cfg: JobConfig) -> dict[str, Any]:
+    """The job's settings that differ from the defaults, without local paths."""
+    method = cfg.network.type
+    delta = _diff(config_to_dict(cfg), _defaults_for(method))
+    delta.pop("schema_version", None)
+    for section, key in LOCAL_FIELDS:
+        delta.get(section, {}).pop(key, None)
+    model = delta.get("model", {})
+    base = str(model.get("base", ""))
+    if base and (_is_local_path(base) or base.endswith((".safetensors", ".ckpt")) or Path(base).exists()):
+        model.pop("base")  # a file or folder on this machine; a hub id or "embedded" is shareable
+    for section in list(delta):
+        if isinstance(delta[section], dict):
+            for key, value in list(delta[section].items()):
+                if _is_local_path(value):
+                    delta[section].pop(key)
+            if not delta[section]:
+                delta.pop(section)
+    if method != "lora":  # the type first: it decides what the other network keys mean
+        delta["network"] = {"type": method, **delta.get("network", {})}
+    return delta
+
+
+def export_preset(cfg: JobConfig, name: str, author: str = "", description: str = "",
+                  base_family: str = "any", target_tier: str = "any") -> str:
+    """The shareable TOML text: ``[metadata]`` first, then the sparse settings."""
+    meta = PresetMetadata(name=name, author=author, description=description, method=cfg.network.type,
+                          base_family=base_family, target_tier=target_tier)
+    _check_tier(meta.target_tier)
+    return tomli_w.dumps({"metadata": meta.model_dump(), **preset_settings(cfg)})
+
+
+def to_code(preset_toml: str) -> str:
+    """A one-line text code for chats and forums: prefix + base64url(zlib(TOML))."""
+    packed = zlib.compress(preset_toml.encode("utf-8"), 9)
+    return CODE_PREFIX + base64.urlsafe_b64encode(packed).decode("ascii").rstrip("=")
+
+
+def from_code(code: str) -> str:
+    body = "".join(code.split())[len(CODE_PREFIX):]
+    try:
+        packed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(packed, MAX_PRESET_BYTES + 1)
+        if len(raw) > MAX_PRESET_BYTES or inflater.unconsumed_tail:
+            raise PresetError(f"preset code expands beyond {MAX_PRESET_BYTES // 1024} KiB; not a preset")
+        return raw.decode("utf-8")
+    except (ValueError, zlib.error, UnicodeDecodeError) as err:
+        if isinstance(err, PresetError):
+            raise
+        raise PresetError("not a valid preset code (it may be cut off: copy the whole line)") from None
+
+
+def _check_tier(tier: str) -> None:
+    if tier != "any" and tier not in list_tiers():
+        raise PresetError(f"metadata.target_tier: unknown tier {tier!r} (one of any, {', '.join(list_tiers())})")
+
+
+def _migrate(data: dict[str, Any], version: int) -> dict[str, Any]:
+    while version < PRESET_SCHEMA_VERSION:
+        if version not in MIGRATIONS:
+            raise PresetError(f"metadata.schema_version {version} cannot be read by this build")
+        data = MIGRATIONS[version](data)
+        version += 1
+        data["metadata"]["schema_version"] = version
+    return data
+
+
+def parse_preset(text: str) -> tuple[PresetMetadata, dict[str, Any]]:
+    """(metadata, settings) from preset TOML or a text code; every problem is a PresetError that
+    names the field."""
+    text = text.strip()
+    if text.startswith(CODE_PREFIX):
+        text = from_code(text)
+    if len(text.encode("utf-8")) > MAX_PRESET_BYTES:
+        raise PresetError(f"preset is larger than {MAX_PRESET_BYTES // 1024} KiB; not a preset")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise PresetError(f"not valid TOML: {err}") from None
+    meta_raw = data.get("metadata")
+    if not isinstance(meta_raw, dict):
+        raise PresetError("a preset needs a [metadata] table (name, schema_version, ...)")
+    version = meta_raw.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise PresetError(f"metadata.schema_version: must be an integer (got {version!r})")
+    if version > PRESET_SCHEMA_VERSION:
+        raise PresetError(f"metadata.schema_version {version} is newer than this build reads "
+                          f"({PRESET_SCHEMA_VERSION}); update LoRA Forge")
+    if version < 1:
+        raise PresetError(f"metadata.schema_version {version} is not a valid version (versions start at 1)")
+    data = _migrate(data, version)
+    try:
+        meta = PresetMetadata.model_validate(data.pop("metadata"))
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            field = ".".join(str(p) for p in e["loc"])
+            msg = "unknown field (check the spelling)" if e["type"] == "extra_forbidden" else e["msg"]
+            problems.append(f"metadata.{field}: {msg}")
+        raise PresetError("; ".join(problems)) from None
+    _check_tier(meta.target_tier)
+    for section, key in sorted(LOCAL_FIELDS):
+        if key in data.get(section, {}):
+            raise PresetError(f"{section}.{key}: a preset carries no local paths; remove it")
+    method = data.get("network", {}).get("type", "lora")
+    if method != meta.method:
+        raise PresetError(f"metadata.method is {meta.method!r} but network.type is {method!r}")
+    try:
+        parse_config(deep_merge(_PLACEHOLDER, data))
+    except ConfigError as err:
+        raise PresetError(str(err).replace("invalid job config", "invalid preset settings")) from None
+    return meta, data
+
+
+def job_from_preset(text: str, base: str, dataset: str, output_dir: str = "output",
+                    name: str | None = None) -> JobConfig:
+    """A full job: the preset's settings with this machine's base model, dataset and output."""
+    meta, settings = parse_preset(text)
+    own = {"model": {"base": base}, "dataset": {"path": dataset},
+           "output": {"dir": output_dir, **({"name": name} if name else {})}}
+    if "base" in settings.get("model", {}) and not base:
+        own["model"].pop("base")
+    return parse_config(deep_merge(settings, own))
