@@ -233,3 +233,34 @@ def test_card_cli_uploads(trained_lora, hub, tmp_path, monkeypatch):
                  "--upload", "tester/cli-lora", "--hub-endpoint", hub.url]) == 0
     files = hub.repos["tester/cli-lora"]["files"]
     assert sorted(files) == ["README.md", "card.html", "card.json", "tiny.json", "tiny.safetensors"]
+
+
+@pytest.mark.parametrize("method", ["textual_inversion", "hypernetwork"])
+def test_cards_for_embeddings_and_hypernetworks(method, tiny_model_dir, tiny_dataset, tmp_path):
+    """A 2-step real run of each; the card finds its job, names the type and shows the A1111 way
+    to use the file at the recommended strength in the sample's parameters text."""
+    from conftest import lora_job
+    from engine.config import parse_config
+    from engine.trainer import train
+
+    job = lora_job(tiny_model_dir, tiny_dataset, tmp_path / "out", training={"max_steps": 2})
+    job["network"] = ({"type": "textual_inversion", "token": "zkzstar", "num_vectors": 2}
+                      if method == "textual_inversion" else {"type": "hypernetwork"})
+    job["output"]["name"] = "thing"
+    result = train(parse_config(job))
+    file = result.final_path if method == "hypernetwork" else result.final_path.with_suffix(".pt")
+    out = export_card(file, tmp_path / "export", job=load_job_for(result.final_path),
+                      base=str(tiny_model_dir), preferred_weight=0.8,
+                      samples=SampleSettings(prompts=["a star"], count=1, steps=2, size=64))
+    data = json.loads(out.files["card_json"].read_text())
+    text = Image.open(out.folder / out.samples[0].path).text["parameters"].splitlines()[0]
+    version = data["modelVersions"][0]
+    if method == "textual_inversion":
+        assert data["type"] == "TextualInversion" and version["trainedWords"] == ["thing"]
+        assert text == "(thing:0.8), a star"  # the file name is the word, as in A1111
+    else:
+        assert data["type"] == "Hypernetwork" and version["files"][0]["metadata"]["format"] == "PickleTensor"
+        assert text == "a star <hypernet:thing:0.8>"
+    assert version["baseModel"] == "SD 1.5" and version["steps"] == 2
+    assert version["files"][0]["hashes"]["SHA256"] == hashlib.sha256(file.read_bytes()).hexdigest().upper()
+    assert json.loads(out.files["sidecar"].read_text())["preferred weight"] == 0.8
