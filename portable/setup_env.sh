@@ -3,6 +3,7 @@
 # Idempotent and quick on a second run: it skips pip when the requirement files are unchanged.
 #   bash portable/setup_env.sh          runtime only
 #   bash portable/setup_env.sh --dev    runtime + test tools
+#   bash portable/setup_env.sh --print-torch-variant   which PyTorch build it would install
 # A bundle built by portable/build_bundle.py has a wheelhouse/ folder: then everything installs
 # from it, offline (pip --no-index). Otherwise PyTorch is the CUDA build when nvidia-smi finds a
 # GPU and the smaller CPU build when not (override: LORAFORGE_TORCH=cuda|cpu).
@@ -32,6 +33,7 @@ torch_variant() {
   else echo "cpu"; fi
 }
 VARIANT="$(torch_variant)"
+if [ "$DEV" = "--print-torch-variant" ]; then echo "$VARIANT"; exit 0; fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "creating virtual environment in $VENV"

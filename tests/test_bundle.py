@@ -100,3 +100,26 @@ def test_setup_says_when_python_is_missing(tmp_path):
     assert result.returncode == 1
     assert "LoRA Forge needs Python 3.11 or newer" in result.stderr
     assert not (tmp_path / "venv").exists()
+
+
+@pytest.mark.parametrize("smi, override, expected", [
+    ("exit 0", None, "cuda"),  # nvidia-smi lists a GPU
+    ("exit 9", None, "cpu"),   # nvidia-smi present but no usable driver/GPU
+    (None, None, "cpu"),       # no NVIDIA tools at all
+    ("exit 0", "cpu", "cpu"),  # the user's choice wins
+])
+def test_torch_build_follows_nvidia_smi(tmp_path, smi, override, expected):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if smi is not None:
+        fake = bin_dir / "nvidia-smi"
+        fake.write_text(f"#!/bin/sh\n{smi}\n")
+        fake.chmod(0o755)
+    env = offline_env(tmp_path)
+    env["PATH"] = f"{bin_dir}:/usr/bin:/bin"
+    env["PYTHON"] = sys.executable  # a real interpreter, not a shim that needs the full PATH
+    if override:
+        env["LORAFORGE_TORCH"] = override
+    result = run(["bash", str(ROOT / "portable" / "setup_env.sh"), "--print-torch-variant"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
