@@ -51,11 +51,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.models.loader import ModelLoadError
     from engine.progress import TqdmProgress
     from engine.setup import SetupError
+    from engine.train_state import StateError
     from engine.trainer import train
 
     try:
-        result = train(cfg, TqdmProgress(print_every=args.print_every))
-    except (ModelLoadError, DatasetError, SetupError) as err:
+        result = train(cfg, TqdmProgress(print_every=args.print_every), resume=args.resume)
+    except (ModelLoadError, DatasetError, SetupError, StateError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"done: {result.steps} steps, final file {result.final_path}")
@@ -144,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True)
     train.add_argument("--tier", help="merge a hardware preset tier under the job ('auto' = probe)")
     train.add_argument("--print-every", type=int, default=1, help="loss line every N steps (0 = off)")
+    train.add_argument("--resume", nargs="?", const="auto", metavar="STATE",
+                       help="continue from the newest saved training state (or this state folder)")
     train.set_defaults(func=cmd_train)
 
     grid = sub.add_parser("grid", help="XYZ grid: checkpoints x LoRA weights (x prompts or seeds)")

@@ -250,6 +250,12 @@ class OutputConfig(_Section):
     name: str = Field(default="my_lora", min_length=1, max_length=128,
                       pattern=r"^[^/\\:*?\"<>|\x00-\x1f]+$")
     save_every_n_epochs: int = Field(default=1, ge=0, description="0 = only the final file.")
+    save_state: bool = Field(default=False, description="Also save a resumable training state with "
+                             "each epoch file and when stopped (train --resume continues from it).")
+    save_state_every_n_steps: int = Field(default=0, ge=0, description="Save the resumable state "
+                                          "every N steps as well (0 = off).")
+    keep_states: int = Field(default=2, ge=1, le=100, description="Saved states to keep; older "
+                             "ones are deleted.")
     save_precision: Literal["fp16", "bf16", "fp32"] = "fp16"
     author: str = ""
     description: str = ""

@@ -50,10 +50,23 @@ class CurveWriter(Callbacks):
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.lrs: list[float] = []
+        self.resume_step: int | None = None  # set by the trainer when resuming
 
     def on_start(self, total_steps: int) -> None:
+        """A fresh CSV, or, when ``resume_step`` is set, the interrupted run's rows up to it
+        (later rows are steps that will be trained again)."""
         self.csv.parent.mkdir(parents=True, exist_ok=True)
-        self.csv.write_text("step,epoch,loss,lr\n", encoding="utf-8")
+        rows = []
+        if self.resume_step is not None and self.csv.is_file():
+            for line in self.csv.read_text(encoding="utf-8").splitlines()[1:]:
+                parts = line.split(",")
+                if len(parts) == 4 and int(parts[0]) <= self.resume_step:
+                    rows.append(line + "\n")
+                    self.steps.append(int(parts[0]))
+                    self.losses.append(float(parts[2]))
+                    self.lrs.append(float(parts[3]))
+        atomic_write(self.csv, lambda tmp: tmp.write_text("step,epoch,loss,lr\n" + "".join(rows),
+                                                          encoding="utf-8"))
 
     def on_step(self, info: StepInfo) -> None:
         self.steps.append(info.step)

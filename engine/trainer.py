@@ -6,6 +6,7 @@ saves what was learned.
 """
 from __future__ import annotations
 
+import os
 import random
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from accelerate.utils import set_seed
 from engine.callbacks import CallbackList, Callbacks, StepInfo, StopToken, TrainResult
 from engine.config import JOB_SUFFIX, JobConfig, save_config
 from engine.curves import CurveWriter
+from engine.train_state import (Position, StateError, find_latest, job_fingerprint, load_state,
+                                restore, save_state, state_root)
 from engine.export.checkpoint import checkpoint_metadata, save_checkpoint_file, save_diffusers_folder
 from engine.export.metadata import lora_metadata, modelspec_architecture
 from engine.export.safetensors_io import save_with_metadata
@@ -72,6 +75,26 @@ def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path
     return save_checkpoint_file(s.model, unet, tes, path, meta, cfg.output.save_precision)
 
 
+def _find_resume_state(cfg: JobConfig, resume: Path | str | None) -> Path | None:
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        found = find_latest(state_root(cfg))
+        if found is None:
+            raise StateError(f"no saved training state in {state_root(cfg)} to resume from (set "
+                             "output.save_state or output.save_state_every_n_steps to save one)")
+        return found
+    path = Path(resume)
+    if (path / "latest").is_file() or any(path.glob("step-*")):  # the state folder itself
+        found = find_latest(path)
+        if found is None:
+            raise StateError(f"no complete training state in {path}")
+        return found
+    if not path.is_dir():
+        raise StateError(f"training state not found: {path}")
+    return path
+
+
 def tensorboard_logger(cfg: JobConfig) -> TensorBoardLogger | None:
     if cfg.output.log_with != "tensorboard":
         return None
@@ -83,10 +106,12 @@ def tensorboard_logger(cfg: JobConfig) -> TensorBoardLogger | None:
 
 
 def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | None = None,
-          model: LoadedModel | None = None) -> TrainResult:
+          model: LoadedModel | None = None, resume: Path | str | None = None) -> TrainResult:
+    """Run the job. ``resume``: a state folder, or "auto" for the newest state of this job."""
     stop = stop or StopToken()
-    cb = CallbackList(CurveWriter(Path(cfg.output.dir), cfg.output.name, plot_every=25),
-                      tensorboard_logger(cfg), callbacks)
+    resumed = _find_resume_state(cfg, resume)  # before any work: a bad --resume fails at once
+    curves = CurveWriter(Path(cfg.output.dir), cfg.output.name, plot_every=25)
+    cb = CallbackList(curves, tensorboard_logger(cfg), callbacks)
     t = cfg.training
     # accelerate keeps its state in a process-wide singleton; a long-running app trains many jobs
     # (with different precisions) in one process, so start each job from a clean state. The
@@ -120,17 +145,46 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
             s.network.train()
         cb.on_sample(paths, epoch, step)
 
+    sampler = s.loader.batch_sampler
+    fingerprint = job_fingerprint(cfg)
+    step, start_epoch = 0, 1
+    if resumed is not None:
+        state = load_state(resumed, fingerprint)
+        restore(state, s.trainable, optimizer, scheduler, caption_rng)
+        pos = state.position
+        sampler.resume(pos.sampler_state, pos.skip_batches)
+        step, start_epoch, result.losses = pos.step, pos.epoch, list(state.losses)
+        cb.on_log(f"resumed from {resumed} (step {step}, epoch {start_epoch}, "
+                  f"{pos.skip_batches} batches of it done)")
+        curves.resume_step = step
     cb.on_start(s.total_steps)
 
-    step, epoch = 0, 0
-    for epoch in range(1, t.epochs + 1):
+    def checkpoint_state(epoch: int, batches_done: int, epoch_finished: bool) -> None:
+        """Save the resumable state. Mid-epoch (also after its last batch, so a resumed run still
+        does the epoch's end-of-epoch saves): the epoch's start + batches done; after the
+        end-of-epoch work: the next epoch, fresh."""
+        if epoch_finished:
+            pos = Position(step, epoch + 1, 0, sampler.generator.get_state())
+        else:
+            pos = Position(step, epoch, batches_done, sampler.epoch_start_state)
+        path = save_state(state_root(cfg), fingerprint, pos, s.trainable, optimizer, scheduler,
+                          caption_rng, result.losses, keep=cfg.output.keep_states,
+                          pause_for_tests=float(os.environ.get("LORAFORGE_TEST_STATE_PAUSE", 0)))
+        cb.on_log(f"training state saved: {path}")
+
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, t.epochs + 1):
+        if step >= s.total_steps:
+            break
         unet.train()
         for te in tes:
             te.train(s.train_te)
         if s.network is not None:
             s.network.train()
         epoch_losses, accum = [], []
+        batches_done = sampler.pending_skip
         for batch in loader:
+            batches_done += 1
             with accelerator.accumulate(unet, *tes) if s.train_te else accelerator.accumulate(unet):
                 latents = (batch["latents"].to(accelerator.device) if "latents" in batch
                            else encode_latents(s.model, batch["pixels"]))
@@ -179,7 +233,13 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                 cb.on_step(StepInfo(step, s.total_steps, epoch, step_loss, scheduler.get_last_lr()[0]))
                 if should_sample(cfg, step=step) and accelerator.is_main_process:
                     take_samples(epoch, step)
-                if step >= s.total_steps or stop.stopped:
+                n_state = cfg.output.save_state_every_n_steps
+                stopping = step >= s.total_steps or stop.stopped
+                if accelerator.is_main_process and (
+                        (n_state and step % n_state == 0 and not stopping)
+                        or (stop.stopped and cfg.output.save_state)):
+                    checkpoint_state(epoch, batches_done, False)
+                if stopping:
                     break
         cb.on_epoch_end(epoch, sum(epoch_losses) / max(len(epoch_losses), 1))
         result.epochs_done = epoch
@@ -190,6 +250,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                                epoch, step)
             result.saved.append(path)
             cb.on_saved(path, epoch, step)
+            if cfg.output.save_state:
+                checkpoint_state(epoch, batches_done, True)
         if should_sample(cfg, epoch=epoch) and accelerator.is_main_process:
             take_samples(epoch, step)
         if finished:

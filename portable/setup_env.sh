@@ -64,7 +64,8 @@ else
   pip_install --upgrade pip
   if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_PIN' else 1)" 2>/dev/null; then
     case "$VARIANT" in
-      cpu) pip_install "torch==$TORCH_PIN+cpu" --extra-index-url https://download.pytorch.org/whl/cpu ;;
+      # only the torch wheel from PyTorch's index; its dependencies come from PyPI below
+      cpu) pip_install --no-deps "torch==$TORCH_PIN+cpu" --extra-index-url https://download.pytorch.org/whl/cpu ;;
       *) pip_install "torch==$TORCH_PIN" ;;  # PyPI's Linux wheel is the CUDA build
     esac
   fi

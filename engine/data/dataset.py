@@ -116,9 +116,11 @@ class TrainingSamples(Dataset):
         return [it.caption for it in self._unique]
 
     def __getitem__(self, k: int) -> dict:
-        entry = self._entries[k]
+        """Index ``k + len(self)`` is entry ``k`` mirrored: the batch sampler decides flips
+        from its own seeded generator, so a resumed run flips exactly like an unbroken one."""
+        flip = k >= len(self._entries)
+        entry = self._entries[k - len(self._entries) if flip else k]
         i = entry.unique
-        flip = bool(self.flip_aug and torch.rand(()) < 0.5)
         out: dict = {"caption": self._unique[i].caption, "loss_weight": entry.loss_weight,
                      "time_ids": self.size_conditioning(i)}
         if self._latents is not None:
@@ -132,27 +134,51 @@ class TrainingSamples(Dataset):
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches whose images share one training size (a tensor batch needs equal shapes):
     entries are shuffled within each bucket, cut into batches, and the batches shuffled, all from
-    a seeded generator (same seed, same order). With one bucket it is a plain shuffled loader."""
+    a seeded generator (same seed, same order). With one bucket it is a plain shuffled loader.
 
-    def __init__(self, keys: list[tuple[int, int]], batch_size: int, seed: int):
+    With ``flip`` each entry is mirrored with probability 1/2, decided here (index + number of
+    entries = mirrored). ``state()`` / ``resume()`` put an interrupted epoch back exactly: the
+    generator as it was when the epoch began, and how many batches were already trained."""
+
+    def __init__(self, keys: list[tuple[int, int]], batch_size: int, seed: int, flip: bool = False):
         self.keys = keys
         self.batch_size = batch_size
+        self.flip = flip
         self.generator = torch.Generator().manual_seed(seed)
         groups: dict[tuple[int, int], list[int]] = {}
         for idx, key in enumerate(keys):
             groups.setdefault(key, []).append(idx)
         self.groups = [groups[k] for k in sorted(groups)]
+        self.epoch_start_state = self.generator.get_state()
+        self._skip = 0
 
     def __len__(self) -> int:
         return sum(-(-len(g) // self.batch_size) for g in self.groups)
 
+    @property
+    def pending_skip(self) -> int:
+        """Batches the next epoch will skip (read before iterating it)."""
+        return self._skip
+
+    def resume(self, generator_state: torch.Tensor, skip_batches: int) -> None:
+        """The next epoch replays the one that began at ``generator_state``, minus its first
+        ``skip_batches`` batches (already trained)."""
+        self.generator.set_state(generator_state)
+        self._skip = skip_batches
+
     def __iter__(self) -> Iterator[list[int]]:
+        self.epoch_start_state = self.generator.get_state()
+        n = len(self.keys)
         batches = []
         for g in self.groups:
             order = torch.randperm(len(g), generator=self.generator).tolist()
             members = [g[j] for j in order]
+            if self.flip:
+                mirrored = torch.rand(len(members), generator=self.generator) < 0.5
+                members = [m + n if f else m for m, f in zip(members, mirrored.tolist())]
             batches += [members[s:s + self.batch_size] for s in range(0, len(members), self.batch_size)]
-        for j in torch.randperm(len(batches), generator=self.generator).tolist():
+        skip, self._skip = self._skip, 0
+        for j in torch.randperm(len(batches), generator=self.generator).tolist()[skip:]:
             yield batches[j]
 
 
