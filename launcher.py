@@ -27,8 +27,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from engine.config import ConfigError, parse_config
 
+    tier = None
     try:
-        data = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+        user_job = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+        data = user_job
         if args.tier:
             from engine.hardware import pick_tier, probe
             from engine.presets import apply_tier
@@ -38,7 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(tier.reason)
             name = getattr(tier, "name", tier)
             print(f"preset tier: {name} (values in {args.config} take precedence)")
-            data = apply_tier({}, tier, data)
+            data = apply_tier({}, tier, user_job)
         cfg = parse_config(data)
     except FileNotFoundError:
         print(f"error: config file not found: {args.config}", file=sys.stderr)
@@ -51,12 +53,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.models.loader import ModelLoadError
     from engine.progress import TqdmProgress
     from engine.setup import SetupError
+    from engine.guards import DiskFullError, TrainingDiverged
+    from engine.tier_fallback import train_with_tier_fallback
     from engine.train_state import StateError
     from engine.trainer import train
 
+    progress = TqdmProgress(print_every=args.print_every)
     try:
-        result = train(cfg, TqdmProgress(print_every=args.print_every), resume=args.resume)
-    except (ModelLoadError, DatasetError, SetupError, StateError) as err:
+        if tier is not None:  # out of GPU memory at the start: one retry with the next smaller tier
+            result = train_with_tier_fallback(user_job, tier, progress, resume=args.resume)
+        else:
+            result = train(cfg, progress, resume=args.resume)
+    except (ModelLoadError, DatasetError, SetupError, StateError, TrainingDiverged, DiskFullError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"done: {result.steps} steps, final file {result.final_path}")

@@ -70,8 +70,5 @@ def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Cal
         te_cache.build(dataset.captions(), caption_encoder(model, t.clip_skip))
         cb.on_log(f"text-encoder outputs cached for {len(te_cache)} distinct captions")
     sampler = BucketBatchSampler(dataset.bucket_keys(), t.batch_size, t.seed, flip=cfg.dataset.flip_aug)
-    # its own generator: a DataLoader draws a base seed from the global RNG at every epoch start
-    # otherwise, and a resumed run must see the global RNG exactly where the interrupted one left it
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0,
-                        generator=torch.Generator().manual_seed(t.seed))
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
     return DataSetup(dataset, loader, te_cache)

@@ -181,11 +181,17 @@ def restore(state: TrainState, trainable: list[torch.Tensor], optimizer, schedul
             live.copy_(saved.to(live.device, live.dtype))
     optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict(state.scheduler)
+    caption_rng.setstate(_as_rng_state(state.rng["caption"]))
+    random.setstate(_as_rng_state(state.rng["python"]))
+
+
+def restore_torch_rng(state: TrainState) -> None:
+    """The global torch generators, set separately: only once the resumed epoch's data iterator
+    exists (creating one draws a seed from the global RNG, which the interrupted run did at the
+    start of that epoch, before its state was saved)."""
     torch.set_rng_state(state.rng["torch"])
     if "cuda" in state.rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state.rng["cuda"])
-    caption_rng.setstate(_as_rng_state(state.rng["caption"]))
-    random.setstate(_as_rng_state(state.rng["python"]))
 
 
 def _as_rng_state(value) -> tuple:

@@ -19,8 +19,9 @@ from accelerate.utils import set_seed
 from engine.callbacks import CallbackList, Callbacks, StepInfo, StopToken, TrainResult
 from engine.config import JOB_SUFFIX, JobConfig, save_config
 from engine.curves import CurveWriter
+from engine.guards import bytes_needed, check_loss, guarded_save
 from engine.train_state import (Position, StateError, find_latest, job_fingerprint, load_state,
-                                restore, save_state, state_root)
+                                restore, restore_torch_rng, save_state, state_root)
 from engine.export.checkpoint import checkpoint_metadata, save_checkpoint_file, save_diffusers_folder
 from engine.export.metadata import lora_metadata, modelspec_architecture
 from engine.export.safetensors_io import save_with_metadata
@@ -73,6 +74,31 @@ def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path
     if final and cfg.network.save_diffusers:
         save_diffusers_folder(s.model, unet, tes, path.with_suffix(""))
     return save_checkpoint_file(s.model, unet, tes, path, meta, cfg.output.save_precision)
+
+
+def epoch_batches(loader, after_start=None):
+    """The loader's batches; ``after_start()`` runs once its iterator has been created (and
+    drew its per-epoch seed), before the first batch is trained, or at once for an empty epoch."""
+    iterator = iter(loader)
+    try:
+        first = next(iterator)
+    except StopIteration:
+        if after_start:
+            after_start()
+        return
+    if after_start:
+        after_start()
+    yield first
+    yield from iterator
+
+
+def output_bytes(cfg: JobConfig, s: TrainingSetup) -> int:
+    """About how large the method's saved file will be (for the free-space check)."""
+    per_value = 4 if cfg.output.save_precision == "fp32" else 2
+    if cfg.network.type == "dreambooth":  # the whole model goes into the file (and a folder)
+        modules = (s.model.unet, *s.model.text_encoders, s.model.vae)
+        return 2 * bytes_needed([p for m in modules for p in m.parameters()], per_value)
+    return bytes_needed(s.trainable, per_value)
 
 
 def _find_resume_state(cfg: JobConfig, resume: Path | str | None) -> Path | None:
@@ -147,7 +173,7 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
 
     sampler = s.loader.batch_sampler
     fingerprint = job_fingerprint(cfg)
-    step, start_epoch = 0, 1
+    step, start_epoch, state = 0, 1, None
     if resumed is not None:
         state = load_state(resumed, fingerprint)
         restore(state, s.trainable, optimizer, scheduler, caption_rng)
@@ -167,9 +193,11 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
             pos = Position(step, epoch + 1, 0, sampler.generator.get_state())
         else:
             pos = Position(step, epoch, batches_done, sampler.epoch_start_state)
-        path = save_state(state_root(cfg), fingerprint, pos, s.trainable, optimizer, scheduler,
-                          caption_rng, result.losses, keep=cfg.output.keep_states,
-                          pause_for_tests=float(os.environ.get("LORAFORGE_TEST_STATE_PAUSE", 0)))
+        path = guarded_save(
+            lambda: save_state(state_root(cfg), fingerprint, pos, s.trainable, optimizer, scheduler,
+                               caption_rng, result.losses, keep=cfg.output.keep_states,
+                               pause_for_tests=float(os.environ.get("LORAFORGE_TEST_STATE_PAUSE", 0))),
+            out_dir, bytes_needed(s.trainable, 12), "the training state")  # fp32 values + 2 Adam moments
         cb.on_log(f"training state saved: {path}")
 
     epoch = start_epoch - 1
@@ -183,7 +211,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
             s.network.train()
         epoch_losses, accum = [], []
         batches_done = sampler.pending_skip
-        for batch in loader:
+        resuming = state is not None and epoch == start_epoch
+        for batch in epoch_batches(loader, (lambda: restore_torch_rng(state)) if resuming else None):
             batches_done += 1
             with accelerator.accumulate(unet, *tes) if s.train_te else accelerator.accumulate(unet):
                 latents = (batch["latents"].to(accelerator.device) if "latents" in batch
@@ -215,6 +244,9 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                 if t.min_snr_gamma:
                     weights = weights * min_snr_weights(noise_sched, timesteps, t.min_snr_gamma, pred_type)
                 loss = diffusion_loss(pred, target, weights)
+                loss_value = loss.detach().item()
+                check_loss(loss_value, step + 1, epoch, result.saved[-1] if result.saved else None,
+                           t.mixed_precision)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.optimizer.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(s.trainable, cfg.optimizer.max_grad_norm)
@@ -223,7 +255,7 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                     s.ti.restore_frozen_rows()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            accum.append(loss.detach().item())
+            accum.append(loss_value)
             if accelerator.sync_gradients:
                 step += 1
                 step_loss = sum(accum) / len(accum)
@@ -246,8 +278,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         finished = step >= s.total_steps or stop.stopped or epoch == t.epochs
         n = cfg.output.save_every_n_epochs
         if not finished and n and epoch % n == 0 and accelerator.is_main_process:
-            path = save_output(cfg, s, accelerator, out_dir / epoch_file_name(cfg.output.name, epoch),
-                               epoch, step)
+            path = guarded_save(lambda: save_output(cfg, s, accelerator, out_dir / epoch_file_name(
+                cfg.output.name, epoch), epoch, step), out_dir, output_bytes(cfg, s), f"epoch {epoch}")
             result.saved.append(path)
             cb.on_saved(path, epoch, step)
             if cfg.output.save_state:
@@ -262,8 +294,9 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         s.network.eval()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final = save_output(cfg, s, accelerator, out_dir / f"{cfg.output.name}.safetensors", epoch,
-                            step, final=True)
+        final = guarded_save(lambda: save_output(cfg, s, accelerator, out_dir / f"{cfg.output.name}"
+                                                 ".safetensors", epoch, step, final=True),
+                             out_dir, output_bytes(cfg, s), "the final file")
         result.final_path = final
         result.saved.append(final)
         cb.on_saved(final, epoch, step)

@@ -1,0 +1,72 @@
+"""Guards that stop a run with a clear message instead of wasting hours or losing files: a loss
+that turned NaN/inf, a disk that cannot hold the next save, and CUDA running out of memory at
+the start of a tier-sized job (retried once with the next smaller tier).
+"""
+from __future__ import annotations
+
+import errno
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+_MB = 1 << 20
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being a finite number; nothing after that point is worth saving."""
+
+
+class DiskFullError(RuntimeError):
+    pass
+
+
+def check_loss(value: float, step: int, epoch: int, last_good: Path | None, precision: str) -> None:
+    if math.isfinite(value):
+        return
+    kept = (f"The last good file is kept: {last_good}" if last_good else
+            "No file was saved before this point.")
+    fixes = ["lower the learning rate (e.g. halve it)"]
+    if precision == "fp16":
+        fixes.append("train in bf16 or fp32 instead of fp16 (fp16 overflows; an fp16-fixed VAE helps too)")
+    fixes.append("check the dataset for broken or blank images")
+    raise TrainingDiverged(f"the loss became {value} at step {step} (epoch {epoch}); training "
+                           f"stopped and nothing after it was saved. {kept}. Usual fixes: "
+                           + "; ".join(fixes) + ".")
+
+
+def bytes_needed(tensors: list[torch.Tensor], bytes_per_value: int) -> int:
+    return sum(t.numel() for t in tensors) * bytes_per_value
+
+
+def ensure_free_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse to start a save that cannot fit (with a margin), before a byte is written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    want = int(needed * 1.1) + 16 * _MB
+    if free < want:
+        raise DiskFullError(f"not enough free disk space in {folder} to save {what}: about "
+                            f"{want / _MB:.0f} MB needed, {free / _MB:.0f} MB free. Free some space "
+                            "(or set output.dir to another disk); files saved so far are kept.")
+
+
+def guarded_save(save: Callable[[], Any], folder: Path, needed: int, what: str) -> Any:
+    """Check the space, then save; a disk that fills up anyway becomes the same clear error
+    (the atomic writers have already removed their temporary file)."""
+    ensure_free_space(folder, needed, what)
+    try:
+        return save()
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"the disk filled up while saving {what} in {folder} ({err.strerror}); "
+                                "the file was not written and earlier files are kept. Free some "
+                                "space and resume.") from None
+        raise
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
