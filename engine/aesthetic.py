@@ -12,15 +12,17 @@ features at generation time (see aesthetic_apply).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.file_kind import AESTHETIC_KEY
 from engine.fileio import atomic_write
 
-SAFETENSORS_KEY = "aesthetic_embedding"
+SAFETENSORS_KEY = AESTHETIC_KEY
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEFAULT_CLIP = {"sd15": "openai/clip-vit-large-patch14", "sd2": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
 
@@ -67,20 +69,30 @@ def _open_rgb(path: Path):
         raise AestheticError(f"cannot read reference image {Path(path).name}: {err}") from None
 
 
-def load_clip_vision(clip: str, local_files_only: bool = False):
-    """(vision model with projection, image processor) from a hub id or a local folder."""
-    from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
+@contextmanager
+def quiet_transformers():
+    """Loading one tower from a full CLIP folder makes transformers list every weight of the
+    other tower as unexpected; that is expected here, so only errors are shown meanwhile."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # a full CLIP folder also holds the text tower: not an error
+    hf_logging.set_verbosity_error()
     try:
-        model = CLIPVisionModelWithProjection.from_pretrained(clip, local_files_only=local_files_only)
-        processor = CLIPImageProcessorPil.from_pretrained(clip, local_files_only=local_files_only)
-    except OSError as err:
-        raise AestheticError(f"cannot load CLIP '{clip}': {err}") from None
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def load_clip_vision(clip: str, local_files_only: bool = False):
+    """(vision model with projection, image processor) from a hub id or a local folder."""
+    from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
+
+    try:
+        with quiet_transformers():
+            model = CLIPVisionModelWithProjection.from_pretrained(clip, local_files_only=local_files_only)
+            processor = CLIPImageProcessorPil.from_pretrained(clip, local_files_only=local_files_only)
+    except OSError as err:
+        raise AestheticError(f"cannot load CLIP '{clip}': {err}") from None
     return model.eval(), processor
 
 
@@ -135,19 +147,6 @@ def read_embedding(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
         raise AestheticError(f"{path.name}: not an aesthetic embedding (a [1, D] tensor)")
     tensor = tensor.float().reshape(1, -1)
     return tensor / tensor.norm(dim=-1, keepdim=True), meta
-
-
-def is_aesthetic_file(path: Path) -> bool:
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                return SAFETENSORS_KEY in f.keys()
-        return isinstance(torch.load(str(path), map_location="cpu", weights_only=True), torch.Tensor)
-    except Exception:
-        return False
 
 
 def create_aesthetic_embedding(images: Path | list[Path], clip: str, out_dir: Path, name: str,

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.aesthetic import DEFAULT_CLIP, AestheticError, AestheticSettings, read_embedding
+from engine.aesthetic import (DEFAULT_CLIP, AestheticError, AestheticSettings, quiet_transformers,
+                              read_embedding)
 from engine.models.loader import LoadedModel
 from engine.text import encode_prompts, tokenize
 
@@ -42,16 +43,12 @@ def slerp(low: torch.Tensor, high: torch.Tensor, t: float) -> torch.Tensor:
 def load_text_projection(clip: str, local_files_only: bool = False) -> nn.Linear:
     """The CLIP's text projection (text width -> joint embedding width), frozen."""
     from transformers import CLIPTextModelWithProjection
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the vision tower in the folder is expected, not an error
     try:
-        model = CLIPTextModelWithProjection.from_pretrained(clip, local_files_only=local_files_only)
+        with quiet_transformers():
+            model = CLIPTextModelWithProjection.from_pretrained(clip, local_files_only=local_files_only)
     except OSError as err:
         raise AestheticError(f"cannot load CLIP '{clip}' for its text projection: {err}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     return model.text_projection.float().eval().requires_grad_(False)
 
 

@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from engine.export.safetensors_io import load_with_metadata
 from engine.models.loader import LoadedModel
@@ -44,19 +43,6 @@ def read_embedding(path: Path) -> tuple[torch.Tensor, str]:
         raise EmbeddingFileError(f"{path.name}: no 'string_to_param' (not an A1111 embedding)")
     vectors = next(iter(params.values())).float()
     return vectors, str(data.get("name") or path.stem)
-
-
-def is_embedding_file(path: Path) -> bool:
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".safetensors":
-            with safe_open(str(path), "pt") as f:
-                keys = set(f.keys())
-            return "emb_params" in keys or {"clip_l", "clip_g"} <= keys
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-        return isinstance(data, dict) and "string_to_param" in data
-    except Exception:
-        return False
 
 
 def emphasize(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

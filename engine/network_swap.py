@@ -6,31 +6,22 @@ Plain kohya LoRA / LoCon files (``lora_down``/``lora_up`` only) go through :clas
 files with LoHa / LoKr / CP-decomposed modules need lycoris-lora's modules; embeddings are
 recognised by their tensors (``emb_params`` / ``string_to_param``), aesthetic embeddings by
 ``aesthetic_embedding`` or a ``.pt`` holding a bare tensor; any other ``.pt`` is read as a
-hypernetwork. Either way the modules are built once per file *structure* and later epochs only
+hypernetwork (engine/file_kind.py decides, in one read). Either way the modules are built once per file *structure* and later epochs only
 copy tensors in.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors import safe_open
-
-from engine.aesthetic import AestheticError, AestheticSettings, is_aesthetic_file
+from engine.aesthetic import AestheticError, AestheticSettings
 from engine.aesthetic_apply import AestheticSwapper
-from engine.embedding_apply import EmbeddingFileError, EmbeddingSwapper, is_embedding_file
+from engine.embedding_apply import EmbeddingFileError, EmbeddingSwapper
 from engine.export.safetensors_io import load_with_metadata
+from engine.file_kind import read_kind
 from engine.lora_apply import LoraFileError, LoraSwapper
 from engine.models.loader import LoadedModel
 from engine.networks import lycoris_net
 from engine.networks.hypernetwork import HypernetworkFileError, load_hypernetwork
-
-_LYCORIS_ONLY = (".hada_", ".lokr_", ".lora_mid.")
-
-
-def needs_lycoris(keys) -> bool:
-    """True when a file holds module types only lycoris-lora can apply (LoHa, LoKr, CP/Tucker)."""
-    return any(marker in k for k in keys for marker in _LYCORIS_ONLY)
-
 
 class _HookedSwapper:
     """Swappers whose network hooks into the base (LyCORIS, hypernetwork): built once per file
@@ -90,6 +81,10 @@ class HypernetworkSwapper(_HookedSwapper):
         self.network.eval()
 
 
+_SWAPPERS = {"aesthetic": AestheticSwapper, "embedding": EmbeddingSwapper, "lycoris": LycorisSwapper,
+             "hypernetwork": HypernetworkSwapper, "lora": LoraSwapper}
+
+
 class NetworkSwapper:
     """Picks the swapper from the first file; one comparison holds one kind of file."""
 
@@ -133,15 +128,11 @@ class NetworkSwapper:
         return kind(self.model)
 
     def load(self, path: Path) -> None:
-        if is_aesthetic_file(path):
-            kind = AestheticSwapper
-        elif is_embedding_file(path):
-            kind = EmbeddingSwapper
-        elif Path(path).suffix.lower() == ".pt":
-            kind = HypernetworkSwapper
-        else:
-            with safe_open(str(path), "pt") as f:
-                kind = LycorisSwapper if needs_lycoris(f.keys()) else LoraSwapper
+        found = read_kind(path).kind
+        if found in _SWAPPERS:
+            kind = _SWAPPERS[found]
+        else:  # the reader of the file's form explains what is wrong with it
+            kind = HypernetworkSwapper if Path(path).suffix.lower() == ".pt" else LoraSwapper
         if self._impl is None:
             try:
                 self._impl = self._new(kind)

@@ -12,7 +12,6 @@ import base64
 import re
 import tomllib
 import zlib
-from pathlib import Path
 from typing import Any, Callable, Literal
 
 import tomli_w
@@ -75,6 +74,7 @@ def _defaults_for(method: str) -> dict[str, Any]:
 
 def preset_settings(cfg: JobConfig) -> dict[str, Any]:
     """The job's settings that differ from the defaults, without local paths."""
+    from engine.models.loader import EMBEDDED_NAMES, looks_like_path  # the loader's own rule
     method = cfg.network.type
     delta = _diff(config_to_dict(cfg), _defaults_for(method))
     delta.pop("schema_version", None)
@@ -82,7 +82,7 @@ def preset_settings(cfg: JobConfig) -> dict[str, Any]:
         delta.get(section, {}).pop(key, None)
     model = delta.get("model", {})
     base = str(model.get("base", ""))
-    if base and (_is_local_path(base) or base.endswith((".safetensors", ".ckpt")) or Path(base).exists()):
+    if base and base not in EMBEDDED_NAMES and looks_like_path(base):
         model.pop("base")  # a file or folder on this machine; a hub id or "embedded" is shareable
     for section in list(delta):
         if isinstance(delta[section], dict):

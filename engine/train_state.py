@@ -126,9 +126,8 @@ def _prune(root: Path, keep: int, newest: Path) -> None:
     for old in complete[:-keep]:
         if old != newest:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(f"{_TMP_PREFIX}*"):  # left by a run killed while saving
-        if str(os.getpid()) not in stale.name:
-            shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(f"{_TMP_PREFIX}*"):  # left by a run killed while saving (ours is renamed)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _complete(path: Path) -> bool:

@@ -150,14 +150,17 @@ def test_other_file_kinds_get_their_civitai_type(tmp_path):
     save_embedding(torch.ones(1, 16), tmp_path, "style", "some/clip", 3)
     torch.save({320: (({}, {})), "layer_structure": [1, 2, 1], "name": "hn", "step": 5},
                tmp_path / "hn.pt")
+    save_with_metadata({"lora_unet_x.hada_w1_a": torch.zeros(2, 2)}, tmp_path / "foreign_loha.safetensors", {})
     expected = {"emb.safetensors": ("TextualInversion", "SD 1.5", ["myword"]),
                 "xl_emb.safetensors": ("TextualInversion", "SDXL 1.0", ["xlword"]),
                 "style.pt": ("AestheticGradient", "Other", []),
                 "style.safetensors": ("AestheticGradient", "Other", []),
-                "hn.pt": ("Hypernetwork", "SD 1.5", [])}
+                "hn.pt": ("Hypernetwork", "SD 1.5", []),
+                "foreign_loha.safetensors": ("LoCon", "Other", [])}  # no kohya metadata
     for name, (kind, base, words) in expected.items():
         facts = gather_facts(tmp_path / name)
         assert (facts.civitai_type, facts.base_model, facts.trigger_words) == (kind, base, words), name
+    assert gather_facts(tmp_path / "foreign_loha.safetensors").params["loraType"] == "loha"
     (tmp_path / "junk.safetensors").write_bytes(b"nope")
     with pytest.raises(CardError, match="junk.safetensors: cannot read"):
         gather_facts(tmp_path / "junk.safetensors")

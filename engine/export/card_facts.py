@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from engine.config import JobConfig
-from engine.export.hashes import legacy_hash, safetensors_file_data_hash, sha256_file
+from engine.export.hashes import file_digests, legacy_hash
+from engine.file_kind import read_kind
 
 CIVITAI_TYPE = {"lora": "LORA", "locon": "LoCon", "loha": "LoCon", "lokr": "LoCon",
                 "textual_inversion": "TextualInversion", "dreamartist": "TextualInversion",
@@ -78,57 +77,46 @@ class CardFacts:
 def file_hashes(path: Path) -> dict[str, str]:
     """Civitai's hash names, upper case as Civitai shows them. AutoV3 only for safetensors."""
     path = Path(path)
-    sha = sha256_file(path)
-    crc = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            crc = zlib.crc32(chunk, crc)
+    sha, crc, data_sha = file_digests(path, path.suffix.lower() == ".safetensors")
     out = {"AutoV1": legacy_hash(path).upper(), "AutoV2": sha[:10].upper(), "SHA256": sha.upper(),
            "CRC32": f"{crc:08X}"}
-    if path.suffix.lower() == ".safetensors":
-        out["AutoV3"] = safetensors_file_data_hash(path)[:12].upper()
+    if data_sha is not None:
+        out["AutoV3"] = data_sha[:12].upper()
     return out
 
 
 def _read(path: Path) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """(kind, metadata, extra facts) from the file's own contents."""
+    """(kind, metadata, extra facts) from the file's own contents (one read, engine/file_kind)."""
+    found = read_kind(path)
+    if found.error:
+        raise CardError(f"{path.name}: cannot read ({found.error})")
     if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), "pt") as f:
-                keys, meta = set(f.keys()), dict(f.metadata() or {})
-                dtype = str(f.get_slice(next(iter(keys))).get_dtype()).lower() if keys else ""
-        except Exception as err:  # safetensors raises its own error types for damaged files
-            raise CardError(f"{path.name}: cannot read ({err})") from None
+        meta, keys = found.meta, found.keys
+        dtype = found.dtype.lower()
         extra = {"precision": {"f16": "fp16", "bf16": "bf16", "f32": "fp32"}.get(dtype, dtype)}
-        module = meta.get("ss_network_module", "")
-        if module == "lycoris.kohya":
-            algo = json.loads(meta.get("ss_network_args") or "{}").get("algo", "locon")
-            return algo if algo in ("locon", "loha", "lokr") else "locon", meta, extra
-        if module.startswith("networks.lora") or any(".lora_down." in k for k in keys):
+        if found.kind in ("lora", "lycoris"):
+            if meta.get("ss_network_module") == "lycoris.kohya":
+                algo = json.loads(meta.get("ss_network_args") or "{}").get("algo", "locon")
+                return algo if algo in ("locon", "loha", "lokr") else "locon", meta, extra
+            if found.kind == "lycoris":  # no kohya metadata: the module types tell
+                return ("loha" if any(".hada_" in k for k in keys) else
+                        "lokr" if any(".lokr_" in k for k in keys) else "locon"), meta, extra
             return "lora", meta, extra
-        if "aesthetic_embedding" in keys:
-            return "aesthetic", meta, extra
-        if "emb_params" in keys or {"clip_l", "clip_g"} <= keys:
+        if found.kind == "embedding":
             extra["family"] = "sdxl" if "clip_g" in keys else None
             return "textual_inversion", meta, extra
-        if any(k.startswith("model.diffusion_model.") for k in keys):
-            return "dreambooth", meta, extra
+        if found.kind in ("aesthetic", "checkpoint"):
+            return {"checkpoint": "dreambooth"}.get(found.kind, found.kind), meta, extra
         raise CardError(f"{path.name}: not a LoRA, LyCORIS, embedding or checkpoint file")
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CardError(f"{path.name}: cannot read ({err})") from None
-    if isinstance(data, torch.Tensor):
+    data = found.data
+    if found.kind == "aesthetic":
         return "aesthetic", {}, {"precision": "fp32"}
-    if isinstance(data, dict) and "string_to_param" in data:
+    if found.kind in ("embedding", "hypernetwork"):
         meta = {"name": str(data.get("name", "")), "ss_steps": str(data.get("step", ""))}
-        return "textual_inversion", meta, {"precision": "fp32", "base": data.get("sd_checkpoint_name")}
-    if isinstance(data, dict) and any(isinstance(k, int) for k in data):
-        meta = {"name": str(data.get("name", "")), "ss_steps": str(data.get("step", ""))}
-        return "hypernetwork", meta, {"precision": "fp32", "base": data.get("sd_checkpoint_name"),
-                                      "family": "sd15"}
+        extra = {"precision": "fp32", "base": data.get("sd_checkpoint_name")}
+        if found.kind == "hypernetwork":
+            return "hypernetwork", meta, extra | {"family": "sd15"}
+        return "textual_inversion", meta, extra
     raise CardError(f"{path.name}: not a hypernetwork, embedding or aesthetic embedding file")
 
 

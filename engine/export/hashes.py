@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import zlib
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -59,6 +60,27 @@ def safetensors_file_data_hash(path: Path) -> str:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_digests(path: Path, safetensors: bool) -> tuple[str, int, str | None]:
+    """(sha256 of the file, its CRC32, sha256 of the safetensors data after the header or None)
+    in one pass over the file: a checkpoint is gigabytes, so a model card reads it once."""
+    whole, data, crc = hashlib.sha256(), hashlib.sha256() if safetensors else None, 0
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        whole.update(head)
+        crc = zlib.crc32(head, crc)
+        skip = 8 + struct.unpack("<Q", head)[0] - len(head) if data is not None else None
+        while chunk := fh.read(_CHUNK):
+            whole.update(chunk)
+            crc = zlib.crc32(chunk, crc)
+            if data is not None:
+                if skip >= len(chunk):
+                    skip -= len(chunk)
+                    continue
+                data.update(chunk[skip:])
+                skip = 0
+    return whole.hexdigest(), crc, data.hexdigest() if data is not None else None
 
 
 def legacy_hash(path: Path) -> str:

@@ -127,7 +127,8 @@ def single_file_keys(path: Path) -> list[str]:
         raise ModelLoadError(f"{path} is not a readable .safetensors file: {err}") from err
 
 
-def _looks_like_path(base: str) -> bool:
+def looks_like_path(base: str) -> bool:
+    """A file or folder rather than a hub id (``owner/name``)."""
     if base.lower().endswith((".safetensors", *PICKLE_SUFFIXES)) or "\\" in base:
         return True
     if base.startswith(("/", "./", "../", "~")) or re.match(r"^[A-Za-z]:", base) or not _HUB_ID.match(base):
@@ -185,7 +186,7 @@ def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | 
         if suffix != ".safetensors":
             raise ModelLoadError(f"{path.name}: unsupported model file type {suffix!r}; use a .safetensors file.")
         return ResolvedSource("single_file", path, detect_family_from_keys(single_file_keys(path)), path.name)
-    if _looks_like_path(base):
+    if looks_like_path(base):
         raise ModelLoadError(f"Model file or folder not found: {path}")
     folder = _snapshot(base, local_files_only, cache_dir, HUB_ALLOW_PATTERNS)
     if not (folder / "model_index.json").is_file():
