@@ -67,7 +67,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ModelLoadError, DatasetError, SetupError, StateError, TrainingDiverged, DiskFullError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"done: {result.steps} steps, final file {result.final_path}")
+    if result.final_path is not None:  # (with several processes only the first saves)
+        print(f"done: {result.steps} steps, final file {result.final_path}")
     return 0
 
 

@@ -34,6 +34,10 @@ class ModelConfig(_Section):
     config_dir: Optional[str] = Field(
         default=None, description="Diffusers folder describing a single-file model's architecture "
         "(needed offline; online, the SD 1.5 reference config is fetched once).")
+    allow_pickle: bool = Field(
+        default=False, description="Accept a .ckpt/.pt/.pth/.bin base model. Pickles can run code "
+        "when loaded; even with this on, only tensors are read (torch.load weights_only=True) and a "
+        "file that carries code is refused.")
 
 
 class DatasetConfig(_Section):

@@ -48,7 +48,8 @@ def encode_latents(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Callbacks,
-               index: DatasetIndex, reg_index: DatasetIndex | None) -> DataSetup:
+               index: DatasetIndex, reg_index: DatasetIndex | None, num_processes: int = 1,
+               rank: int = 0) -> DataSetup:
     d, t = cfg.dataset, cfg.training
     buckets = (BucketOptions(d.min_bucket_reso, d.max_bucket_reso, d.bucket_no_upscale)
                if d.enable_bucket else None)
@@ -69,6 +70,7 @@ def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Cal
         te_cache = TextEncoderCache()
         te_cache.build(dataset.captions(), caption_encoder(model, t.clip_skip))
         cb.on_log(f"text-encoder outputs cached for {len(te_cache)} distinct captions")
-    sampler = BucketBatchSampler(dataset.bucket_keys(), t.batch_size, t.seed, flip=cfg.dataset.flip_aug)
+    sampler = BucketBatchSampler(dataset.bucket_keys(), t.batch_size, t.seed, flip=cfg.dataset.flip_aug,
+                                 num_processes=num_processes, rank=rank)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
     return DataSetup(dataset, loader, te_cache)

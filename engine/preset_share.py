@@ -26,6 +26,8 @@ MAX_PRESET_BYTES = 64 * 1024  # a preset is a few hundred bytes; refuse zip bomb
 # Fields that hold where things are on one machine; the importer supplies its own.
 LOCAL_FIELDS = {("model", "config_dir"), ("dataset", "path"), ("dataset", "reg_path"),
                 ("output", "dir"), ("output", "logging_dir")}
+# Safety choices that belong to whoever runs the job: never shared, refused in a preset.
+PERSONAL_FIELDS = {("model", "allow_pickle")}
 _PLACEHOLDER = {"model": {"base": "preset/placeholder"}, "dataset": {"path": "preset-placeholder"}}
 _LOCAL_PATH = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\|\.{1,2}[\\/])")
 
@@ -78,7 +80,7 @@ def preset_settings(cfg: JobConfig) -> dict[str, Any]:
     method = cfg.network.type
     delta = _diff(config_to_dict(cfg), _defaults_for(method))
     delta.pop("schema_version", None)
-    for section, key in LOCAL_FIELDS:
+    for section, key in LOCAL_FIELDS | PERSONAL_FIELDS:
         delta.get(section, {}).pop(key, None)
     model = delta.get("model", {})
     base = str(model.get("base", ""))
@@ -178,6 +180,9 @@ def parse_preset(text: str) -> tuple[PresetMetadata, dict[str, Any]]:
     for section, key in sorted(LOCAL_FIELDS):
         if key in data.get(section, {}):
             raise PresetError(f"{section}.{key}: a preset carries no local paths; remove it")
+    for section, key in sorted(PERSONAL_FIELDS):
+        if key in data.get(section, {}):
+            raise PresetError(f"{section}.{key}: a safety setting; a preset cannot turn it on for you")
     method = data.get("network", {}).get("type", "lora")
     if method != meta.method:
         raise PresetError(f"metadata.method is {meta.method!r} but network.type is {method!r}")

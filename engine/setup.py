@@ -83,6 +83,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     if model is None:
         model = load_sd_components(cfg.model.base, family=cfg.model.family,
                                    local_files_only=cfg.model.local_files_only,
+                                   allow_pickle=cfg.model.allow_pickle,
                                    single_file_config=(Path(cfg.model.config_dir)
                                                        if cfg.model.config_dir else None))
     prediction_type = (model.prediction_type if cfg.model.prediction_type == "auto"
@@ -124,7 +125,8 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                   f"range); {cfg.optimizer.lr:g} may overshoot on a real model")
     _configure_memory(cfg, model, train_te)
 
-    data = build_data(cfg, model, accelerator.device, cb, index, reg_index)
+    data = build_data(cfg, model, accelerator.device, cb, index, reg_index,
+                      accelerator.num_processes, accelerator.process_index)
     dataset, loader = data.dataset, data.loader
     if t.offload_after_caching and (dataset.has_latent_cache or data.te_cache):
         if dataset.has_latent_cache:

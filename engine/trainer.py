@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import parse_flag_from_env, set_seed
 
 from engine.callbacks import CallbackList, Callbacks, StepInfo, StopToken, TrainResult
 from engine.config import JOB_SUFFIX, JobConfig, save_config
 from engine.curves import CurveWriter
+from engine.distributed import (average_gradients, check_processes_agree, mean_over_processes,
+                                prepare_for_training)
 from engine.guards import bytes_needed, check_loss, guarded_save
 from engine.train_state import (Position, StateError, find_latest, job_fingerprint, load_state,
                                 restore, restore_torch_rng, save_state, state_root)
@@ -136,29 +138,31 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     """Run the job. ``resume``: a state folder, or "auto" for the newest state of this job."""
     stop = stop or StopToken()
     resumed = _find_resume_state(cfg, resume)  # before any work: a bad --resume fails at once
-    curves = CurveWriter(Path(cfg.output.dir), cfg.output.name, plot_every=25)
-    cb = CallbackList(curves, tensorboard_logger(cfg), callbacks)
     t = cfg.training
     # accelerate keeps its state in a process-wide singleton; a long-running app trains many jobs
     # (with different precisions) in one process, so start each job from a clean state. The
     # distributed (partial) state is kept, so multi-process runs are unaffected.
     AcceleratorState._reset_state(reset_partial_state=False)
+    # (the same cpu flag accelerate's own state would read, so the shared state it creates agrees)
+    main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
+    curves = CurveWriter(Path(cfg.output.dir), cfg.output.name, plot_every=25) if main else None
+    # with several processes only the first reports, plots and writes files
+    cb = CallbackList(curves, tensorboard_logger(cfg), callbacks) if main else CallbackList()
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(t.mixed_precision, cb),
                               gradient_accumulation_steps=t.gradient_accumulation_steps)
     set_seed(t.seed)
-    s = build_training(cfg, accelerator, cb, model)
+    with accelerator.main_process_first():  # the others then reuse its disk latent cache
+        s = build_training(cfg, accelerator, cb, model)
     tes = s.model.text_encoders  # SDXL has two
-    if s.train_te:
-        unet, *rest = accelerator.prepare(s.model.unet, *tes, s.optimizer, s.loader, s.scheduler)
-        tes, (optimizer, loader, scheduler) = rest[:len(tes)], rest[len(tes):]
-    else:
-        unet, optimizer, loader, scheduler = accelerator.prepare(s.model.unet, s.optimizer, s.loader,
-                                                                 s.scheduler)
+    models, optimizer, loader, scheduler = prepare_for_training(
+        accelerator, [s.model.unet, *tes] if s.train_te else [s.model.unet], s.optimizer, s.loader,
+        s.scheduler)
+    unet, tes = models[0], (models[1:] if s.train_te else tes)
     noise_sched, pred_type = s.model.noise_scheduler, s.model.prediction_type
     caption_rng = random.Random(t.seed)
     out_dir = Path(cfg.output.dir)
-    # the job beside its outputs: model cards and "train again" read it later
-    save_config(cfg, out_dir / f"{cfg.output.name}{JOB_SUFFIX}")
+    if accelerator.is_main_process:  # the job beside its outputs: model cards and "train again" read it
+        save_config(cfg, out_dir / f"{cfg.output.name}{JOB_SUFFIX}")
     result = TrainResult(final_path=None)
 
     def take_samples(epoch: int, step: int) -> None:
@@ -218,9 +222,13 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                 latents = (batch["latents"].to(accelerator.device) if "latents" in batch
                            else encode_latents(s.model, batch["pixels"]))
                 latents = latents.to(s.weight_dtype)
-                noise = offset_noise(latents, t.noise_offset)
-                timesteps = torch.randint(0, noise_sched.config.num_train_timesteps,
-                                          (latents.shape[0],), device=latents.device)
+                # noise and timesteps for the whole global batch, this process's rows of them
+                shard = sampler.shard
+                whole = (latents if shard.total == latents.shape[0]
+                         else latents.new_empty((shard.total, *latents.shape[1:])))
+                noise = shard.rows(offset_noise(whole, t.noise_offset))
+                timesteps = shard.rows(torch.randint(0, noise_sched.config.num_train_timesteps,
+                                                     (shard.total,), device=latents.device))
                 noisy = noise_sched.add_noise(latents, noise, timesteps)
                 captions = [process_caption(c, caption_rng, cfg.dataset.shuffle_caption,
                                             cfg.dataset.keep_tokens, cfg.dataset.caption_dropout_rate,
@@ -244,10 +252,12 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                 if t.min_snr_gamma:
                     weights = weights * min_snr_weights(noise_sched, timesteps, t.min_snr_gamma, pred_type)
                 loss = diffusion_loss(pred, target, weights)
-                loss_value = loss.detach().item()
+                loss_value = mean_over_processes(accelerator, loss)
                 check_loss(loss_value, step + 1, epoch, result.saved[-1] if result.saved else None,
                            t.mixed_precision)
                 accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    average_gradients(accelerator, s.trainable)
                 if accelerator.sync_gradients and cfg.optimizer.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(s.trainable, cfg.optimizer.max_grad_norm)
                 optimizer.step()
@@ -293,6 +303,9 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     if s.network is not None:  # a caller's model keeps the network: leave it as at inference
         s.network.eval()
     accelerator.wait_for_everyone()
+    agreed = check_processes_agree(accelerator, s.trainable)
+    if agreed:
+        cb.on_log(agreed)
     if accelerator.is_main_process:
         final = guarded_save(lambda: save_output(cfg, s, accelerator, out_dir / f"{cfg.output.name}"
                                                  ".safetensors", epoch, step, final=True),

@@ -236,3 +236,51 @@ def test_diffusers_folder_with_only_pickled_weights_is_refused(sd15, tmp_path):
     weights.unlink()
     with pytest.raises(ModelLoadError, match="diffusion_pytorch_model.safetensors"):
         load_sd_components(str(folder), local_files_only=True)
+
+
+class _RunsCode:
+    """A pickle payload that would create a file if it were ever unpickled unsafely."""
+    marker: Path
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_checkpoint_only_with_opt_in_and_only_tensors(sd15, sd15_file, tmp_path):
+    """A .ckpt base model is refused by default; with allow_pickle its tensors are read with
+    weights_only=True into a cached .safetensors copy and load exactly like the original; a
+    pickle that carries code is refused even then, and its code never runs."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(sd15_file)
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": tensors, "global_step": 1234, "epoch": 3}, ckpt)
+    with pytest.raises(ModelLoadError, match="allow_pickle"):
+        load_sd_components(str(ckpt), local_files_only=True, single_file_config=sd15)
+    m = load_sd_components(str(ckpt), local_files_only=True, single_file_config=sd15, allow_pickle=True)
+    ref = load_sd_components(str(sd15_file), local_files_only=True, single_file_config=sd15)
+    assert (m.family, m.source_kind, m.name) == ("sd15", "single_file", "tiny.ckpt")
+    for a, b in ((m.unet, ref.unet), (m.vae, ref.vae), (m.text_encoder, ref.text_encoder)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert m.path.suffix == ".safetensors" and m.path.parent.name == "converted"
+
+    evil = _RunsCode()
+    evil.marker = tmp_path / "code-ran"
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "callback": evil}, bad)
+    with pytest.raises(ModelLoadError, match="more than tensors.*refused even with allow_pickle"):
+        load_sd_components(str(bad), local_files_only=True, single_file_config=sd15, allow_pickle=True)
+    assert not evil.marker.exists()
+
+
+def test_allow_pickle_is_never_shared_in_a_preset(sd15, tmp_path):
+    from engine.config import parse_config
+    from engine.preset_share import PresetError, export_preset, parse_preset
+
+    cfg = parse_config({"model": {"base": "some/model", "allow_pickle": True},
+                        "dataset": {"path": str(tmp_path)}, "training": {"epochs": 7}})
+    text = export_preset(cfg, "mine")
+    assert "allow_pickle" not in text and "epochs = 7" in text
+    with pytest.raises(PresetError, match="model.allow_pickle: a safety setting"):
+        parse_preset(text.replace("[model]\n", "[model]\nallow_pickle = true\n"))

@@ -162,8 +162,11 @@ def _snapshot(repo_id: str, local_files_only: bool, cache_dir: Path | None, patt
         raise _hub_error(repo_id, err) from err
 
 
-def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | None = None) -> ResolvedSource:
-    """Classify ``base`` (folder, single file or hub id) and detect its family without loading weights."""
+def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | None = None,
+                   allow_pickle: bool = False) -> ResolvedSource:
+    """Classify ``base`` (folder, single file or hub id) and detect its family without loading weights.
+    A pickle checkpoint is refused unless ``allow_pickle`` (then read tensors-only, see
+    :mod:`engine.models.pickle_checkpoint`)."""
     base = str(base).strip()
     if not base:
         raise ModelLoadError("No base model given: choose a .safetensors file, a diffusers folder or a hub id.")
@@ -179,10 +182,19 @@ def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | 
         return ResolvedSource("diffusers", path, detect_family_from_folder(path), path.name)
     if path.is_file():
         suffix = path.suffix.lower()
+        if suffix in PICKLE_SUFFIXES and allow_pickle:
+            from engine.models.pickle_checkpoint import UnsafePickleError, converted_copy
+
+            try:
+                copy = converted_copy(path)
+            except UnsafePickleError as err:
+                raise ModelLoadError(str(err)) from None
+            return ResolvedSource("single_file", copy, detect_family_from_keys(single_file_keys(copy)), path.name)
         if suffix in PICKLE_SUFFIXES:
             raise ModelLoadError(
                 f"{path.name} is a pickle checkpoint ({suffix}); pickles can run arbitrary code when loaded, so "
-                "they are refused. Convert it to .safetensors first (or download the .safetensors version).")
+                "they are refused. Convert it to .safetensors first (or download the .safetensors version), or "
+                "opt in with model.allow_pickle = true (tensors only; files that carry code stay refused).")
         if suffix != ".safetensors":
             raise ModelLoadError(f"{path.name}: unsupported model file type {suffix!r}; use a .safetensors file.")
         return ResolvedSource("single_file", path, detect_family_from_keys(single_file_keys(path)), path.name)
@@ -260,11 +272,12 @@ def _load_folder(folder: Path, family: Family, dtype: torch.dtype) -> dict[str, 
 
 def load_sd_components(base: str, family: str = "auto", local_files_only: bool = False,
                        single_file_config: Path | None = None, dtype: torch.dtype = torch.float32,
-                       cache_dir: Path | None = None) -> LoadedModel:
+                       cache_dir: Path | None = None, allow_pickle: bool = False) -> LoadedModel:
     """Load UNet, VAE, text encoder(s), tokenizer(s) and a DDPM training scheduler (SD 1.x/2.x/XL)."""
     from diffusers import DDPMScheduler
 
-    source = resolve_source(base, local_files_only=local_files_only, cache_dir=cache_dir)
+    source = resolve_source(base, local_files_only=local_files_only, cache_dir=cache_dir,
+                            allow_pickle=allow_pickle)
     _check_family(source, family)
     try:
         if source.kind == "single_file":
