@@ -29,6 +29,7 @@ class JobState:
     losses: list[float] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     saved: list[str] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
     error: str = ""
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -60,6 +61,9 @@ class _Recorder(Callbacks):
     def on_saved(self, path: Path, epoch: int, step: int) -> None:
         self.runner._update(lambda s: (s.saved.append(str(path)), s.log.append(f"saved {path}")))
 
+    def on_sample(self, paths: list[Path], epoch: int, step: int) -> None:
+        self.runner._update(lambda s: s.samples.extend(str(p) for p in paths))
+
 
 class JobRunner:
     def __init__(self, train_fn: Callable[..., TrainResult] | None = None) -> None:
@@ -78,13 +82,15 @@ class JobRunner:
     def snapshot(self) -> JobState:
         with self._lock:
             s = self._state
-            return replace(s, losses=list(s.losses), log=list(s.log), saved=list(s.saved))
+            return replace(s, losses=list(s.losses), log=list(s.log), saved=list(s.saved),
+                           samples=list(s.samples))
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, cfg: JobConfig, extra: Callbacks | None = None) -> None:
+    def start(self, cfg: JobConfig, extra: Callbacks | None = None, resume: str | None = None) -> None:
+        """Train ``cfg`` in the background; ``resume``: a state folder or "auto" (newest)."""
         with self._lock:
             if self.running:
                 raise JobBusy("a training job is already running; stop it or wait for it to finish")
@@ -92,13 +98,14 @@ class JobRunner:
             self._stop = StopToken()
             stop = self._stop
         callbacks = CallbackList(_Recorder(self), extra)
-        self._thread = threading.Thread(target=self._run, args=(cfg, callbacks, stop),
+        self._thread = threading.Thread(target=self._run, args=(cfg, callbacks, stop, resume),
                                         name="loraforge-train", daemon=True)
         self._thread.start()
 
-    def _run(self, cfg: JobConfig, callbacks: Callbacks, stop: StopToken) -> None:
+    def _run(self, cfg: JobConfig, callbacks: Callbacks, stop: StopToken, resume: str | None) -> None:
         try:
-            result = self._train(cfg, callbacks, stop)
+            result = (self._train(cfg, callbacks, stop, resume=resume) if resume
+                      else self._train(cfg, callbacks, stop))
             status = "stopped" if result.stopped_early else "done"
             self._update(lambda s: (setattr(s, "status", status), s.log.append(f"{status}: "
                                     f"{result.steps} steps, final file {result.final_path}")))

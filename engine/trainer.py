@@ -34,6 +34,7 @@ from engine.setup import (SetupError, TrainingSetup, build_training, encode_late
                           resolve_mixed_precision)
 from engine.tb_log import TensorBoardLogger, TensorBoardUnavailable, run_log_dir
 from engine.data.captions import process_caption
+from engine.data.shards import Shard
 from engine.conditioning import unet_conditioning
 from engine.train_samples import sample_during_training, should_sample
 
@@ -223,7 +224,9 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                            else encode_latents(s.model, batch["pixels"]))
                 latents = latents.to(s.weight_dtype)
                 # noise and timesteps for the whole global batch, this process's rows of them
-                shard = sampler.shard
+                # (every process trains the same number of rows: the sampler pads short batches)
+                shard = Shard.of_process(latents.shape[0], accelerator.process_index,
+                                         accelerator.num_processes)
                 whole = (latents if shard.total == latents.shape[0]
                          else latents.new_empty((shard.total, *latents.shape[1:])))
                 noise = shard.rows(offset_noise(whole, t.noise_offset))

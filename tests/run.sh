@@ -4,6 +4,11 @@ set -uo pipefail
 APP_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$APP_DIR"
 bash portable/setup_env.sh --dev || exit 1
+# the browser tests drive Debian's chromium (never `playwright install`)
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+        || echo "could not install chromium; the browser tests will fail (LORAFORGE_SKIP_BROWSER=1 skips them)"
+fi
 "${LORAFORGE_VENV:-$APP_DIR/.venv}/bin/python" -m pytest -q "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then echo "no tests were collected"; exit 0; fi

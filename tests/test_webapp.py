@@ -21,7 +21,7 @@ def test_train_through_the_api(server, tmp_path, tiny_model_dir, tiny_dataset):
     assert "already running" in client.predict(job, api_name="/start_training")
     deadline = time.time() + 300
     while time.time() < deadline:
-        progress, log, plot, files = client.predict(api_name="/status")
+        progress, _, log, plot, _, files = client.predict(api_name="/status")
         if progress.startswith(("done", "failed", "stopped")):
             break
         time.sleep(1)
@@ -48,7 +48,7 @@ def test_default_job_is_the_embedded_demo_and_trains(server, tmp_path):
     assert client.predict(tomli_w.dumps(job), api_name="/start_training") == "started"
     deadline = time.time() + 300
     while time.time() < deadline:
-        progress, log, _, files = client.predict(api_name="/status")
+        progress, _, log, _, _, files = client.predict(api_name="/status")
         if not progress.startswith("running"):
             break
         time.sleep(1)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from webapp.wizard_logic import output_root
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,7 +43,7 @@ def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: f
                       seeds=[int(seed)], steps=int(steps), cfg_scale=float(cfg), width=int(size),
                       height=int(size), aesthetic=aesthetic)
         model = load_sd_components(base.strip() or "embedded")
-        out = Path(out_dir.strip() or ROOT / "output" / "grid") / time.strftime("%Y%m%d-%H%M%S")
+        out = Path(out_dir.strip() or output_root() / "grid") / time.strftime("%Y%m%d-%H%M%S")
         tick = (lambda done, total: progress((done, total), desc="grid")) if progress else None
         result = run_grid(model, job, out, tick)
     except (GridError, ModelLoadError, ValidationError, ValueError, OSError) as err:
@@ -50,17 +52,54 @@ def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: f
     return str(result.grids[0]), cells, f"saved {len(result.grids)} grid(s) and {len(cells)} cells in {out}"
 
 
-def build_compare_tab(runner) -> None:
-    """Widgets + events of the compare step; call inside a ``gr.Blocks`` context."""
+def cell_choice(files: str, weights: str, prompts: str, index: float) -> tuple[str, float]:
+    """(file, weight) of the gallery's ``index``-th cell; cells are ordered by (row = file,
+    column = weight, z = prompt), as make_grid returns them."""
+    from engine.grid import parse_weights
+
+    paths = [line.strip() for line in files.splitlines() if line.strip()]
+    ws = parse_weights(weights)
+    nz = max(len([p for p in prompts.splitlines() if p.strip()]), 1)
+    i = int(index)
+    if not paths or not 0 <= i < len(paths) * len(ws) * nz:
+        raise ValueError("that cell is not in the current grid; make the grid again")
+    return paths[i // (len(ws) * nz)], ws[(i // nz) % len(ws)]
+
+
+def keep_pick(file: str, weight: float, name: str, out_dir: str) -> tuple[str, str]:
+    """Copy the chosen file as ``<name>`` with its preferred weight recorded; (path, message)."""
+    from engine.data.importer import safe_filename
+    from engine.export.pick import pick_checkpoint
+
+    if not file or not Path(file).is_file():
+        return "", "click a cell of the grid first"
+    name = safe_filename(name.strip() or Path(file).stem + "-picked")
+    dest = Path(out_dir.strip() or output_root() / "picked") / f"{name}{Path(file).suffix}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path = pick_checkpoint(Path(file), dest, float(weight))
+    except (OSError, ValueError, RuntimeError) as err:
+        return "", f"error: {err}"
+    return str(path), f"kept {Path(file).name} at weight {float(weight):g} as {path}"
+
+
+def build_compare_tab(runner, saved_files=None):
+    """Widgets + events of the compare step; call inside a ``gr.Blocks`` context. Returns the
+    picked-file textbox (the export step starts from it)."""
     import gradio as gr
 
-    gr.Markdown("Compare saved files side by side: each file is a row, each weight a column, "
-                "all with the same seed. Pick the epoch and weight that look best.")
+    gr.Markdown("### 5. Compare\nEach saved file (epoch) is a row, each weight a column, all with "
+                "the same seed. Click the cell that looks best to pick that epoch and weight. "
+                "Usually the best file is not the last one: later epochs start copying the "
+                "training images; a good LoRA still looks right at weight 0.6-0.8.")
     with gr.Row():
         base = gr.Textbox("embedded", label="Base model", elem_id="grid-base")
-        out_dir = gr.Textbox(str(ROOT / "output" / "grid"), label="Save grids in", elem_id="grid-out")
+        out_dir = gr.Textbox(str(output_root() / "grid"), label="Save grids in", elem_id="grid-out")
     files = gr.Textbox(lines=4, label="Files (one per line): LoRA/LyCORIS .safetensors, "
                        "hypernetwork .pt, embeddings, aesthetic embeddings", elem_id="grid-files")
+    if saved_files is not None:
+        use = gr.Button("Use the files saved by training", elem_id="use-run-files")
+        use.click(lambda text: text, saved_files, files, api_name="use_run_files")
     prompts = gr.Textbox("zkz, a star on a white background", lines=2,
                          label="Prompts (one per line: one grid each)", elem_id="grid-prompts")
     with gr.Row():
@@ -90,3 +129,33 @@ def build_compare_tab(runner) -> None:
 
     go.click(run, [base, files, prompts, weights, seed, size, steps, cfg, out_dir,
                    a_steps, a_lr, a_slerp, a_text, a_clip], [grid, cells, message], api_name="make_grid")
+    with gr.Row():
+        cell = gr.Number(0, label="Cell (position in the gallery, from 0)", precision=0,
+                         elem_id="cell-index")
+        pick_file = gr.Textbox(label="Picked file", interactive=False, elem_id="pick-file")
+        pick_weight = gr.Number(1.0, label="Picked weight", elem_id="pick-weight")
+    with gr.Row():
+        pick_name = gr.Textbox("", label="Save the pick as (name)", elem_id="pick-name")
+        keep = gr.Button("Keep this pick", variant="primary", elem_id="keep-pick")
+    picked = gr.Textbox(label="Kept file", interactive=False, elem_id="picked")
+    pick_msg = gr.Textbox(label="Pick message", interactive=False, elem_id="pick-message")
+
+    def choose(f, w, p, i):
+        try:
+            file, weight = cell_choice(f, w, p, i)
+        except ValueError as err:
+            return gr.skip(), gr.skip(), f"error: {err}"
+        return file, weight, f"chosen: {Path(file).name} at weight {weight:g}"
+
+    def on_select(f, w, p, evt):
+        return (evt.index,) + tuple(choose(f, w, p, evt.index))
+    # Gradio finds the event-data argument by its annotation (a real class, not a string)
+    on_select.__annotations__["evt"] = gr.SelectData
+
+    cells.select(on_select, [files, weights, prompts], [cell, pick_file, pick_weight, pick_msg],
+                 api_visibility="private")
+    gr.Button("Choose cell", visible=False).click(
+        choose, [files, weights, prompts, cell], [pick_file, pick_weight, pick_msg], api_name="choose_cell")
+    keep.click(lambda f, w, n: keep_pick(f, w, n, str(output_root() / "picked")),
+               [pick_file, pick_weight, pick_name], [picked, pick_msg], api_name="keep_pick")
+    return picked

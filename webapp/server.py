@@ -1,17 +1,18 @@
-"""The web app: a thin Gradio layer over the engine's JobRunner.
+"""The web app: a step-by-step wizard, a thin Gradio layer over the engine.
 
-This first version offers the 'expert' path: edit a job TOML, start/stop, watch progress and
-loss. No work happens at import; training runs in the runner's thread, never in a click handler.
+No work happens at import; training runs in the runner's thread, never in a click handler, so
+the page stays responsive and closing it does not stop a job. Every event has an api_name, so the
+whole flow is scriptable with gradio_client.
 """
 from __future__ import annotations
 
 import socket
 import sys
-import tomllib
 from pathlib import Path
 
+from webapp.wizard_logic import output_root
+
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_JOB = ROOT / "presets" / "jobs" / "demo_lora.toml"
 
 
 def default_job_text() -> str:
@@ -19,10 +20,9 @@ def default_job_text() -> str:
     newcomer can press Start at once, wherever the app was launched from."""
     import tomli_w
 
-    job = tomllib.loads(DEMO_JOB.read_text(encoding="utf-8"))
-    job["dataset"]["path"] = str((ROOT / job["dataset"]["path"]).resolve())
-    job["output"]["dir"] = str((ROOT / job["output"]["dir"]).resolve())
-    return tomli_w.dumps(job)
+    from webapp.wizard_logic import demo_job
+
+    return tomli_w.dumps(demo_job())
 
 
 def find_free_port(host: str, start: int, tries: int = 50) -> int:
@@ -46,71 +46,38 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def build_app(runner=None):
+def build_app(runner=None, tier: tuple[str, str] | None = None):
+    """The wizard: six steps as tabs, each a thin layer over the engine. ``tier``: (name, reason)
+    of the hardware tier to preselect (default: probe this machine)."""
     import gradio as gr
-    import pandas as pd
 
-    from engine.config import ConfigError, dump_config, parse_config
-    from engine.jobs import JobBusy, JobRunner
+    from engine.jobs import JobRunner
+    from webapp.compare import build_compare_tab
+    from webapp.steps_export import build_export_step
+    from webapp.steps_prepare import build_base_step, build_dataset_step
+    from webapp.steps_train import build_method_step, build_train_step, hardware_tier
 
     runner = runner or JobRunner()
-    default_text = default_job_text()
-
-    def start(text: str) -> str:
-        try:
-            cfg = parse_config(tomllib.loads(text))
-            runner.start(cfg)
-        except tomllib.TOMLDecodeError as err:
-            return f"not valid TOML: {err}"
-        except (ConfigError, JobBusy) as err:
-            return str(err)
-        return "started"
-
-    def stop() -> str:
-        runner.stop()
-        return "stopping after the current step; the LoRA learned so far will be saved"
-
-    def validate(text: str) -> str:
-        try:
-            return dump_config(parse_config(tomllib.loads(text)))
-        except (tomllib.TOMLDecodeError, ConfigError) as err:
-            return str(err)
-
-    def status():
-        s = runner.snapshot()
-        eta = f", about {s.eta_seconds:.0f} s left" if s.eta_seconds is not None else ""
-        head = f"{s.status}: step {s.step}/{s.total_steps}, epoch {s.epoch}{eta}"
-        if s.error:
-            head += f"\n{s.error}"
-        frame = pd.DataFrame({"step": list(range(1, len(s.losses) + 1)), "loss": s.losses})
-        return head, "\n".join(s.log[-40:]), frame, "\n".join(s.saved)
-
-    from webapp.compare import build_compare_tab
-
+    tier_name, tier_reason = tier or hardware_tier()
     with gr.Blocks(title="LoRA Forge") as app:
-        with gr.Tab("Train", elem_id="tab-train"):
-            gr.Markdown("# LoRA Forge\nTrain a LoRA from a job file. The job below is the demo: the "
-                        "embedded *shapes* base model learns a purple star (trigger word "
-                        "`zkz`) in a few minutes on a CPU. Edit the TOML, check it, start.")
-            job = gr.Textbox(value=default_text, lines=24, label="Job (TOML)", elem_id="job-toml")
-            with gr.Row():
-                check_btn = gr.Button("Check job", elem_id="check")
-                start_btn = gr.Button("Start training", variant="primary", elem_id="start")
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-            message = gr.Textbox(label="Message", interactive=False, elem_id="message")
-            progress = gr.Textbox(label="Progress", interactive=False, elem_id="progress")
-            plot = gr.LinePlot(x="step", y="loss", label="Loss per step", elem_id="loss-plot")
-            log = gr.Textbox(label="Log", lines=8, interactive=False)
-            files = gr.Textbox(label="Saved files", lines=3, interactive=False, elem_id="saved")
-            check_btn.click(validate, job, message, api_name="check_job")
-            gr.Button("Default job", visible=False).click(default_job_text, None, job, api_name="default_job")
-            start_btn.click(start, job, message, api_name="start_training")
-            stop_btn.click(stop, None, message, api_name="stop_training")
-            refresh = gr.Button("Refresh", visible=False)
-            refresh.click(status, None, [progress, log, plot, files], api_name="status")
-            gr.Timer(1.0).tick(status, None, [progress, log, plot, files], api_name=False)
-        with gr.Tab("Compare", elem_id="tab-compare"):
-            build_compare_tab(runner)
+        gr.Markdown("# LoRA Forge\nFrom your images to a tested, exported LoRA in six steps. "
+                    "Everything is preset for the built-in demo (a purple star, trigger word "
+                    "`zkz`): press **Start training** in step 4 to see the whole flow on a CPU.")
+        with gr.Tabs():
+            with gr.Tab("1 Base model", elem_id="tab-base"):
+                base = build_base_step()
+            with gr.Tab("2 Dataset", elem_id="tab-dataset"):
+                dataset, per_epoch, _ = build_dataset_step()
+            with gr.Tab("3 Method", elem_id="tab-method"):
+                job_text = build_method_step(base, dataset, per_epoch, tier_name, tier_reason)
+            with gr.Tab("4 Train", elem_id="tab-train"):
+                saved = build_train_step(runner, job_text)
+            with gr.Tab("5 Compare", elem_id="tab-compare"):
+                picked = build_compare_tab(runner, saved)
+            with gr.Tab("6 Export", elem_id="tab-export"):
+                build_export_step(picked, job_text)
+        demo_text = gr.Textbox(visible=False)
+        gr.Button("Default job", visible=False).click(default_job_text, None, demo_text, api_name="default_job")
     return app
 
 
@@ -128,9 +95,13 @@ def serve(host: str = "127.0.0.1", port: int = 7860, open_browser: bool = True,
             return 2
         host = "0.0.0.0"
     port = find_free_port(host, port)
-    app = build_app()
+    from webapp.steps_train import hardware_tier
+
+    tier = hardware_tier()
+    print(f"hardware: {tier[1]}\npreset tier: {tier[0]}")
+    app = build_app(tier=tier)
     print(f"LoRA Forge running at http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}")
     app.launch(server_name=host, server_port=port, inbrowser=open_browser, auth=credentials,
                prevent_thread_lock=not block, show_error=True, quiet=True,
-               allowed_paths=[str(ROOT / "output")])  # grids and samples are shown from there
+               allowed_paths=[str(output_root())])  # grids and samples are shown from there
     return app if not block else 0

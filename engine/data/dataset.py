@@ -15,7 +15,7 @@ from engine.data.buckets import BucketAssignment, assign_buckets
 from engine.data.folder import DatasetIndex, ImageItem
 from engine.data.images import cover_and_crop, image_size, load_rgb, resize_center_crop, to_tensor
 from engine.data.latent_cache import DiskLatentCache
-from engine.data.shards import Shard, shard_of
+from engine.data.shards import shard_of
 
 
 @dataclass(frozen=True)
@@ -142,17 +142,15 @@ class BucketBatchSampler(Sampler[list[int]]):
     generator as it was when the epoch began, and how many batches were already trained.
 
     With ``num_processes`` > 1 (data-parallel training) batches are cut ``batch_size x N`` long,
-    the same on every process (same seed), and each process yields its ``rank``'s rows; ``shard``
-    says where the last yielded rows sit in their global batch (the trainer draws noise for the
-    whole global batch and keeps those rows). The loader runs in-process (no workers), so
-    ``shard`` always describes the batch the trainer just received."""
+    the same on every process (same seed), and each process yields its ``rank``'s rows, a short
+    batch padded so that every process gets the same count (the trainer relies on that to find
+    its rows of the global batch's noise)."""
 
     def __init__(self, keys: list[tuple[int, int]], batch_size: int, seed: int, flip: bool = False,
                  num_processes: int = 1, rank: int = 0):
         self.keys = keys
         self.batch_size = batch_size * num_processes  # a global batch
         self.num_processes, self.rank = num_processes, rank
-        self.shard = Shard(0, 0, 0)
         self.flip = flip
         self.generator = torch.Generator().manual_seed(seed)
         groups: dict[tuple[int, int], list[int]] = {}
@@ -189,7 +187,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches += [members[s:s + self.batch_size] for s in range(0, len(members), self.batch_size)]
         skip, self._skip = self._skip, 0
         for j in torch.randperm(len(batches), generator=self.generator).tolist()[skip:]:
-            rows, self.shard = shard_of(len(batches[j]), self.num_processes, self.rank)
+            rows, _ = shard_of(len(batches[j]), self.num_processes, self.rank)
             yield [batches[j][r] for r in rows]
 
 

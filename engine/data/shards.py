@@ -13,6 +13,11 @@ class Shard:
     stop: int
     total: int
 
+    @classmethod
+    def of_process(cls, rows: int, rank: int, num_processes: int) -> "Shard":
+        """The rows of process ``rank`` when each of ``num_processes`` has ``rows`` of them."""
+        return cls(rank * rows, (rank + 1) * rows, rows * num_processes)
+
     def rows(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if (self.start, self.stop) == (0, self.total) else tensor[self.start:self.stop]
 

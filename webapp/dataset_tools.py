@@ -1,0 +1,91 @@
+"""The dataset step's tools: a resized/cropped working copy, and automatic captions (WD14 tags or
+BLIP sentences). The originals are never changed: preprocessing writes a new folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def preprocess_copy(path: str, resolution: float, crop: str, flip: bool, progress=None) -> tuple[str, str]:
+    """(new dataset folder or "", message). The copy goes beside the source: ``<name>-<res>px``."""
+    from engine.data.folder import DatasetError, scan_dataset
+    from engine.data.preprocess import PreprocessOptions, preprocess_dataset
+
+    src = Path(path.strip())
+    res = int(resolution)
+    if res < 64 or res % 64:
+        return "", "resolution must be a multiple of 64 (e.g. 512, 768, 1024)"
+    dest = src.parent / f"{src.name}-{res}px"
+    tick = (lambda done, total: progress((done, total), desc="preprocess")) if progress else None
+    try:
+        report = preprocess_dataset(scan_dataset(src), dest, PreprocessOptions(
+            resolution=res, crop=crop, flip_copies=bool(flip)), tick)
+    except (DatasetError, OSError, ValueError) as err:
+        return "", f"error: {err}"
+    return str(dest), f"{report.summary()}\nworking copy: {dest} (now the dataset folder)"
+
+
+def auto_caption(path: str, method: str, model: str, threshold: float, mode: str, trigger: str,
+                 progress=None) -> str:
+    """Caption every image of the folder; ``model``: hub id or local folder (empty = default)."""
+    from engine.captioning.run import caption_images, dataset_images
+    from engine.captioning.sources import CaptionModelError
+
+    images = dataset_images(Path(path.strip()))
+    if not images:
+        return f"error: no images in {path}"
+    try:
+        if method == "wd14":
+            from engine.captioning.wd14 import DEFAULT_REPO, WD14Options, WD14Tagger
+
+            captioner = WD14Tagger.load(model.strip() or DEFAULT_REPO)
+            opts = WD14Options(general_threshold=float(threshold), character_threshold=float(threshold))
+        else:
+            from engine.captioning.blip import DEFAULT_REPO, BlipCaptioner, BlipOptions
+
+            captioner = BlipCaptioner.load(model.strip() or DEFAULT_REPO)
+            opts = BlipOptions()
+    except CaptionModelError as err:
+        return f"error: {err}"
+    tick = (lambda done, total: progress((done, total), desc="captions")) if progress else None
+    report = caption_images(images, captioner, opts, mode, trigger.strip(), tick)
+    return report.summary()
+
+
+def build_dataset_tools(path, trigger, refresh, refresh_outputs: list) -> None:
+    """Widgets for both tools; ``refresh(folder)`` gives the new values of ``refresh_outputs``
+    (the step's report, gallery, ...) after a tool changed the dataset."""
+    import gradio as gr
+
+    with gr.Accordion("Prepare: crop / resize, automatic captions", open=False):
+        gr.Markdown("Crop and resize to the training size in a new folder (originals untouched). "
+                    "`center` and `focal` crop to a square; `bucket` keeps each image's aspect "
+                    "ratio (train with buckets on).")
+        with gr.Row():
+            res = gr.Number(512, label="Size (px)", precision=0, elem_id="prep-size")
+            crop = gr.Dropdown(["center", "focal", "bucket"], value="center", label="Crop")
+            flip = gr.Checkbox(False, label="Add mirrored copies")
+            prep = gr.Button("Write working copy", elem_id="prep-run")
+        gr.Markdown("Captions: WD14 writes booru-style tags (anime/illustration models), BLIP a "
+                    "sentence (photos). The model is downloaded once, or give a local folder.")
+        with gr.Row():
+            method = gr.Dropdown(["wd14", "blip"], value="wd14", label="Captioner", elem_id="cap-method")
+            model = gr.Textbox("", label="Model (hub id or folder; empty = default)", elem_id="cap-model")
+            threshold = gr.Number(0.35, label="WD14 tag threshold",
+                                  info="Lower = more tags, also wrong ones; 0.3-0.4 is usual.")
+            mode = gr.Dropdown(["skip", "overwrite", "append"], value="skip",
+                               label="Images that already have a caption")
+            run = gr.Button("Caption images", elem_id="cap-run")
+        message = gr.Textbox(label="Prepare message", interactive=False, elem_id="prep-message")
+
+    def do_prep(folder, r, c, f, progress=gr.Progress()):
+        new, note = preprocess_copy(folder, r, c, f, progress)
+        if not new:
+            return (gr.skip(), note) + tuple(gr.skip() for _ in refresh_outputs)
+        return (new, note) + tuple(refresh(new))
+
+    def do_caption(folder, meth, mdl, th, md, trig, progress=gr.Progress()):
+        return (auto_caption(folder, meth, mdl, th, md, trig, progress),) + tuple(refresh(folder))
+
+    prep.click(do_prep, [path, res, crop, flip], [path, message, *refresh_outputs], api_name="preprocess")
+    run.click(do_caption, [path, method, model, threshold, mode, trigger], [message, *refresh_outputs],
+              api_name="auto_caption")

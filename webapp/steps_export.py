@@ -1,0 +1,87 @@
+"""Wizard step 6: the model card folder (model, A1111 sidecar, samples, README, card.json) and a
+shareable preset of the job's settings."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from webapp.wizard_logic import output_root
+
+
+
+def export_card_files(model: str, out_dir: str, description: str, license_id: str,
+                      sample_count: float, progress=None):
+    """(message, card README text, sidecar JSON text)."""
+    from pydantic import ValidationError
+
+    from engine.export.card import SampleSettings, export_card
+    from engine.export.card_render import CardInfo
+    from engine.models.loader import ModelLoadError
+
+    path = Path(model.strip())
+    if not path.is_file():
+        return f"error: file not found: {path}", "", ""
+    try:
+        info = CardInfo(description=description.strip(), license=license_id.strip() or "creativeml-openrail-m")
+        tick = (lambda done, total: progress((done, total), desc="samples")) if progress else None
+        out = export_card(path, Path(out_dir.strip() or output_root() / "export"), info,
+                          samples=SampleSettings(count=int(sample_count)), local_files_only=True,
+                          progress=tick)
+    except (ValidationError, ModelLoadError, ValueError, OSError) as err:
+        return f"error: {err}", "", ""
+    readme = out.files.get("readme")
+    sidecar = out.files.get("sidecar")
+    return (f"card written to {out.folder} ({len(out.files)} files, {len(out.samples)} samples)",
+            readme.read_text(encoding="utf-8") if readme else "",
+            sidecar.read_text(encoding="utf-8") if sidecar else "")
+
+
+def preset_from_job(job_text: str, name: str, author: str, description: str):
+    """(preset TOML, one-line share code) or an error in the first field."""
+    import tomllib
+
+    from engine.config import ConfigError, parse_config
+    from engine.preset_share import PresetError, export_preset, to_code
+
+    try:
+        cfg = parse_config(tomllib.loads(job_text))
+        text = export_preset(cfg, name.strip() or cfg.output.name, author.strip(), description.strip())
+    except (tomllib.TOMLDecodeError, ConfigError, PresetError) as err:
+        return f"error: {err}", ""
+    return text, to_code(text)
+
+
+def build_export_step(picked, job_text):
+    import gradio as gr
+
+    gr.Markdown("### 6. Export\nA folder ready for Civitai or Hugging Face: the model, the "
+                "A1111 sidecar `.json` (trigger word, preferred weight), sample images with their "
+                "generation parameters, a README model card and `card.json`. Share your settings "
+                "as a preset file or a one-line code (no paths, nothing executable).")
+    model = gr.Textbox(label="Model file (from step 5, or any saved file)", elem_id="export-model")
+    picked.change(lambda p: p, picked, model, api_visibility="private")
+    with gr.Row():
+        description = gr.Textbox("", label="Description", elem_id="export-description")
+        license_id = gr.Textbox("creativeml-openrail-m", label="License (Hugging Face id)")
+        count = gr.Number(2, label="Sample images per prompt", precision=0, minimum=0)
+    out_dir = gr.Textbox(str(output_root() / "export"), label="Export folder")
+    go = gr.Button("Write model card", variant="primary", elem_id="write-card")
+    message = gr.Textbox(label="Export message", interactive=False, elem_id="export-message")
+    with gr.Row():
+        readme = gr.Code(label="README.md", language="markdown", elem_id="card-readme")
+        sidecar = gr.Code(label="A1111 sidecar", language="json", elem_id="card-sidecar")
+
+    def run(m, o, d, lic, c, progress=gr.Progress()):
+        return export_card_files(m, o, d, lic, c, progress)
+
+    go.click(run, [model, out_dir, description, license_id, count], [message, readme, sidecar],
+             api_name="export_card")
+    with gr.Accordion("Share the settings as a preset", open=False):
+        with gr.Row():
+            p_name = gr.Textbox("", label="Preset name", elem_id="preset-name")
+            p_author = gr.Textbox("", label="Author")
+            p_desc = gr.Textbox("", label="What it is good for")
+        share = gr.Button("Make preset", elem_id="make-preset")
+        preset = gr.Code(label="Preset (TOML)", language=None, elem_id="preset-toml")
+        code = gr.Textbox(label="Share code", interactive=False, elem_id="preset-code")
+        share.click(preset_from_job, [job_text, p_name, p_author, p_desc], [preset, code],
+                    api_name="export_preset")

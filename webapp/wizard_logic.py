@@ -1,0 +1,186 @@
+"""What the wizard's steps compute, without Gradio: finding base models, summarising a dataset,
+the steps arithmetic, and turning the beginner fields into a job. Kept apart so it is tested
+directly and the UI modules stay wiring only."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_JOB = ROOT / "presets" / "jobs" / "demo_lora.toml"
+
+
+def output_root() -> Path:
+    """Where the app writes (datasets, runs, grids, picks, exports): ``output/`` in the app
+    folder, or LORAFORGE_OUTPUT (portable installs on another drive; tests)."""
+    import os
+
+    return Path(os.environ.get("LORAFORGE_OUTPUT") or ROOT / "output").resolve()
+
+
+METHODS = ["lora", "locon", "loha", "lokr", "textual_inversion", "hypernetwork", "dreambooth"]
+
+# The beginner view: (field, job section, key, label, why). The "why" is the help under the field.
+BEGINNER_FIELDS: list[tuple[str, str, str, str, str]] = [
+    ("name", "output", "name", "Output name",
+     "File name of the result (name.safetensors, name-000001.safetensors per epoch)."),
+    ("trigger", "output", "trigger_phrase", "Trigger word",
+     "The word that calls up your concept in prompts; put it at the front of every caption."),
+    ("resolution", "dataset", "resolution", "Resolution (px)",
+     "Training size. Use the base model's own: 512 for SD 1.5, 1024 for SDXL, 64 for the "
+     "embedded demo model. Higher costs memory and time."),
+    ("epochs", "training", "epochs", "Epochs",
+     "How many times the whole dataset (with repeats) is seen. Too many: the LoRA copies the "
+     "training images (overfitting); too few: it barely changes anything."),
+    ("batch_size", "training", "batch_size", "Batch size",
+     "Images per step. Larger is smoother and faster per image but needs more memory."),
+    ("lr", "optimizer", "lr", "Learning rate",
+     "Step size of each update. Typical LoRA values are 1e-4 to 5e-4 on SD 1.5; too high gives "
+     "noisy, burnt images or a loss that jumps; too low learns nothing."),
+    ("dim", "network", "dim", "Network dim (rank)",
+     "Capacity of the LoRA: 8-32 for a character or object, up to 64-128 for a style. Bigger "
+     "files, more detail, easier to overfit."),
+    ("alpha", "network", "alpha", "Network alpha",
+     "Scales the learned update by alpha/dim: half of dim is a common choice; lower alpha = "
+     "weaker, more careful updates (raise the learning rate to compensate)."),
+    ("save_every", "output", "save_every_n_epochs", "Save every N epochs",
+     "Keeps a file per N epochs so you can compare them in step 5 and pick the best."),
+    ("seed", "training", "seed", "Seed", "Same seed, same data and settings: the same result."),
+    ("sample_prompt", "sample", "prompts", "Sample prompt (each epoch)",
+     "An image made with this prompt after every epoch shows the LoRA learning; empty = none. "
+     "Costs a few seconds per epoch."),
+]
+
+
+@dataclass
+class DatasetSummary:
+    text: str
+    images: list[str]          # paths for the gallery
+    num_images: int
+    num_per_epoch: int         # images x repeats
+
+
+def demo_job() -> dict[str, Any]:
+    """The demo job (embedded base + demo dataset) with absolute paths."""
+    job = tomllib.loads(DEMO_JOB.read_text(encoding="utf-8"))
+    job["dataset"]["path"] = str((ROOT / job["dataset"]["path"]).resolve())
+    job["output"]["dir"] = str((ROOT / job["output"]["dir"]).resolve())
+    return job
+
+
+def scan_models(folder: str) -> list[str]:
+    """Base models in a folder (A1111's models/Stable-diffusion works): single-file .safetensors
+    and diffusers folders, one level deep."""
+    root = Path(folder.strip()).expanduser()
+    if not root.is_dir():
+        return []
+    found = [p for p in sorted(root.iterdir())
+             if (p.is_file() and p.suffix.lower() == ".safetensors") or (p / "model_index.json").is_file()]
+    return [str(p) for p in found]
+
+
+def describe_base(base: str) -> str:
+    """The detected type of a base model, or why it cannot be used. Reads headers only."""
+    from engine.models.loader import ModelLoadError, resolve_source
+
+    names = {"sd15": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL"}
+    try:
+        src = resolve_source(base or "embedded")
+    except ModelLoadError as err:
+        return f"cannot use this model: {err}"
+    kind = {"diffusers": "diffusers folder", "single_file": "single .safetensors file",
+            "hub": "Hugging Face hub (cached)"}[src.kind]
+    return f"{src.name}: {names.get(src.family, src.family)} ({kind})"
+
+
+def summarize_dataset(path: str) -> DatasetSummary:
+    """Subsets with their repeats and caption coverage (kohya layout), plus gallery images."""
+    from engine.data.folder import DatasetError, scan_dataset
+
+    try:
+        index = scan_dataset(Path(path.strip()))
+    except (DatasetError, OSError) as err:
+        return DatasetSummary(f"cannot use this dataset: {err}", [], 0, 0)
+    lines = []
+    for sub in index.subsets:
+        captioned = sum(1 for it in sub.items if it.path.with_suffix(".txt").is_file())
+        lines.append(f"- {sub.name}: {len(sub.items)} images x {sub.repeats} repeats, "
+                     f"{captioned} with captions")
+    text = (f"{index.num_images} images, {index.num_train_images} per epoch with repeats\n"
+            + "\n".join(lines))
+    images = [str(it.path) for sub in index.subsets for it in sub.items]
+    return DatasetSummary(text, images, index.num_images, index.num_train_images)
+
+
+def steps_text(per_epoch: int, epochs: float, batch: float, accumulation: int = 1) -> str:
+    """images x repeats x epochs / batch = steps, with the numbers filled in."""
+    epochs, batch = int(epochs or 0), max(int(batch or 1), 1)
+    per_step = batch * max(accumulation, 1)
+    steps_per_epoch = -(-per_epoch // per_step) if per_epoch else 0
+    return (f"{per_epoch} images x repeats x {epochs} epochs / batch {per_step} = "
+            f"{steps_per_epoch * epochs} steps ({steps_per_epoch} per epoch)")
+
+
+def build_job(base: str, dataset: str, method: str, tier: str, fields: dict[str, Any],
+              output_dir: str | None = None) -> dict[str, Any]:
+    """The job: tier preset < demo defaults < the wizard's fields (the user's values win)."""
+    from engine.presets import apply_tier, deep_merge
+
+    job = demo_job()
+    job = {k: v for k, v in job.items() if k in ("schema_version", "scheduler")}
+    user: dict[str, Any] = {"model": {"base": base or "embedded"}, "dataset": {"path": dataset}}
+    if base in ("", "embedded"):
+        user["model"]["local_files_only"] = True
+    for key, section, name, _, _ in BEGINNER_FIELDS:
+        value = fields.get(key)
+        if value is None or value == "":
+            continue
+        if isinstance(value, float) and value.is_integer() and key not in ("lr", "alpha"):
+            value = int(value)
+        if key == "sample_prompt":
+            user["sample"] = {"prompts": [value.strip()], "every_n_epochs": 1}
+            continue
+        user.setdefault(section, {})[name] = value
+    if method != "lora":
+        user.setdefault("network", {})["type"] = method
+        if method in ("textual_inversion", "hypernetwork", "dreambooth"):
+            for k in ("dim", "alpha"):
+                user["network"].pop(k, None)
+    if method == "textual_inversion":
+        trigger = fields.get("trigger") or "zkz"
+        user["network"]["token"] = "".join(ch for ch in trigger if ch.isalnum() or ch in "_-") or "zkz"
+    user.setdefault("output", {})["dir"] = output_dir or str(output_root() / "runs")
+    return deep_merge(job, apply_tier({}, tier, user)) if tier else deep_merge(job, user)
+
+
+def fields_from_job(job: dict[str, Any]) -> dict[str, Any]:
+    values = {key: job.get(section, {}).get(name) for key, section, name, _, _ in BEGINNER_FIELDS}
+    prompts = values.get("sample_prompt") or []
+    values["sample_prompt"] = prompts[0] if prompts else (
+        f"{job['output'].get('trigger_phrase', '')}, a star on a white background --w 64 --h 64 --s 12"
+        if job.get("model", {}).get("base") == "embedded" else "")
+    return values
+
+
+def preflight(job_text: str) -> tuple[bool, str]:
+    """Everything we can check before launching: TOML, every field, the dataset, the base model."""
+    from engine.config import ConfigError, parse_config
+    from engine.data.folder import DatasetError, scan_dataset
+    from engine.models.loader import ModelLoadError, resolve_source
+
+    try:
+        cfg = parse_config(tomllib.loads(job_text))
+    except tomllib.TOMLDecodeError as err:
+        return False, f"not valid TOML: {err}"
+    except ConfigError as err:
+        return False, str(err)
+    try:
+        index = scan_dataset(Path(cfg.dataset.path))
+        src = resolve_source(cfg.model.base, local_files_only=cfg.model.local_files_only,
+                             allow_pickle=cfg.model.allow_pickle)
+    except (DatasetError, ModelLoadError, OSError) as err:
+        return False, str(err)
+    return True, (f"ready: {cfg.network.type} on {src.name} ({src.family}), {index.num_images} "
+                  f"images, {cfg.training.epochs} epochs")
