@@ -131,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from webapp.server import serve
 
     return serve(host=args.host, port=args.port, open_browser=not args.no_browser,
-                 listen=args.listen, auth=args.auth)
+                 listen=args.listen, auth=args.auth, lang=args.lang)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-browser", action="store_true")
     serve.add_argument("--listen", action="store_true", help="expose on the network (needs --auth)")
     serve.add_argument("--auth", help="user:password, required with --listen")
+    serve.add_argument("--lang", choices=["en", "zh"],
+                       help="language of the app (default: the browser's; en = English, zh = 简体中文)")
     serve.set_defaults(func=cmd_serve)
 
     train = sub.add_parser("train", help="train headless from a job TOML")

@@ -30,7 +30,7 @@ def cmd_card(args: argparse.Namespace) -> int:
         bar, update = _bar("sample images")
         result = export_card(Path(args.model), Path(args.out), info, job=job, base=args.base,
                              samples=samples, preferred_weight=args.weight,
-                             local_files_only=args.offline, progress=update)
+                             local_files_only=args.offline, progress=update, lang=args.lang)
     except (CardError, ModelLoadError, ValidationError, ValueError, OSError) as err:
         if bar is not None:
             bar.close()
@@ -64,6 +64,8 @@ def add_export_commands(sub) -> None:
     p.add_argument("--negative", default="", help="negative prompt (also the sidecar's negative text)")
     p.add_argument("--count", type=int, default=2, help="images per prompt (0 = none)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--lang", choices=["en", "zh"], default="en",
+                   help="language of README.md and card.html (zh = 简体中文)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0)
     p.add_argument("--size", type=int, help="sample size in pixels (default: the job's resolution)")

@@ -4,10 +4,13 @@ set -uo pipefail
 APP_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$APP_DIR"
 bash portable/setup_env.sh --dev || exit 1
-# the browser tests drive Debian's chromium (never `playwright install`)
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
-        || echo "could not install chromium; the browser tests will fail (LORAFORGE_SKIP_BROWSER=1 skips them)"
+# the browser tests drive Debian's chromium (never `playwright install`), with a CJK font so the
+# Chinese screenshots show characters
+if { ! command -v chromium >/dev/null 2>&1 || [ ! -d /usr/share/fonts/truetype/wqy ]; } \
+        && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    pkgs="chromium fonts-wqy-microhei"
+    apt-get install -y -q $pkgs >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $pkgs >/dev/null 2>&1; } \
+        || echo "could not install $pkgs; the browser tests need chromium (LORAFORGE_SKIP_BROWSER=1 skips them)"
 fi
 "${LORAFORGE_VENV:-$APP_DIR/.venv}/bin/python" -m pytest -q "$@"
 rc=$?

@@ -10,14 +10,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from engine.i18n import Translator
 from webapp.wizard_logic import output_root
+
+EN = Translator("en")
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: float, size: float,
               steps: float, cfg: float, out_dir: str, a_steps: float, a_lr: float, a_slerp: bool,
-              a_text: str, a_clip: str, progress=None):
+              a_text: str, a_clip: str, progress=None, t: Translator = EN):
     """(grid image path, cell image paths, message)."""
     from pydantic import ValidationError
 
@@ -26,17 +29,17 @@ def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: f
     from engine.models.loader import ModelLoadError, load_sd_components
 
     if runner.running:
-        return None, [], "a training job is running; make the grid when it has finished"
+        return None, [], t("compare.busy")
     try:
         paths = [Path(line.strip()) for line in files.splitlines() if line.strip()]
         if not paths:
-            raise GridError("list the files to compare, one per line")
+            raise GridError(t("compare.no_files"))
         missing = [p for p in paths if not p.is_file()]
         if missing:
-            raise GridError(f"file not found: {missing[0]}")
+            raise GridError(t("compare.missing", path=missing[0]))
         prompt_list = [p.strip() for p in prompts.splitlines() if p.strip()]
         if not prompt_list:
-            raise GridError("write at least one prompt")
+            raise GridError(t("compare.no_prompt"))
         aesthetic = AestheticSettings(steps=int(a_steps), lr=float(a_lr), slerp=bool(a_slerp),
                                       text=a_text or "", clip=a_clip.strip() or None)
         job = GridJob(checkpoints=paths, prompts=prompt_list, weights=parse_weights(weights),
@@ -47,12 +50,12 @@ def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: f
         tick = (lambda done, total: progress((done, total), desc="grid")) if progress else None
         result = run_grid(model, job, out, tick)
     except (GridError, ModelLoadError, ValidationError, ValueError, OSError) as err:
-        return None, [], f"error: {err}"
+        return None, [], t("compare.error", error=err)
     cells = [str(result.cells[key]) for key in sorted(result.cells)]
-    return str(result.grids[0]), cells, f"saved {len(result.grids)} grid(s) and {len(cells)} cells in {out}"
+    return str(result.grids[0]), cells, t("compare.saved", grids=len(result.grids), cells=len(cells), folder=out)
 
 
-def cell_choice(files: str, weights: str, prompts: str, index: float) -> tuple[str, float]:
+def cell_choice(files: str, weights: str, prompts: str, index: float, t: Translator = EN) -> tuple[str, float]:
     """(file, weight) of the gallery's ``index``-th cell; cells are ordered by (row = file,
     column = weight, z = prompt), as make_grid returns them."""
     from engine.grid import parse_weights
@@ -62,90 +65,82 @@ def cell_choice(files: str, weights: str, prompts: str, index: float) -> tuple[s
     nz = max(len([p for p in prompts.splitlines() if p.strip()]), 1)
     i = int(index)
     if not paths or not 0 <= i < len(paths) * len(ws) * nz:
-        raise ValueError("that cell is not in the current grid; make the grid again")
+        raise ValueError(t("compare.not_in_grid"))
     return paths[i // (len(ws) * nz)], ws[(i // nz) % len(ws)]
 
 
-def keep_pick(file: str, weight: float, name: str, out_dir: str) -> tuple[str, str]:
+def keep_pick(file: str, weight: float, name: str, out_dir: str, t: Translator = EN) -> tuple[str, str]:
     """Copy the chosen file as ``<name>`` with its preferred weight recorded; (path, message)."""
     from engine.data.importer import safe_filename
     from engine.export.pick import pick_checkpoint
 
     if not file or not Path(file).is_file():
-        return "", "click a cell of the grid first"
+        return "", t("compare.click_first")
     name = safe_filename(name.strip() or Path(file).stem + "-picked")
     dest = Path(out_dir.strip() or output_root() / "picked") / f"{name}{Path(file).suffix}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         path = pick_checkpoint(Path(file), dest, float(weight))
     except (OSError, ValueError, RuntimeError) as err:
-        return "", f"error: {err}"
-    return str(path), f"kept {Path(file).name} at weight {float(weight):g} as {path}"
+        return "", t("compare.error", error=err)
+    return str(path), t("compare.kept", name=Path(file).name, weight=f"{float(weight):g}", path=path)
 
 
-def build_compare_tab(runner, saved_files=None):
+def build_compare_tab(t: Translator, runner, saved_files=None):
     """Widgets + events of the compare step; call inside a ``gr.Blocks`` context. Returns the
     picked-file textbox (the export step starts from it)."""
     import gradio as gr
 
-    gr.Markdown("### 5. Compare\nEach saved file (epoch) is a row, each weight a column, all with "
-                "the same seed. Click the cell that looks best to pick that epoch and weight. "
-                "Usually the best file is not the last one: later epochs start copying the "
-                "training images; a good LoRA still looks right at weight 0.6-0.8.")
+    gr.Markdown(t("compare.title"))
     with gr.Row():
-        base = gr.Textbox("embedded", label="Base model", elem_id="grid-base")
-        out_dir = gr.Textbox(str(output_root() / "grid"), label="Save grids in", elem_id="grid-out")
-    files = gr.Textbox(lines=4, label="Files (one per line): LoRA/LyCORIS .safetensors, "
-                       "hypernetwork .pt, embeddings, aesthetic embeddings", elem_id="grid-files")
+        base = gr.Textbox("embedded", label=t("compare.base"), elem_id="grid-base")
+        out_dir = gr.Textbox(str(output_root() / "grid"), label=t("compare.out"), elem_id="grid-out")
+    files = gr.Textbox(lines=4, label=t("compare.files"), elem_id="grid-files")
     if saved_files is not None:
-        use = gr.Button("Use the files saved by training", elem_id="use-run-files")
+        use = gr.Button(t("compare.use_run"), elem_id="use-run-files")
         use.click(lambda text: text, saved_files, files, api_name="use_run_files")
     prompts = gr.Textbox("zkz, a star on a white background", lines=2,
-                         label="Prompts (one per line: one grid each)", elem_id="grid-prompts")
+                         label=t("compare.prompts"), elem_id="grid-prompts")
     with gr.Row():
-        weights = gr.Textbox("0, 0.5, 1", label="Weights (list or range 0.4-1.0(+0.2))",
-                             elem_id="grid-weights")
-        seed = gr.Number(42, label="Seed", precision=0)
-        size = gr.Number(64, label="Size (px)", precision=0)
-        steps = gr.Number(20, label="Sampling steps", precision=0)
-        cfg = gr.Number(7.0, label="CFG scale")
-    with gr.Accordion("Aesthetic embeddings (only for aesthetic embedding files)", open=False):
-        gr.Markdown("The text encoder is nudged toward the images' style for a few steps per "
-                    "prompt, then put back. Small weights (up to about 0.25) change the look "
-                    "without changing the content.")
+        weights = gr.Textbox("0, 0.5, 1", label=t("compare.weights"), elem_id="grid-weights")
+        seed = gr.Number(42, label=t("compare.seed"), precision=0)
+        size = gr.Number(64, label=t("compare.size"), precision=0)
+        steps = gr.Number(20, label=t("compare.steps"), precision=0)
+        cfg = gr.Number(7.0, label=t("compare.cfg"))
+    with gr.Accordion(t("compare.aesthetic"), open=False):
+        gr.Markdown(t("compare.aesthetic_help"))
         with gr.Row():
-            a_steps = gr.Number(5, label="Aesthetic steps", precision=0)
-            a_lr = gr.Number(1e-4, label="Aesthetic learning rate")
-            a_slerp = gr.Checkbox(False, label="Spherical blend (slerp)")
-        a_text = gr.Textbox("", label="Aesthetic text (rotates the image embedding)")
-        a_clip = gr.Textbox("", label="CLIP (hub id or folder; empty = recorded in the file)")
-    go = gr.Button("Make grid", variant="primary", elem_id="make-grid")
-    message = gr.Textbox(label="Grid message", interactive=False, elem_id="grid-message")
-    grid = gr.Image(label="Grid", type="filepath", interactive=False, elem_id="grid-image")
-    cells = gr.Gallery(label="Cells", columns=6, elem_id="grid-cells")
+            a_steps = gr.Number(5, label=t("compare.a_steps"), precision=0)
+            a_lr = gr.Number(1e-4, label=t("compare.a_lr"))
+            a_slerp = gr.Checkbox(False, label=t("compare.a_slerp"))
+        a_text = gr.Textbox("", label=t("compare.a_text"))
+        a_clip = gr.Textbox("", label=t("compare.a_clip"))
+    go = gr.Button(t("compare.make"), variant="primary", elem_id="make-grid")
+    message = gr.Textbox(label=t("compare.message"), interactive=False, elem_id="grid-message")
+    grid = gr.Image(label=t("compare.grid"), type="filepath", interactive=False, elem_id="grid-image")
+    cells = gr.Gallery(label=t("compare.cells"), columns=6, elem_id="grid-cells")
 
     def run(b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, progress=gr.Progress()):
-        return make_grid(runner, b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, progress)
+        return make_grid(runner, b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, progress, t)
 
     go.click(run, [base, files, prompts, weights, seed, size, steps, cfg, out_dir,
                    a_steps, a_lr, a_slerp, a_text, a_clip], [grid, cells, message], api_name="make_grid")
     with gr.Row():
-        cell = gr.Number(0, label="Cell (position in the gallery, from 0)", precision=0,
-                         elem_id="cell-index")
-        pick_file = gr.Textbox(label="Picked file", interactive=False, elem_id="pick-file")
-        pick_weight = gr.Number(1.0, label="Picked weight", elem_id="pick-weight")
+        cell = gr.Number(0, label=t("compare.cell"), precision=0, elem_id="cell-index")
+        pick_file = gr.Textbox(label=t("compare.pick_file"), interactive=False, elem_id="pick-file")
+        pick_weight = gr.Number(1.0, label=t("compare.pick_weight"), elem_id="pick-weight")
     with gr.Row():
-        pick_name = gr.Textbox("", label="Save the pick as (name)", elem_id="pick-name")
-        keep = gr.Button("Keep this pick", variant="primary", elem_id="keep-pick")
-    picked = gr.Textbox(label="Kept file", interactive=False, elem_id="picked")
-    pick_msg = gr.Textbox(label="Pick message", interactive=False, elem_id="pick-message")
+        pick_name = gr.Textbox("", label=t("compare.pick_name"), elem_id="pick-name")
+        keep = gr.Button(t("compare.keep"), variant="primary", elem_id="keep-pick")
+    picked = gr.Textbox(label=t("compare.kept_file"), interactive=False, elem_id="picked")
+    pick_msg = gr.Textbox(label=t("compare.pick_message"), interactive=False, elem_id="pick-message")
 
     def choose(f, w, p, i):
         try:
-            file, weight = cell_choice(f, w, p, i)
+            file, weight = cell_choice(f, w, p, i, t)
         except ValueError as err:
-            return gr.skip(), gr.skip(), f"error: {err}"
-        return file, weight, f"chosen: {Path(file).name} at weight {weight:g}"
+            return gr.skip(), gr.skip(), t("compare.error", error=err)
+        return file, weight, t("compare.chosen", name=Path(file).name, weight=f"{weight:g}")
 
     def on_select(f, w, p, evt):
         return (evt.index,) + tuple(choose(f, w, p, evt.index))
@@ -156,6 +151,6 @@ def build_compare_tab(runner, saved_files=None):
                  api_visibility="private")
     gr.Button("Choose cell", visible=False).click(
         choose, [files, weights, prompts, cell], [pick_file, pick_weight, pick_msg], api_name="choose_cell")
-    keep.click(lambda f, w, n: keep_pick(f, w, n, str(output_root() / "picked")),
+    keep.click(lambda f, w, n: keep_pick(f, w, n, str(output_root() / "picked"), t),
                [pick_file, pick_weight, pick_name], [picked, pick_msg], api_name="keep_pick")
     return picked

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.i18n import Translator
 
-def preprocess_copy(path: str, resolution: float, crop: str, flip: bool, progress=None) -> tuple[str, str]:
+EN = Translator("en")
+
+
+def preprocess_copy(path: str, resolution: float, crop: str, flip: bool, progress=None,
+                    t: Translator = EN) -> tuple[str, str]:
     """(new dataset folder or "", message). The copy goes beside the source: ``<name>-<res>px``."""
     from engine.data.folder import DatasetError, scan_dataset
     from engine.data.preprocess import PreprocessOptions, preprocess_dataset
@@ -13,26 +18,26 @@ def preprocess_copy(path: str, resolution: float, crop: str, flip: bool, progres
     src = Path(path.strip())
     res = int(resolution)
     if res < 64 or res % 64:
-        return "", "resolution must be a multiple of 64 (e.g. 512, 768, 1024)"
+        return "", t("tools.bad_size")
     dest = src.parent / f"{src.name}-{res}px"
     tick = (lambda done, total: progress((done, total), desc="preprocess")) if progress else None
     try:
         report = preprocess_dataset(scan_dataset(src), dest, PreprocessOptions(
             resolution=res, crop=crop, flip_copies=bool(flip)), tick)
     except (DatasetError, OSError, ValueError) as err:
-        return "", f"error: {err}"
-    return str(dest), f"{report.summary()}\nworking copy: {dest} (now the dataset folder)"
+        return "", t("tools.error", error=err)
+    return str(dest), t("tools.prep_done", written=len(report.written), folder=dest)
 
 
 def auto_caption(path: str, method: str, model: str, threshold: float, mode: str, trigger: str,
-                 progress=None) -> str:
+                 progress=None, t: Translator = EN) -> str:
     """Caption every image of the folder; ``model``: hub id or local folder (empty = default)."""
     from engine.captioning.run import caption_images, dataset_images
     from engine.captioning.sources import CaptionModelError
 
     images = dataset_images(Path(path.strip()))
     if not images:
-        return f"error: no images in {path}"
+        return t("tools.error", error=t("tools.no_images", folder=path))
     try:
         if method == "wd14":
             from engine.captioning.wd14 import DEFAULT_REPO, WD14Options, WD14Tagger
@@ -45,46 +50,42 @@ def auto_caption(path: str, method: str, model: str, threshold: float, mode: str
             captioner = BlipCaptioner.load(model.strip() or DEFAULT_REPO)
             opts = BlipOptions()
     except CaptionModelError as err:
-        return f"error: {err}"
+        return t("tools.error", error=err)
     tick = (lambda done, total: progress((done, total), desc="captions")) if progress else None
     report = caption_images(images, captioner, opts, mode, trigger.strip(), tick)
-    return report.summary()
+    return t("tools.captions_done", written=len(report.written), kept=len(report.kept))
 
 
-def build_dataset_tools(path, trigger, refresh, refresh_outputs: list) -> None:
+def build_dataset_tools(t: Translator, path, trigger, refresh, refresh_outputs: list) -> None:
     """Widgets for both tools; ``refresh(folder)`` gives the new values of ``refresh_outputs``
     (the step's report, gallery, ...) after a tool changed the dataset."""
     import gradio as gr
 
-    with gr.Accordion("Prepare: crop / resize, automatic captions", open=False):
-        gr.Markdown("Crop and resize to the training size in a new folder (originals untouched). "
-                    "`center` and `focal` crop to a square; `bucket` keeps each image's aspect "
-                    "ratio (train with buckets on).")
+    with gr.Accordion(t("tools.title"), open=False):
+        gr.Markdown(t("tools.prep_help"))
         with gr.Row():
-            res = gr.Number(512, label="Size (px)", precision=0, elem_id="prep-size")
-            crop = gr.Dropdown(["center", "focal", "bucket"], value="center", label="Crop")
-            flip = gr.Checkbox(False, label="Add mirrored copies")
-            prep = gr.Button("Write working copy", elem_id="prep-run")
-        gr.Markdown("Captions: WD14 writes booru-style tags (anime/illustration models), BLIP a "
-                    "sentence (photos). The model is downloaded once, or give a local folder.")
+            res = gr.Number(512, label=t("tools.size"), precision=0, elem_id="prep-size")
+            crop = gr.Dropdown(["center", "focal", "bucket"], value="center", label=t("tools.crop"))
+            flip = gr.Checkbox(False, label=t("tools.flip"))
+            prep = gr.Button(t("tools.prep"), elem_id="prep-run")
+        gr.Markdown(t("tools.caption_help"))
         with gr.Row():
-            method = gr.Dropdown(["wd14", "blip"], value="wd14", label="Captioner", elem_id="cap-method")
-            model = gr.Textbox("", label="Model (hub id or folder; empty = default)", elem_id="cap-model")
-            threshold = gr.Number(0.35, label="WD14 tag threshold",
-                                  info="Lower = more tags, also wrong ones; 0.3-0.4 is usual.")
+            method = gr.Dropdown(["wd14", "blip"], value="wd14", label=t("tools.captioner"), elem_id="cap-method")
+            model = gr.Textbox("", label=t("tools.model"), elem_id="cap-model")
+            threshold = gr.Number(0.35, label=t("tools.threshold"), info=t("tools.threshold_info"))
             mode = gr.Dropdown(["skip", "overwrite", "append"], value="skip",
-                               label="Images that already have a caption")
-            run = gr.Button("Caption images", elem_id="cap-run")
-        message = gr.Textbox(label="Prepare message", interactive=False, elem_id="prep-message")
+                               label=t("tools.mode"))
+            run = gr.Button(t("tools.run"), elem_id="cap-run")
+        message = gr.Textbox(label=t("tools.message"), interactive=False, elem_id="prep-message")
 
     def do_prep(folder, r, c, f, progress=gr.Progress()):
-        new, note = preprocess_copy(folder, r, c, f, progress)
+        new, note = preprocess_copy(folder, r, c, f, progress, t)
         if not new:
             return (gr.skip(), note) + tuple(gr.skip() for _ in refresh_outputs)
         return (new, note) + tuple(refresh(new))
 
     def do_caption(folder, meth, mdl, th, md, trig, progress=gr.Progress()):
-        return (auto_caption(folder, meth, mdl, th, md, trig, progress),) + tuple(refresh(folder))
+        return (auto_caption(folder, meth, mdl, th, md, trig, progress, t),) + tuple(refresh(folder))
 
     prep.click(do_prep, [path, res, crop, flip], [path, message, *refresh_outputs], api_name="preprocess")
     run.click(do_caption, [path, method, model, threshold, mode, trigger], [message, *refresh_outputs],

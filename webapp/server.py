@@ -10,6 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
+from engine.i18n import DEFAULT_LANGUAGE, LANGUAGES, Translator, pick_language
 from webapp.wizard_logic import output_root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,9 +47,9 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def build_app(runner=None, tier: tuple[str, str] | None = None):
-    """The wizard: six steps as tabs, each a thin layer over the engine. ``tier``: (name, reason)
-    of the hardware tier to preselect (default: probe this machine)."""
+def build_app(runner=None, tier: tuple[str, str] | None = None, lang: str = DEFAULT_LANGUAGE):
+    """The wizard in one language: six steps as tabs, each a thin layer over the engine.
+    ``tier``: (name, reason) of the hardware tier to preselect (default: probe this machine)."""
     import gradio as gr
 
     from engine.jobs import JobRunner
@@ -57,36 +58,88 @@ def build_app(runner=None, tier: tuple[str, str] | None = None):
     from webapp.steps_prepare import build_base_step, build_dataset_step
     from webapp.steps_train import build_method_step, build_train_step, hardware_tier
 
+    t = Translator(lang)
     runner = runner or JobRunner()
     tier_name, tier_reason = tier or hardware_tier()
-    with gr.Blocks(title="LoRA Forge") as app:
-        gr.Markdown("# LoRA Forge\nFrom your images to a tested, exported LoRA in six steps. "
-                    "Everything is preset for the built-in demo (a purple star, trigger word "
-                    "`zkz`): press **Start training** in step 4 to see the whole flow on a CPU.")
+    # plain links in this tab (Markdown links open a new one); relative, so a proxy prefix works
+    switch = " · ".join(f"<b>{name}</b>" if code == lang else f"<a href='../{code}/' target='_self'>{name}</a>"
+                        for code, name in LANGUAGES.items())
+    with gr.Blocks(title=t("app.title")) as app:
+        gr.Markdown(f"# {t('app.title')}\n{t('app.intro')}", elem_id="intro")
+        gr.HTML(f"<p>{t('app.language')}: {switch}</p>", elem_id="lang-switch")
         with gr.Tabs():
-            with gr.Tab("1 Base model", elem_id="tab-base"):
-                base = build_base_step()
-            with gr.Tab("2 Dataset", elem_id="tab-dataset"):
-                dataset, per_epoch, _ = build_dataset_step()
-            with gr.Tab("3 Method", elem_id="tab-method"):
-                job_text = build_method_step(base, dataset, per_epoch, tier_name, tier_reason)
-            with gr.Tab("4 Train", elem_id="tab-train"):
-                saved = build_train_step(runner, job_text)
-            with gr.Tab("5 Compare", elem_id="tab-compare"):
-                picked = build_compare_tab(runner, saved)
-            with gr.Tab("6 Export", elem_id="tab-export"):
-                build_export_step(picked, job_text)
+            with gr.Tab(t("app.tab_base"), elem_id="tab-base"):
+                base = build_base_step(t)
+            with gr.Tab(t("app.tab_dataset"), elem_id="tab-dataset"):
+                dataset, per_epoch, _ = build_dataset_step(t)
+            with gr.Tab(t("app.tab_method"), elem_id="tab-method"):
+                job_text = build_method_step(t, base, dataset, per_epoch, tier_name, tier_reason)
+            with gr.Tab(t("app.tab_train"), elem_id="tab-train"):
+                saved = build_train_step(t, runner, job_text)
+            with gr.Tab(t("app.tab_compare"), elem_id="tab-compare"):
+                picked = build_compare_tab(t, runner, saved)
+            with gr.Tab(t("app.tab_export"), elem_id="tab-export"):
+                build_export_step(t, picked, job_text)
         demo_text = gr.Textbox(visible=False)
         gr.Button("Default job", visible=False).click(default_job_text, None, demo_text, api_name="default_job")
     return app
 
 
+def build_server(lang: str | None = None, tier: tuple[str, str] | None = None,
+                 credentials: tuple[str, str] | None = None, runner=None):
+    """One web server with the wizard in every language at /<lang>/ (all sharing one job
+    runner, so a job started in one language shows in the other); / sends the browser to its own
+    language, or to ``lang`` (--lang) when given."""
+    import gradio as gr
+    from fastapi import FastAPI, Request
+    from fastapi.responses import RedirectResponse
+
+    from engine.jobs import JobRunner
+
+    if lang is not None and lang not in LANGUAGES:
+        raise ValueError(f"--lang must be one of {', '.join(LANGUAGES)}")
+    runner = runner or JobRunner()
+    api = FastAPI()
+
+    def root(request):
+        return RedirectResponse(f"./{pick_language(request.headers.get('accept-language'), lang)}/")
+    root.__annotations__["request"] = Request  # a real class: FastAPI injects the request by type
+    api.get("/")(root)
+
+    for code in LANGUAGES:
+        api = gr.mount_gradio_app(api, build_app(runner, tier, code), path=f"/{code}",
+                                  auth=credentials, show_error=True,
+                                  allowed_paths=[str(output_root())])  # grids and samples
+    return api
+
+
+def run_server(api, host: str, port: int, block: bool = True):
+    """uvicorn in this thread (``block``) or a background one; returns the uvicorn server."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="warning"))
+    if block:
+        server.run()
+        return server
+    thread = threading.Thread(target=server.run, name="loraforge-web", daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.05)
+    return server
+
+
 def serve(host: str = "127.0.0.1", port: int = 7860, open_browser: bool = True,
-          listen: bool = False, auth: str | None = None, block: bool = True):
+          listen: bool = False, auth: str | None = None, block: bool = True, lang: str | None = None):
     try:
         credentials = parse_auth(auth)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    if lang is not None and lang not in LANGUAGES:
+        print(f"error: --lang must be one of {', '.join(LANGUAGES)}", file=sys.stderr)
         return 2
     if listen:
         if credentials is None:
@@ -99,9 +152,13 @@ def serve(host: str = "127.0.0.1", port: int = 7860, open_browser: bool = True,
 
     tier = hardware_tier()
     print(f"hardware: {tier[1]}\npreset tier: {tier[0]}")
-    app = build_app(tier=tier)
-    print(f"LoRA Forge running at http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}")
-    app.launch(server_name=host, server_port=port, inbrowser=open_browser, auth=credentials,
-               prevent_thread_lock=not block, show_error=True, quiet=True,
-               allowed_paths=[str(output_root())])  # grids and samples are shown from there
-    return app if not block else 0
+    api = build_server(lang, tier, credentials)
+    url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
+    print(f"LoRA Forge running at {url}")
+    if open_browser:
+        import threading
+        import webbrowser
+
+        threading.Timer(1.5, lambda: webbrowser.open(url)).start()
+    server = run_server(api, host, port, block)
+    return server if not block else 0

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.i18n import Translator
 from webapp.wizard_logic import output_root
+
+EN = Translator("en")
 
 
 
 def export_card_files(model: str, out_dir: str, description: str, license_id: str,
-                      sample_count: float, progress=None):
+                      sample_count: float, progress=None, t: Translator = EN):
     """(message, card README text, sidecar JSON text)."""
     from pydantic import ValidationError
 
@@ -19,23 +22,23 @@ def export_card_files(model: str, out_dir: str, description: str, license_id: st
 
     path = Path(model.strip())
     if not path.is_file():
-        return f"error: file not found: {path}", "", ""
+        return t("export.missing", path=path), "", ""
     try:
         info = CardInfo(description=description.strip(), license=license_id.strip() or "creativeml-openrail-m")
         tick = (lambda done, total: progress((done, total), desc="samples")) if progress else None
         out = export_card(path, Path(out_dir.strip() or output_root() / "export"), info,
                           samples=SampleSettings(count=int(sample_count)), local_files_only=True,
-                          progress=tick)
+                          progress=tick, lang=t.lang)
     except (ValidationError, ModelLoadError, ValueError, OSError) as err:
-        return f"error: {err}", "", ""
+        return t("export.error", error=err), "", ""
     readme = out.files.get("readme")
     sidecar = out.files.get("sidecar")
-    return (f"card written to {out.folder} ({len(out.files)} files, {len(out.samples)} samples)",
+    return (t("export.written", folder=out.folder, files=len(out.files), samples=len(out.samples)),
             readme.read_text(encoding="utf-8") if readme else "",
             sidecar.read_text(encoding="utf-8") if sidecar else "")
 
 
-def preset_from_job(job_text: str, name: str, author: str, description: str):
+def preset_from_job(job_text: str, name: str, author: str, description: str, t: Translator = EN):
     """(preset TOML, one-line share code) or an error in the first field."""
     import tomllib
 
@@ -46,42 +49,39 @@ def preset_from_job(job_text: str, name: str, author: str, description: str):
         cfg = parse_config(tomllib.loads(job_text))
         text = export_preset(cfg, name.strip() or cfg.output.name, author.strip(), description.strip())
     except (tomllib.TOMLDecodeError, ConfigError, PresetError) as err:
-        return f"error: {err}", ""
+        return t("export.error", error=err), ""
     return text, to_code(text)
 
 
-def build_export_step(picked, job_text):
+def build_export_step(t: Translator, picked, job_text):
     import gradio as gr
 
-    gr.Markdown("### 6. Export\nA folder ready for Civitai or Hugging Face: the model, the "
-                "A1111 sidecar `.json` (trigger word, preferred weight), sample images with their "
-                "generation parameters, a README model card and `card.json`. Share your settings "
-                "as a preset file or a one-line code (no paths, nothing executable).")
-    model = gr.Textbox(label="Model file (from step 5, or any saved file)", elem_id="export-model")
+    gr.Markdown(t("export.title"))
+    model = gr.Textbox(label=t("export.model"), elem_id="export-model")
     picked.change(lambda p: p, picked, model, api_visibility="private")
     with gr.Row():
-        description = gr.Textbox("", label="Description", elem_id="export-description")
-        license_id = gr.Textbox("creativeml-openrail-m", label="License (Hugging Face id)")
-        count = gr.Number(2, label="Sample images per prompt", precision=0, minimum=0)
-    out_dir = gr.Textbox(str(output_root() / "export"), label="Export folder")
-    go = gr.Button("Write model card", variant="primary", elem_id="write-card")
-    message = gr.Textbox(label="Export message", interactive=False, elem_id="export-message")
+        description = gr.Textbox("", label=t("export.description"), elem_id="export-description")
+        license_id = gr.Textbox("creativeml-openrail-m", label=t("export.license"))
+        count = gr.Number(2, label=t("export.samples"), precision=0, minimum=0)
+    out_dir = gr.Textbox(str(output_root() / "export"), label=t("export.folder"))
+    go = gr.Button(t("export.write"), variant="primary", elem_id="write-card")
+    message = gr.Textbox(label=t("export.message"), interactive=False, elem_id="export-message")
     with gr.Row():
-        readme = gr.Code(label="README.md", language="markdown", elem_id="card-readme")
-        sidecar = gr.Code(label="A1111 sidecar", language="json", elem_id="card-sidecar")
+        readme = gr.Code(label=t("export.readme"), language="markdown", elem_id="card-readme")
+        sidecar = gr.Code(label=t("export.sidecar"), language="json", elem_id="card-sidecar")
 
     def run(m, o, d, lic, c, progress=gr.Progress()):
-        return export_card_files(m, o, d, lic, c, progress)
+        return export_card_files(m, o, d, lic, c, progress, t)
 
     go.click(run, [model, out_dir, description, license_id, count], [message, readme, sidecar],
              api_name="export_card")
-    with gr.Accordion("Share the settings as a preset", open=False):
+    with gr.Accordion(t("export.share"), open=False):
         with gr.Row():
-            p_name = gr.Textbox("", label="Preset name", elem_id="preset-name")
-            p_author = gr.Textbox("", label="Author")
-            p_desc = gr.Textbox("", label="What it is good for")
-        share = gr.Button("Make preset", elem_id="make-preset")
-        preset = gr.Code(label="Preset (TOML)", language=None, elem_id="preset-toml")
-        code = gr.Textbox(label="Share code", interactive=False, elem_id="preset-code")
-        share.click(preset_from_job, [job_text, p_name, p_author, p_desc], [preset, code],
+            p_name = gr.Textbox("", label=t("export.preset_name"), elem_id="preset-name")
+            p_author = gr.Textbox("", label=t("export.author"))
+            p_desc = gr.Textbox("", label=t("export.good_for"))
+        share = gr.Button(t("export.make_preset"), elem_id="make-preset")
+        preset = gr.Code(label=t("export.preset"), language=None, elem_id="preset-toml")
+        code = gr.Textbox(label=t("export.code"), interactive=False, elem_id="preset-code")
+        share.click(lambda *a: preset_from_job(*a, t=t), [job_text, p_name, p_author, p_desc], [preset, code],
                     api_name="export_preset")

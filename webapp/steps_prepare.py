@@ -4,102 +4,96 @@ from __future__ import annotations
 from pathlib import Path
 
 from webapp.dataset_tools import build_dataset_tools
+from engine.i18n import Translator
 from webapp.wizard_logic import demo_job, output_root, describe_base, scan_models, summarize_dataset
 
 
 
-def build_base_step():
+def build_base_step(t: Translator):
     """Returns the base-model textbox (later steps read it)."""
     import gradio as gr
 
-    gr.Markdown("### 1. Base model\nThe model your LoRA is trained on, and later used with. "
-                "`embedded` is the tiny built-in *shapes* model: it runs on any CPU in minutes. "
-                "For real work choose the model you generate with: a `.safetensors` file (A1111 / "
-                "Civitai), a diffusers folder, or a Hugging Face id such as "
-                "`stable-diffusion-v1-5/stable-diffusion-v1-5`.")
+    gr.Markdown(t("base.title"))
     with gr.Row():
-        folder = gr.Textbox("", label="Models folder (e.g. A1111's models/Stable-diffusion)",
+        folder = gr.Textbox("", label=t("base.folder"),
                             elem_id="models-folder")
-        scan = gr.Button("Scan folder", elem_id="scan-models")
-    found = gr.Dropdown([], label="Models found", allow_custom_value=True, elem_id="models-found")
-    base = gr.Textbox(demo_job()["model"]["base"], label="Base model (path, hub id or embedded)",
+        scan = gr.Button(t("base.scan"), elem_id="scan-models")
+    found = gr.Dropdown([], label=t("base.found"), allow_custom_value=True, elem_id="models-found")
+    base = gr.Textbox(demo_job()["model"]["base"], label=t("base.model"),
                       elem_id="base-model")
-    detect = gr.Button("Detect type", elem_id="detect-base")
-    kind = gr.Textbox(describe_base("embedded"), label="Detected", interactive=False,
+    detect = gr.Button(t("base.detect"), elem_id="detect-base")
+    kind = gr.Textbox(describe_base("embedded", t), label=t("base.detected"), interactive=False,
                       elem_id="base-kind")
 
     def do_scan(path):
         models = scan_models(path)
-        note = f"{len(models)} model(s) found" if models else "no .safetensors or diffusers models there"
+        note = t("base.n_found", n=len(models)) if models else t("base.none_found")
         return gr.Dropdown(choices=models, value=models[0] if models else None), note
 
     scan.click(do_scan, folder, [found, kind], api_name="scan_models")
     found.change(lambda v: v or gr.skip(), found, base, api_visibility="private")
-    detect.click(describe_base, base, kind, api_name="detect_base")
+    detect.click(lambda b: describe_base(b, t), base, kind, api_name="detect_base")
     return base
 
 
-def build_dataset_step():
+def build_dataset_step(t: Translator):
     """Returns (dataset path textbox, images-per-epoch number) for the later steps."""
     import gradio as gr
 
     from engine.data.importer import import_concept, safe_filename
 
     job = demo_job()
-    first = summarize_dataset(job["dataset"]["path"])
-    gr.Markdown("### 2. Dataset\nA folder in kohya layout: subfolders named `N_name` (N = repeats "
-                "per epoch), each image with a caption `.txt` beside it. Upload images to make one, "
-                "or point at an existing folder. 15-50 varied images of one concept are typical; "
-                "repeats x images of about 100-200 per epoch is a good start.")
+    first = summarize_dataset(job["dataset"]["path"], t)
+    gr.Markdown(t("dataset.title"))
     with gr.Row():
-        uploads = gr.File(file_count="multiple", label="Upload images (or a .zip)", elem_id="upload")
+        uploads = gr.File(file_count="multiple", label=t("dataset.upload"), elem_id="upload")
         with gr.Column():
-            concept = gr.Textbox("mychar", label="Concept name", elem_id="concept-name")
-            repeats = gr.Number(10, label="Repeats", precision=0, minimum=1,
-                                info="How often each image is seen per epoch; fewer images = more repeats.")
-            make = gr.Button("Import into a new dataset", elem_id="import-dataset")
-    path = gr.Textbox(job["dataset"]["path"], label="Dataset folder", elem_id="dataset-path")
-    check = gr.Button("Check dataset", elem_id="check-dataset")
-    report = gr.Textbox(first.text, label="Dataset report", lines=5, interactive=False,
+            concept = gr.Textbox("mychar", label=t("dataset.concept"), elem_id="concept-name")
+            repeats = gr.Number(10, label=t("dataset.repeats"), precision=0, minimum=1,
+                                info=t("dataset.repeats_info"))
+            make = gr.Button(t("dataset.import"), elem_id="import-dataset")
+    path = gr.Textbox(job["dataset"]["path"], label=t("dataset.folder"), elem_id="dataset-path")
+    check = gr.Button(t("dataset.check"), elem_id="check-dataset")
+    report = gr.Textbox(first.text, label=t("dataset.report"), lines=5, interactive=False,
                         elem_id="dataset-report")
     per_epoch = gr.Number(first.num_per_epoch, visible=False)
-    gallery = gr.Gallery(first.images, label="Images", columns=8, height=220, elem_id="dataset-gallery")
-    with gr.Accordion("Captions and trigger word", open=False):
-        gr.Markdown("The trigger word goes at the front of every caption. Tags you leave in a "
-                    "caption become changeable in prompts; what you leave out is absorbed into "
-                    "the trigger word.")
+    gallery = gr.Gallery(first.images, label=t("dataset.images"), columns=8, height=220, elem_id="dataset-gallery")
+    with gr.Accordion(t("dataset.captions_title"), open=False):
+        gr.Markdown(t("dataset.captions_help"))
         with gr.Row():
-            trigger = gr.Textbox("zkz", label="Trigger word", elem_id="dataset-trigger")
-            add_trigger = gr.Button("Add to all captions", elem_id="add-trigger")
-        image = gr.Dropdown(first.images, label="Image", elem_id="caption-image")
-        caption = gr.Textbox("", label="Caption", elem_id="caption-text")
-        save_caption = gr.Button("Save caption", elem_id="save-caption")
-        cap_msg = gr.Textbox(label="Caption message", interactive=False)
+            trigger = gr.Textbox("zkz", label=t("dataset.trigger"), elem_id="dataset-trigger")
+            add_trigger = gr.Button(t("dataset.add_trigger"), elem_id="add-trigger")
+        image = gr.Dropdown(first.images, label=t("dataset.image"), elem_id="caption-image")
+        caption = gr.Textbox("", label=t("dataset.caption"), elem_id="caption-text")
+        save_caption = gr.Button(t("dataset.save_caption"), elem_id="save-caption")
+        cap_msg = gr.Textbox(label=t("dataset.caption_message"), interactive=False)
 
     def do_check(folder):
-        s = summarize_dataset(folder)
+        s = summarize_dataset(folder, t)
         return s.text, s.images, s.num_per_epoch, gr.Dropdown(choices=s.images, value=None)
 
     def do_import(files, name, reps):
         if not files:
-            return gr.skip(), "upload some images (or a .zip) first", gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), t("dataset.upload_first"), gr.skip(), gr.skip(), gr.skip()
         name = safe_filename(name or "concept")
         sources = [Path(f if isinstance(f, str) else f.name) for f in files]
         source = sources[0] if len(sources) == 1 and sources[0].suffix.lower() == ".zip" else sources
         try:
             rep = import_concept(source, output_root() / "datasets" / name, name, int(reps or 1))
         except (OSError, ValueError) as err:
-            return gr.skip(), f"import failed: {err}", gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), t("dataset.import_failed", error=err), gr.skip(), gr.skip(), gr.skip()
         folder = str(output_root() / "datasets" / name)
-        s = summarize_dataset(folder)
-        return folder, rep.summary() + "\n" + s.text, s.images, s.num_per_epoch, gr.Dropdown(choices=s.images)
+        s = summarize_dataset(folder, t)
+        note = t("dataset.imported", images=len(rep.copied), captions=rep.captions, folder=rep.folder,
+                 skipped=len(rep.skipped), renamed=len(rep.renamed))
+        return folder, note + "\n" + s.text, s.images, s.num_per_epoch, gr.Dropdown(choices=s.images)
 
     def do_add_trigger(folder, word):
         from engine.data.folder import DatasetError, scan_dataset
         from engine.data.tags import add_front, apply_to_captions
 
         if not word.strip():
-            return "write a trigger word first"
+            return t("dataset.trigger_first")
         try:
             index = scan_dataset(Path(folder))
         except (DatasetError, OSError) as err:
@@ -111,7 +105,7 @@ def build_dataset_step():
                 txt.write_text(it.caption, encoding="utf-8")
             files.append(txt)
         changed = apply_to_captions(files, add_front(word.strip()))
-        return f"trigger word '{word.strip()}' is now first in {len(files)} captions ({changed} changed)"
+        return t("dataset.trigger_done", word=word.strip(), n=len(files), changed=changed)
 
     def load_caption(img):
         txt = Path(img).with_suffix(".txt") if img else None
@@ -121,13 +115,13 @@ def build_dataset_step():
         from engine.fileio import atomic_write
 
         if not img:
-            return "choose an image first"
+            return t("dataset.choose_image")
         txt = Path(img).with_suffix(".txt")
         atomic_write(txt, lambda tmp: tmp.write_text(text.strip(), encoding="utf-8"))
-        return f"saved {txt.name}"
+        return t("dataset.caption_saved", name=txt.name)
 
     check.click(do_check, path, [report, gallery, per_epoch, image], api_name="check_dataset")
-    build_dataset_tools(path, trigger, do_check, [report, gallery, per_epoch, image])
+    build_dataset_tools(t, path, trigger, do_check, [report, gallery, per_epoch, image])
     make.click(do_import, [uploads, concept, repeats], [path, report, gallery, per_epoch, image],
                api_name="import_dataset")
     add_trigger.click(do_add_trigger, [path, trigger], cap_msg, api_name="add_trigger")

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.i18n import Translator
+
+EN = Translator("en")
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_JOB = ROOT / "presets" / "jobs" / "demo_lora.toml"
 
@@ -22,36 +26,36 @@ def output_root() -> Path:
 
 METHODS = ["lora", "locon", "loha", "lokr", "textual_inversion", "hypernetwork", "dreambooth"]
 
-# The beginner view: (field, job section, key, label, why). The "why" is the help under the field.
-BEGINNER_FIELDS: list[tuple[str, str, str, str, str]] = [
-    ("name", "output", "name", "Output name",
-     "File name of the result (name.safetensors, name-000001.safetensors per epoch)."),
-    ("trigger", "output", "trigger_phrase", "Trigger word",
-     "The word that calls up your concept in prompts; put it at the front of every caption."),
-    ("resolution", "dataset", "resolution", "Resolution (px)",
-     "Training size. Use the base model's own: 512 for SD 1.5, 1024 for SDXL, 64 for the "
-     "embedded demo model. Higher costs memory and time."),
-    ("epochs", "training", "epochs", "Epochs",
-     "How many times the whole dataset (with repeats) is seen. Too many: the LoRA copies the "
-     "training images (overfitting); too few: it barely changes anything."),
-    ("batch_size", "training", "batch_size", "Batch size",
-     "Images per step. Larger is smoother and faster per image but needs more memory."),
-    ("lr", "optimizer", "lr", "Learning rate",
-     "Step size of each update. Typical LoRA values are 1e-4 to 5e-4 on SD 1.5; too high gives "
-     "noisy, burnt images or a loss that jumps; too low learns nothing."),
-    ("dim", "network", "dim", "Network dim (rank)",
-     "Capacity of the LoRA: 8-32 for a character or object, up to 64-128 for a style. Bigger "
-     "files, more detail, easier to overfit."),
-    ("alpha", "network", "alpha", "Network alpha",
-     "Scales the learned update by alpha/dim: half of dim is a common choice; lower alpha = "
-     "weaker, more careful updates (raise the learning rate to compensate)."),
-    ("save_every", "output", "save_every_n_epochs", "Save every N epochs",
-     "Keeps a file per N epochs so you can compare them in step 5 and pick the best."),
-    ("seed", "training", "seed", "Seed", "Same seed, same data and settings: the same result."),
-    ("sample_prompt", "sample", "prompts", "Sample prompt (each epoch)",
-     "An image made with this prompt after every epoch shows the LoRA learning; empty = none. "
-     "Costs a few seconds per epoch."),
+# The beginner view: (field, job section, key). Labels and guidance (what it does, a sensible
+# range, the symptom when too high / too low) are in the catalogues under field.<field>.
+BEGINNER_FIELDS: list[tuple[str, str, str]] = [
+    ("name", "output", "name"),
+    ("trigger", "output", "trigger_phrase"),
+    ("resolution", "dataset", "resolution"),
+    ("epochs", "training", "epochs"),
+    ("batch_size", "training", "batch_size"),
+    ("lr", "optimizer", "lr"),
+    ("dim", "network", "dim"),
+    ("alpha", "network", "alpha"),
+    ("save_every", "output", "save_every_n_epochs"),
+    ("seed", "training", "seed"),
+    ("sample_prompt", "sample", "prompts"),
 ]
+
+
+def field_help(t: Translator, key: str, tier: str) -> str:
+    """The guidance under a beginner field, ending with the tier preset's value for it."""
+    from engine.presets import load_tier
+
+    section, name = next((sec, nm) for k, sec, nm in BEGINNER_FIELDS if k == key)
+    value = load_tier(tier).get(section, {}).get(name) if tier else None
+    tier_value = (t("method.tier_value", tier=tier, value=value) if value is not None
+                  else t("method.tier_unset", tier=tier))
+    parts = [t(f"field.{key}.why"), t("method.range", text=t(f"field.{key}.range"))]
+    for side in ("high", "low"):  # "-": no telltale symptom on that side
+        if t(f"field.{key}.{side}") != "-":
+            parts.append(t(f"method.too_{side}", text=t(f"field.{key}.{side}")))
+    return " ".join([*parts, tier_value])
 
 
 @dataclass
@@ -81,46 +85,44 @@ def scan_models(folder: str) -> list[str]:
     return [str(p) for p in found]
 
 
-def describe_base(base: str) -> str:
+def describe_base(base: str, t: Translator = EN) -> str:
     """The detected type of a base model, or why it cannot be used. Reads headers only."""
     from engine.models.loader import ModelLoadError, resolve_source
 
-    names = {"sd15": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL"}
     try:
         src = resolve_source(base or "embedded")
     except ModelLoadError as err:
-        return f"cannot use this model: {err}"
-    kind = {"diffusers": "diffusers folder", "single_file": "single .safetensors file",
-            "hub": "Hugging Face hub (cached)"}[src.kind]
-    return f"{src.name}: {names.get(src.family, src.family)} ({kind})"
+        return t("base.cannot_use", error=err)
+    return f"{src.name}: {t('base.family_' + src.family)} ({t('base.kind_' + src.kind)})"
 
 
-def summarize_dataset(path: str) -> DatasetSummary:
+def summarize_dataset(path: str, t: Translator = EN) -> DatasetSummary:
     """Subsets with their repeats and caption coverage (kohya layout), plus gallery images."""
     from engine.data.folder import DatasetError, scan_dataset
 
     try:
         index = scan_dataset(Path(path.strip()))
     except (DatasetError, OSError) as err:
-        return DatasetSummary(f"cannot use this dataset: {err}", [], 0, 0)
+        return DatasetSummary(t("dataset.cannot_use", error=err), [], 0, 0)
     lines = []
     for sub in index.subsets:
         captioned = sum(1 for it in sub.items if it.path.with_suffix(".txt").is_file())
-        lines.append(f"- {sub.name}: {len(sub.items)} images x {sub.repeats} repeats, "
-                     f"{captioned} with captions")
-    text = (f"{index.num_images} images, {index.num_train_images} per epoch with repeats\n"
-            + "\n".join(lines))
+        lines.append(t("dataset.subset", name=sub.name, images=len(sub.items), repeats=sub.repeats,
+                       captioned=captioned))
+    text = "\n".join([t("dataset.summary", images=index.num_images, per_epoch=index.num_train_images),
+                      *lines])
     images = [str(it.path) for sub in index.subsets for it in sub.items]
     return DatasetSummary(text, images, index.num_images, index.num_train_images)
 
 
-def steps_text(per_epoch: int, epochs: float, batch: float, accumulation: int = 1) -> str:
+def steps_text(per_epoch: int, epochs: float, batch: float, accumulation: int = 1,
+               t: Translator = EN) -> str:
     """images x repeats x epochs / batch = steps, with the numbers filled in."""
     epochs, batch = int(epochs or 0), max(int(batch or 1), 1)
     per_step = batch * max(accumulation, 1)
     steps_per_epoch = -(-per_epoch // per_step) if per_epoch else 0
-    return (f"{per_epoch} images x repeats x {epochs} epochs / batch {per_step} = "
-            f"{steps_per_epoch * epochs} steps ({steps_per_epoch} per epoch)")
+    return t("method.steps", per_epoch=per_epoch, epochs=epochs, batch=per_step,
+             steps=steps_per_epoch * epochs, per=steps_per_epoch)
 
 
 def build_job(base: str, dataset: str, method: str, tier: str, fields: dict[str, Any],
@@ -133,7 +135,7 @@ def build_job(base: str, dataset: str, method: str, tier: str, fields: dict[str,
     user: dict[str, Any] = {"model": {"base": base or "embedded"}, "dataset": {"path": dataset}}
     if base in ("", "embedded"):
         user["model"]["local_files_only"] = True
-    for key, section, name, _, _ in BEGINNER_FIELDS:
+    for key, section, name in BEGINNER_FIELDS:
         value = fields.get(key)
         if value is None or value == "":
             continue
@@ -156,7 +158,7 @@ def build_job(base: str, dataset: str, method: str, tier: str, fields: dict[str,
 
 
 def fields_from_job(job: dict[str, Any]) -> dict[str, Any]:
-    values = {key: job.get(section, {}).get(name) for key, section, name, _, _ in BEGINNER_FIELDS}
+    values = {key: job.get(section, {}).get(name) for key, section, name in BEGINNER_FIELDS}
     prompts = values.get("sample_prompt") or []
     values["sample_prompt"] = prompts[0] if prompts else (
         f"{job['output'].get('trigger_phrase', '')}, a star on a white background --w 64 --h 64 --s 12"
@@ -164,7 +166,7 @@ def fields_from_job(job: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def preflight(job_text: str) -> tuple[bool, str]:
+def preflight(job_text: str, t: Translator = EN) -> tuple[bool, str]:
     """Everything we can check before launching: TOML, every field, the dataset, the base model."""
     from engine.config import ConfigError, parse_config
     from engine.data.folder import DatasetError, scan_dataset
@@ -173,7 +175,7 @@ def preflight(job_text: str) -> tuple[bool, str]:
     try:
         cfg = parse_config(tomllib.loads(job_text))
     except tomllib.TOMLDecodeError as err:
-        return False, f"not valid TOML: {err}"
+        return False, t("method.not_toml", error=err)
     except ConfigError as err:
         return False, str(err)
     try:
@@ -182,5 +184,5 @@ def preflight(job_text: str) -> tuple[bool, str]:
                              allow_pickle=cfg.model.allow_pickle)
     except (DatasetError, ModelLoadError, OSError) as err:
         return False, str(err)
-    return True, (f"ready: {cfg.network.type} on {src.name} ({src.family}), {index.num_images} "
-                  f"images, {cfg.training.epochs} epochs")
+    return True, t("method.ready", method=cfg.network.type, base=src.name, family=src.family,
+                   images=index.num_images, epochs=cfg.training.epochs)

@@ -143,9 +143,13 @@ def export_card(model_file: Path, out_dir: Path, info: CardInfo | None = None,
                 job: JobConfig | None = None, base: str | None = None,
                 samples: SampleSettings | None = None, preferred_weight: float | None = None,
                 local_files_only: bool = False,
-                progress: Callable[[int, int], None] | None = None) -> CardExport:
+                progress: Callable[[int, int], None] | None = None, lang: str = "en") -> CardExport:
     """Write ``out_dir/<stem>/`` and return what was written. ``base`` (default: the job's base
-    model) is needed for sample images; without either, the card has no samples."""
+    model) is needed for sample images; without either, the card has no samples. ``lang``: the
+    language of README.md and card.html (the sidecar and card.json keep their fixed keys)."""
+    from engine.i18n import Translator
+
+    t = Translator(lang)
     info = info or CardInfo()
     model_file = Path(model_file)
     facts = gather_facts(model_file, job, preferred_weight)
@@ -167,8 +171,8 @@ def export_card(model_file: Path, out_dir: Path, info: CardInfo | None = None,
                                         lambda tmp: shutil.copyfile(folder / made[0].path, tmp))
     files["sidecar"] = atomic_write_bytes(folder / f"{model_file.stem}.json", json.dumps(
         sidecar(facts, info), indent=4, ensure_ascii=False).encode("utf-8"))
-    files["readme"] = atomic_write_bytes(folder / "README.md", readme(facts, info, made).encode("utf-8"))
+    files["readme"] = atomic_write_bytes(folder / "README.md", readme(facts, info, made, t).encode("utf-8"))
     files["card_json"] = atomic_write_bytes(folder / "card.json", json.dumps(
         card_json(facts, info, made), indent=2, ensure_ascii=False).encode("utf-8"))
-    files["card_html"] = atomic_write_bytes(folder / "card.html", card_html(facts, info, made).encode("utf-8"))
+    files["card_html"] = atomic_write_bytes(folder / "card.html", card_html(facts, info, made, t).encode("utf-8"))
     return CardExport(folder, model_copy, files, facts, made)

@@ -13,6 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.export.card_facts import CardFacts
+from engine.i18n import Translator
+
+EN = Translator("en")
 
 CommercialUse = Literal["None", "Image", "RentCivit", "Rent", "Sell"]
 
@@ -104,32 +107,32 @@ def card_json(facts: CardFacts, info: CardInfo, samples: list[CardSample]) -> di
     }
 
 
-def _yes(value: bool) -> str:
-    return "yes" if value else "no"
+def _yes(value: bool, t: Translator) -> str:
+    return t("card.yes") if value else t("card.no")
 
 
-def _rows(facts: CardFacts, info: CardInfo) -> list[tuple[str, str]]:
+def _rows(facts: CardFacts, info: CardInfo, t: Translator) -> list[tuple[str, str]]:
     kind = facts.civitai_type + (f" ({facts.params['loraType']})" if facts.params.get("loraType") else "")
-    rows = [("Type", kind), ("Base model", facts.base_model),
-            ("Trigger words", ", ".join(facts.trigger_words) or "-"),
-            ("Recommended weight", f"{facts.preferred_weight:g}"),
-            ("Epochs", str(facts.epochs or "-")), ("Steps", str(facts.steps or "-"))]
+    rows = [(t("card.type"), kind), (t("card.base_model"), facts.base_model),
+            (t("card.trigger_words"), ", ".join(facts.trigger_words) or "-"),
+            (t("card.weight"), f"{facts.preferred_weight:g}"),
+            (t("card.epochs"), str(facts.epochs or "-")), (t("card.steps"), str(facts.steps or "-"))]
     if facts.dataset_dirs:
         repeats = ", ".join(f"{k}: {v.get('img_count', 0)} x {v.get('n_repeats', 1)}"
                             for k, v in facts.dataset_dirs.items())
-        rows.append(("Dataset", f"{facts.num_images} images ({repeats})"))
+        rows.append((t("card.dataset"), t("card.dataset_value", n=facts.num_images, repeats=repeats)))
     if facts.base_model_name:
-        rows.append(("Trained on", facts.base_model_name))
+        rows.append((t("card.trained_on"), facts.base_model_name))
     if info.author:
-        rows.append(("Author", info.author))
+        rows.append((t("card.author"), info.author))
     return rows
 
 
-def _license_rows(info: CardInfo) -> list[tuple[str, str]]:
-    return [("License", info.license), ("Use without crediting the author", _yes(info.allow_no_credit)),
-            ("Commercial use", ", ".join(info.allow_commercial_use) or "None"),
-            ("Share merges", _yes(info.allow_derivatives)),
-            ("Different permissions on merges", _yes(info.allow_different_license))]
+def _license_rows(info: CardInfo, t: Translator) -> list[tuple[str, str]]:
+    return [(t("card.license"), info.license), (t("card.no_credit"), _yes(info.allow_no_credit, t)),
+            (t("card.commercial"), ", ".join(info.allow_commercial_use) or t("card.none")),
+            (t("card.merges"), _yes(info.allow_derivatives, t)),
+            (t("card.merge_license"), _yes(info.allow_different_license, t))]
 
 
 def _md_text(text: str) -> str:
@@ -151,7 +154,7 @@ def _md_table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("", "")) -> 
     return "\n".join(lines)
 
 
-def readme(facts: CardFacts, info: CardInfo, samples: list[CardSample]) -> str:
+def readme(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Translator = EN) -> str:
     """Civitai-style card; the front matter makes it a Hugging Face model card too."""
     tags = ["stable-diffusion", "text-to-image", facts.kind.replace("_", "-"), *info.tags]
     front = ["---", f"license: {json.dumps(info.license)}", f"tags: {json.dumps(tags, ensure_ascii=False)}"]
@@ -161,42 +164,40 @@ def readme(facts: CardFacts, info: CardInfo, samples: list[CardSample]) -> str:
     out = [*front, "", f"# {facts.name}", ""]
     if info.description:
         out += [_md_text(info.description), ""]
-    out += [_md_table(_rows(facts, info)), ""]
+    out += [_md_table(_rows(facts, info, t)), ""]
     if samples:
-        out += ["## Samples", ""]
+        out += [f"## {t('card.samples')}", ""]
         for s in samples:
-            out += [f"![{_md_cell(s.prompt)}]({s.path.as_posix()})", "",
-                    f"`{_code(s.prompt)}` (seed {s.seed}, {s.steps} steps, CFG {s.cfg_scale:g})", ""]
-    out += ["## How to use", "", *usage_lines(facts), ""]
+            line = t("card.sample_line", seed=s.seed, steps=s.steps, cfg=f"{s.cfg_scale:g}")
+            out += [f"![{_md_cell(s.prompt)}]({s.path.as_posix()})", "", f"`{_code(s.prompt)}` ({line})", ""]
+    out += [f"## {t('card.how_to_use')}", "", *usage_lines(facts, t), ""]
     if facts.params:
-        out += ["## Training parameters", "", _md_table(sorted(facts.params.items()), ("parameter", "value")), ""]
+        out += [f"## {t('card.training_parameters')}", "",
+                _md_table(sorted(facts.params.items()), (t("card.parameter"), t("card.value"))), ""]
     if facts.tag_counts and info.top_tags:
-        out += [f"## Most frequent tags (top {info.top_tags})", "",
-                _md_table(facts.tag_counts[:info.top_tags], ("tag", "images")), ""]
-    out += ["## Hashes", "", _md_table(list(facts.hashes.items()), ("hash", "value")), ""]
-    out += ["## License and permissions", "", _md_table(_license_rows(info)), ""]
+        out += [f"## {t('card.top_tags', n=info.top_tags)}", "",
+                _md_table(facts.tag_counts[:info.top_tags], (t("card.tag"), t("card.images"))), ""]
+    out += [f"## {t('card.hashes')}", "", _md_table(list(facts.hashes.items()), (t("card.hash"), t("card.value"))), ""]
+    out += [f"## {t('card.license_title')}", "", _md_table(_license_rows(info, t)), ""]
     if info.notes:
-        out += ["## Notes", "", _md_text(info.notes), ""]
+        out += [f"## {t('card.notes')}", "", _md_text(info.notes), ""]
     return "\n".join(out)
 
 
-def usage_lines(facts: CardFacts) -> list[str]:
+def usage_lines(facts: CardFacts, t: Translator = EN) -> list[str]:
     tag, f, words = usage_tag(facts), facts.file.name, ", ".join(facts.trigger_words)
+    weight = f"{facts.preferred_weight:g}"
     if facts.kind in ("lora", "locon", "loha", "lokr"):
-        return [f"- AUTOMATIC1111 / Forge: put `{f}` in `models/Lora` and add `{tag}` to the prompt"
-                + (f" with `{words}`." if words else "."),
-                f"- ComfyUI: put it in `models/loras`; LoraLoader strength {facts.preferred_weight:g}.",
-                f"- diffusers: `pipe.load_lora_weights(\"{f}\")`, then "
-                f"`pipe(prompt, cross_attention_kwargs={{\"scale\": {facts.preferred_weight:g}}})`."]
+        return [t("card.use_lora_a1111", file=f, tag=tag,
+                  words=t("card.use_with_words", words=words) if words else ""),
+                t("card.use_lora_comfy", weight=weight), t("card.use_lora_diffusers", file=f, weight=weight)]
     if facts.kind in ("textual_inversion", "dreamartist"):
-        return [f"- AUTOMATIC1111 / ComfyUI: put `{f}` in `embeddings` and write `{tag}` in the prompt.",
-                f"- diffusers: `pipe.load_textual_inversion(\"{f}\", token=\"{words}\")`."]
+        return [t("card.use_ti", file=f, tag=tag), t("card.use_ti_diffusers", file=f, words=words)]
     if facts.kind == "hypernetwork":
-        return [f"- AUTOMATIC1111: put `{f}` in `models/hypernetworks` and add `{tag}` to the prompt."]
+        return [t("card.use_hypernetwork", file=f, tag=tag)]
     if facts.kind == "aesthetic":
-        return [f"- AUTOMATIC1111 with the aesthetic-gradients extension: put the `.pt` in "
-                "`models/aesthetic_embeddings`; aesthetic weight up to about 0.25."]
-    return [f"- AUTOMATIC1111 / ComfyUI: put `{f}` in `models/Stable-diffusion` (`models/checkpoints`)."]
+        return [t("card.use_aesthetic")]
+    return [t("card.use_checkpoint", file=f)]
 
 
 def _html_table(rows: list[tuple[str, Any]], head: tuple[str, str] | None = None) -> str:
@@ -206,31 +207,34 @@ def _html_table(rows: list[tuple[str, Any]], head: tuple[str, str] | None = None
     return f"<table>{th}{body}</table>"
 
 
-def card_html(facts: CardFacts, info: CardInfo, samples: list[CardSample]) -> str:
+def card_html(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Translator = EN) -> str:
     """A self-contained preview page (images by relative path); nothing unescaped from users."""
     e = html.escape
     parts = [f"<h1>{e(facts.name)}</h1>"]
     if info.description:
         parts.append(f"<p class='description'>{e(info.description)}</p>")
-    parts.append(_html_table(_rows(facts, info)))
+    parts.append(_html_table(_rows(facts, info, t)))
     if samples:
         figs = "".join(f"<figure><img src='{e(s.path.as_posix(), quote=True)}' alt='{e(s.prompt, quote=True)}'>"
-                       f"<figcaption>{e(s.prompt)} (seed {s.seed})</figcaption></figure>" for s in samples)
-        parts.append(f"<h2>Samples</h2><div class='samples'>{figs}</div>")
-    parts.append("<h2>How to use</h2><ul>" + "".join(f"<li>{e(line[2:])}</li>" for line in usage_lines(facts))
-                 + "</ul>")
+                       f"<figcaption>{e(s.prompt)} ({e(t('card.sample_line', seed=s.seed, steps=s.steps, cfg=f'{s.cfg_scale:g}'))})"
+                       "</figcaption></figure>" for s in samples)
+        parts.append(f"<h2>{e(t('card.samples'))}</h2><div class='samples'>{figs}</div>")
+    parts.append(f"<h2>{e(t('card.how_to_use'))}</h2><ul>"
+                 + "".join(f"<li>{e(line[2:])}</li>" for line in usage_lines(facts, t)) + "</ul>")
     if facts.params:
-        parts.append("<h2>Training parameters</h2>" + _html_table(sorted(facts.params.items()),
-                                                                  ("parameter", "value")))
+        parts.append(f"<h2>{e(t('card.training_parameters'))}</h2>" + _html_table(
+            sorted(facts.params.items()), (t("card.parameter"), t("card.value"))))
     if facts.tag_counts and info.top_tags:
-        parts.append("<h2>Most frequent tags</h2>" + _html_table(facts.tag_counts[:info.top_tags],
-                                                                 ("tag", "images")))
-    parts.append("<h2>Hashes</h2>" + _html_table(list(facts.hashes.items()), ("hash", "value")))
-    parts.append("<h2>License and permissions</h2>" + _html_table(_license_rows(info)))
+        parts.append(f"<h2>{e(t('card.top_tags_short'))}</h2>" + _html_table(
+            facts.tag_counts[:info.top_tags], (t("card.tag"), t("card.images"))))
+    parts.append(f"<h2>{e(t('card.hashes'))}</h2>" + _html_table(list(facts.hashes.items()),
+                                                                 (t("card.hash"), t("card.value"))))
+    parts.append(f"<h2>{e(t('card.license_title'))}</h2>" + _html_table(_license_rows(info, t)))
     if info.notes:
-        parts.append(f"<h2>Notes</h2><p>{e(info.notes)}</p>")
+        parts.append(f"<h2>{e(t('card.notes'))}</h2><p>{e(info.notes)}</p>")
     style = ("body{font-family:sans-serif;max-width:860px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
              ".samples{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0}img{max-width:256px}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{e(facts.name)}</title>"
+    lang = "zh-CN" if t.lang == "zh" else t.lang
+    return (f"<!DOCTYPE html>\n<html lang='{lang}'><head><meta charset='utf-8'><title>{e(facts.name)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")

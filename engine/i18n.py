@@ -1,0 +1,62 @@
+"""The product's words, one catalogue per language (engine/locales/<lang>.toml: the web app and
+the model card), and the language to show: ``--lang`` if given, else the browser's (its
+Accept-Language header), else English.
+
+Keys are the catalogue's dotted paths (``[base] title = ...`` -> ``base.title``); values are
+``str.format`` templates. Both catalogues must have the same keys (a test checks it), so a
+missing translation is a failing test, not an English word in a Chinese page.
+"""
+from __future__ import annotations
+
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+
+LOCALES = Path(__file__).resolve().parent / "locales"
+LANGUAGES = {"en": "English", "zh": "简体中文"}
+DEFAULT_LANGUAGE = "en"
+
+
+def _flatten(table: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= _flatten(value, name + ".")
+        else:
+            out[name] = str(value)
+    return out
+
+
+@lru_cache(maxsize=None)
+def catalogue(lang: str) -> dict[str, str]:
+    if lang not in LANGUAGES:
+        raise ValueError(f"unknown language {lang!r}; choose one of {', '.join(LANGUAGES)}")
+    return _flatten(tomllib.loads((LOCALES / f"{lang}.toml").read_text(encoding="utf-8")))
+
+
+class Translator:
+    """``t("train.started")`` -> the text in this language; ``t("x", n=3)`` fills ``{n}``."""
+
+    def __init__(self, lang: str = DEFAULT_LANGUAGE):
+        self.lang = lang
+        self.words = catalogue(lang)
+
+    def __call__(self, key: str, **values) -> str:
+        try:
+            text = self.words[key]
+        except KeyError:
+            raise KeyError(f"no text for {key!r} in the {self.lang} catalogue") from None
+        return text.format(**values) if values else text
+
+
+def pick_language(accept_language: str | None, forced: str | None = None) -> str:
+    """``forced`` (``--lang``) wins; else the first of the browser's languages we have."""
+    if forced:
+        return forced
+    for part in (accept_language or "").split(","):
+        tag = part.split(";")[0].strip().lower()
+        base = tag.split("-")[0]
+        if base in LANGUAGES:
+            return base
+    return DEFAULT_LANGUAGE

@@ -1,0 +1,153 @@
+"""English and Simplified Chinese: same keys, same placeholders, every key the code uses exists,
+the browser's language picks the page and `--lang` overrides it."""
+from __future__ import annotations
+
+import re
+import string
+import urllib.request
+
+import pytest
+
+from conftest import ROOT
+
+
+def placeholders(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def test_catalogues_have_the_same_keys_and_placeholders():
+    from engine.i18n import LANGUAGES, catalogue
+
+    en = catalogue("en")
+    for lang in LANGUAGES:
+        words = catalogue(lang)
+        assert set(words) == set(en), (lang, sorted(set(en) ^ set(words)))
+        for key, text in words.items():
+            assert text.strip(), (lang, key)
+            assert placeholders(text) == placeholders(en[key]), (lang, key)
+    zh = catalogue("zh")
+    # really translated: most texts contain Chinese characters (names like SDXL may stay)
+    chinese = [k for k, v in zh.items() if re.search(r"[\u4e00-\u9fff]", v)]
+    assert len(chinese) > 0.8 * len([k for k, v in zh.items() if v not in ("-", "README.md")])
+
+
+def keys_used_in_code() -> set[str]:
+    """Literal t("...") keys in the web app, plus the ones it builds from names."""
+    from engine.presets import list_tiers  # noqa: F401  (the tier names are not keys)
+    from webapp.wizard_logic import BEGINNER_FIELDS
+
+    keys = set()
+    for path in [*(ROOT / "webapp").glob("*.py"), ROOT / "engine" / "export" / "card_render.py"]:
+        keys |= set(re.findall(r'\bt\(\s*"([a-z_]+\.[a-z_.]+)"', path.read_text(encoding="utf-8")))
+    keys |= {f"field.{k}.{part}" for k, _, _ in BEGINNER_FIELDS
+             for part in ("label", "why", "range", "high", "low")}
+    keys |= {f"base.family_{f}" for f in ("sd15", "sd2", "sdxl")}
+    keys |= {f"base.kind_{k}" for k in ("diffusers", "single_file", "hub")}
+    keys |= {f"train.status_{s}" for s in ("idle", "running", "done", "stopped", "failed")}
+    keys |= {"method.too_high", "method.too_low"}
+    return keys
+
+
+def test_every_key_the_code_uses_is_in_both_catalogues():
+    from engine.i18n import LANGUAGES, catalogue
+
+    used = keys_used_in_code()
+    assert len(used) > 150
+    for lang in LANGUAGES:
+        missing = sorted(used - set(catalogue(lang)))
+        assert not missing, (lang, missing)
+
+
+def test_a_missing_key_fails_loudly(tmp_path, monkeypatch):
+    import engine.i18n as i18n
+
+    (tmp_path / "en.toml").write_text('[a]\nb = "x"\n', encoding="utf-8")
+    (tmp_path / "zh.toml").write_text('[a]\nb = "乙"\nc = "丙"\n', encoding="utf-8")
+    monkeypatch.setattr(i18n, "LOCALES", tmp_path)
+    i18n.catalogue.cache_clear()
+    try:
+        with pytest.raises(KeyError, match="no text for 'a.c' in the en catalogue"):
+            i18n.Translator("en")("a.c")
+        assert i18n.Translator("zh")("a.c") == "丙"
+    finally:
+        i18n.catalogue.cache_clear()
+
+
+@pytest.mark.parametrize("header, forced, expected", [
+    ("zh-CN,zh;q=0.9,en;q=0.8", None, "zh"), ("en-US,en;q=0.9", None, "en"),
+    ("fr-FR,zh-TW;q=0.8", None, "zh"), ("fr-FR", None, "en"), (None, None, "en"),
+    ("zh-CN", "en", "en"), ("en", "zh", "zh")])
+def test_language_from_the_browser_or_forced(header, forced, expected):
+    from engine.i18n import pick_language
+
+    assert pick_language(header, forced) == expected
+
+
+def test_guidance_names_the_tier_value():
+    from engine.i18n import Translator
+    from webapp.wizard_logic import field_help
+
+    en, zh = Translator("en"), Translator("zh")
+    assert field_help(en, "resolution", "cpu").endswith("Tier cpu: 256.")
+    assert "Too high:" in field_help(en, "lr", "cpu") and "stuck above ~0.3" in field_help(en, "lr", "cpu")
+    assert field_help(zh, "dim", "8gb").endswith("。") and "档位 8gb" in field_help(zh, "dim", "8gb")
+    assert field_help(en, "seed", "cpu").endswith("Tier cpu: not set (the default).")
+
+
+def test_server_redirects_by_browser_language_and_speaks_it(tmp_path, monkeypatch):
+    from gradio_client import Client
+
+    from webapp.server import build_server, find_free_port, run_server
+
+    monkeypatch.setenv("LORAFORGE_OUTPUT", str(tmp_path))
+    port = find_free_port("127.0.0.1", 7960)
+    server = run_server(build_server(tier=("cpu", "test")), "127.0.0.1", port, block=False)
+    try:
+        base = f"http://127.0.0.1:{port}/"
+
+        def landing(accept: str) -> str:
+            req = urllib.request.Request(base, headers={"Accept-Language": accept})
+            with urllib.request.urlopen(req) as resp:
+                return resp.geturl()
+
+        assert landing("zh-CN,zh;q=0.9") == base + "zh/"
+        assert landing("de-DE,en;q=0.5") == base + "en/"
+        zh = Client(base + "zh/", verbose=False)
+        kind = zh.predict("embedded", api_name="/detect_base")
+        assert kind == "shapes-base: Stable Diffusion 1.x (diffusers 文件夹)"
+        report = zh.predict(str(ROOT / "presets" / "demo" / "zkz_star"), api_name="/check_dataset")[0]
+        assert report.startswith("12 张图片，算上重复每轮 120 张")
+        assert "不是有效的 TOML" in zh.predict("[[", api_name="/check_job")
+        en = Client(base + "en/", verbose=False)
+        assert en.predict("[[", api_name="/check_job").startswith("not valid TOML")
+    finally:
+        server.should_exit = True
+
+    port = find_free_port("127.0.0.1", port + 1)
+    forced = run_server(build_server(lang="en", tier=("cpu", "test")), "127.0.0.1", port, block=False)
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Accept-Language": "zh-CN"})
+        with urllib.request.urlopen(req) as resp:
+            assert resp.geturl() == f"http://127.0.0.1:{port}/en/"
+    finally:
+        forced.should_exit = True
+
+
+def test_model_card_in_chinese(trained_lora, tmp_path):
+    """The card's README and HTML follow the language; the sidecar and card.json keep the keys
+    A1111 and Civitai read."""
+    import json
+
+    from engine.export.card import SampleSettings, export_card
+
+    cfg, result = trained_lora
+    none = SampleSettings(count=0)
+    en = export_card(result.final_path, tmp_path / "en", samples=none)
+    zh = export_card(result.final_path, tmp_path / "zh", samples=none, lang="zh")
+    readme = zh.files["readme"].read_text(encoding="utf-8")
+    for heading in ("## 使用方法", "## 训练参数", "## 哈希值", "## 许可证与权限", "| 触发词 | zkz star |"):
+        assert heading in readme, heading
+    assert "How to use" not in readme and "## How to use" in en.files["readme"].read_text(encoding="utf-8")
+    assert "<html lang='zh-CN'>" in zh.files["card_html"].read_text(encoding="utf-8")
+    assert json.loads(zh.files["sidecar"].read_text(encoding="utf-8")) == json.loads(
+        en.files["sidecar"].read_text(encoding="utf-8"))
