@@ -17,7 +17,13 @@ SCHEMA_VERSION = 1
 
 
 class ConfigError(ValueError):
-    """A job config that cannot be used; the message names the offending field(s)."""
+    """A job config that cannot be used; the message names the offending field(s). ``problems``
+    keeps pydantic's structured errors (field, type, limits, input) so a UI can say the same
+    thing in another language."""
+
+    def __init__(self, message: str, problems: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
 
 
 class _Section(BaseModel):
@@ -396,7 +402,11 @@ def parse_config(data: dict[str, Any]) -> JobConfig:
     try:
         return JobConfig.model_validate(migrate(data))
     except ValidationError as err:
-        raise ConfigError(_describe(err)) from None
+        problems = [{"loc": ".".join(str(p) for p in e["loc"] if p not in NETWORK_TYPES),
+                     "type": e["type"], "ctx": {k: str(v) for k, v in (e.get("ctx") or {}).items()},
+                     "input": e.get("input"), "msg": e["msg"].removeprefix("Value error, ")}
+                    for e in err.errors()]
+        raise ConfigError(_describe(err), problems) from None
 
 
 def load_config(path: str | Path) -> JobConfig:

@@ -21,11 +21,13 @@ from engine.models.loader import LoadedModel
 from engine.sample_prompts import a1111_parameters, save_png_with_parameters
 from engine.sampler import SampleSpec, build_pipeline, generate_batch
 
+from engine.i18n import Explained
+
 DEFAULT_WEIGHTS = (0.0, 0.4, 0.6, 0.8, 1.0)
 _RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*\(\s*\+\s*([\d.]+)\s*\)\s*$")
 
 
-class GridError(ValueError):
+class GridError(Explained, ValueError):
     pass
 
 
@@ -35,16 +37,17 @@ def parse_weights(text: str) -> list[float]:
     if m:
         start, stop, step = (float(g) for g in m.groups())
         if step <= 0 or stop < start:
-            raise GridError(f"bad weight range {text!r}: need start <= stop and a positive step")
+            raise GridError(f"bad weight range {text!r}: need start <= stop and a positive step",
+                            "grid_range", text=text)
         n = int(round((stop - start) / step))
         return [round(start + i * step, 6) for i in range(n + 1) if start + i * step <= stop + 1e-9]
     try:
         values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
     except ValueError:
         raise GridError(f"weights must be numbers like '0, 0.5, 1' or a range like '0.4-1.0(+0.2)' "
-                        f"(got {text!r})") from None
+                        f"(got {text!r})", "grid_weights", text=text) from None
     if not values:
-        raise GridError("no weights given")
+        raise GridError("no weights given", "grid_no_weights")
     return values
 
 

@@ -12,14 +12,16 @@ from typing import Any, Callable
 
 import torch
 
+from engine.i18n import Explained
+
 _MB = 1 << 20
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(Explained, RuntimeError):
     """The loss stopped being a finite number; nothing after that point is worth saving."""
 
 
-class DiskFullError(RuntimeError):
+class DiskFullError(Explained, RuntimeError):
     pass
 
 
@@ -34,7 +36,9 @@ def check_loss(value: float, step: int, epoch: int, last_good: Path | None, prec
     fixes.append("check the dataset for broken or blank images")
     raise TrainingDiverged(f"the loss became {value} at step {step} (epoch {epoch}); training "
                            f"stopped and nothing after it was saved. {kept}. Usual fixes: "
-                           + "; ".join(fixes) + ".")
+                           + "; ".join(fixes) + ".",
+                           "diverged_fp16" if precision == "fp16" else "diverged", value=value,
+                           step=step, epoch=epoch, kept=last_good or "-")
 
 
 def bytes_needed(tensors: list[torch.Tensor], bytes_per_value: int) -> int:
@@ -50,7 +54,9 @@ def ensure_free_space(folder: Path, needed: int, what: str) -> None:
     if free < want:
         raise DiskFullError(f"not enough free disk space in {folder} to save {what}: about "
                             f"{want / _MB:.0f} MB needed, {free / _MB:.0f} MB free. Free some space "
-                            "(or set output.dir to another disk); files saved so far are kept.")
+                            "(or set output.dir to another disk); files saved so far are kept.",
+                            "disk_space", folder=folder, what=what, need=f"{want / _MB:.0f}",
+                            free=f"{free / _MB:.0f}")
 
 
 def guarded_save(save: Callable[[], Any], folder: Path, needed: int, what: str) -> Any:
@@ -63,7 +69,7 @@ def guarded_save(save: Callable[[], Any], folder: Path, needed: int, what: str) 
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(f"the disk filled up while saving {what} in {folder} ({err.strerror}); "
                                 "the file was not written and earlier files are kept. Free some "
-                                "space and resume.") from None
+                                "space and resume.", "disk_full", folder=folder, what=what) from None
         raise
 
 

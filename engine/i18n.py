@@ -60,3 +60,20 @@ def pick_language(accept_language: str | None, forced: str | None = None) -> str
         if base in LANGUAGES:
             return base
     return DEFAULT_LANGUAGE
+
+
+class Explained:
+    """Mixin for user-facing errors: besides the English message, a catalogue key (under
+    ``errors.``) and its values, so the web app can say the same in the page's language."""
+
+    def __init__(self, message: str, key: str | None = None, **params):
+        super().__init__(message)
+        self.key, self.params = key, params
+
+
+def describe_error(err: BaseException, t: Translator) -> str:
+    """``err`` in ``t``'s language when it carries a known key, else its own message."""
+    key = getattr(err, "key", None)
+    if key and f"errors.{key}" in t.words:
+        return t(f"errors.{key}", **{k: str(v) for k, v in err.params.items()})
+    return str(err)

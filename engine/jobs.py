@@ -31,6 +31,7 @@ class JobState:
     saved: list[str] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
     error: str = ""
+    exception: BaseException | None = None  # the error itself, for a message in the page's language
     started_at: float = 0.0
     finished_at: float = 0.0
 
@@ -112,6 +113,7 @@ class JobRunner:
         except Exception as err:  # surfaced to the user, never swallowed
             detail = f"{type(err).__name__}: {err}"
             self._update(lambda s: (setattr(s, "status", "failed"), setattr(s, "error", detail),
+                                    setattr(s, "exception", err),
                                     s.log.append(detail), s.log.append(traceback.format_exc())))
         finally:
             self._update(lambda s: setattr(s, "finished_at", time.time()))

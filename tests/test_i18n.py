@@ -45,6 +45,13 @@ def keys_used_in_code() -> set[str]:
     keys |= {f"base.kind_{k}" for k in ("diffusers", "single_file", "hub")}
     keys |= {f"train.status_{s}" for s in ("idle", "running", "done", "stopped", "failed")}
     keys |= {"method.too_high", "method.too_low"}
+    from webapp.wizard_logic import CONFIG_ERROR_TYPES
+    keys |= {f"errors.{k}" for k in CONFIG_ERROR_TYPES}
+    # keys of the engine's explained errors: raise XError("English...", "key", ...)
+    for path in (ROOT / "engine").rglob("*.py"):
+        for args in re.findall(r"raise \w+Error\(((?:[^()]|\([^()]*\))*)\)", path.read_text(encoding="utf-8")):
+            keys |= {f"errors.{k}" for k in re.findall(r',\s*"([a-z]+_[a-z_]+)"', args)}
+    assert "errors.dataset_not_found" in keys and "errors.model_pickle" in keys
     return keys
 
 
@@ -118,6 +125,10 @@ def test_server_redirects_by_browser_language_and_speaks_it(tmp_path, monkeypatc
         report = zh.predict(str(ROOT / "presets" / "demo" / "zkz_star"), api_name="/check_dataset")[0]
         assert report.startswith("12 张图片，算上重复每轮 120 张")
         assert "不是有效的 TOML" in zh.predict("[[", api_name="/check_job")
+        missing = zh.predict(str(tmp_path / "nope"), api_name="/check_dataset")[0]
+        assert missing == f"无法使用该数据集：找不到数据集文件夹：{tmp_path / 'nope'}"
+        assert zh.predict(str(tmp_path / "m.ckpt"), api_name="/detect_base") == (
+            f"无法使用该模型：找不到模型文件或文件夹：{tmp_path / 'm.ckpt'}")
         en = Client(base + "en/", verbose=False)
         assert en.predict("[[", api_name="/check_job").startswith("not valid TOML")
     finally:
@@ -151,3 +162,43 @@ def test_model_card_in_chinese(trained_lora, tmp_path):
     assert "<html lang='zh-CN'>" in zh.files["card_html"].read_text(encoding="utf-8")
     assert json.loads(zh.files["sidecar"].read_text(encoding="utf-8")) == json.loads(
         en.files["sidecar"].read_text(encoding="utf-8"))
+
+
+def test_config_errors_in_the_pages_language():
+    """Field errors keep the field name and the bad value, and say the rest in Chinese; every
+    error type we translate exists in both catalogues (checked with the other keys)."""
+    import tomli_w
+
+    from engine.i18n import Translator
+    from webapp.wizard_logic import demo_job, preflight
+
+    job = demo_job()
+    job["dataset"]["resolution"] = 65
+    job["training"]["epochs"] = 0
+    job["network"]["dimm"] = 4
+    ok, zh = preflight(tomli_w.dumps(job), Translator("zh"))
+    assert not ok and zh.startswith("任务配置无效：")
+    assert "dataset.resolution: 必须是 64 的倍数（当前值 65）" in zh
+    assert "training.epochs: 不能小于 1（当前值 0）" in zh
+    assert "network.dimm: 未知字段（请检查拼写）" in zh
+    ok, en = preflight(tomli_w.dumps(job))
+    assert "dataset.resolution: must be a multiple of 64 (got 65)" in en
+
+
+def test_engine_errors_in_chinese():
+    """Errors the engine raises carry a key, so the page can say them in Chinese; without a
+    key (or in English) the engine's own message is shown."""
+    from engine.grid import GridError, parse_weights
+    from engine.guards import TrainingDiverged, check_loss
+    from engine.i18n import Translator, describe_error
+
+    zh, en = Translator("zh"), Translator("en")
+    with pytest.raises(TrainingDiverged) as nan:
+        check_loss(float("nan"), 7, 2, None, "fp16")
+    assert "第 7 步（第 2 轮）loss 变成了 nan" in describe_error(nan.value, zh)
+    assert "bf16" in describe_error(nan.value, zh)
+    assert describe_error(nan.value, en).startswith("the loss became nan at step 7 (epoch 2)")
+    with pytest.raises(GridError) as bad:
+        parse_weights("a, b")
+    assert describe_error(bad.value, zh) == "权重必须是数字，例如 '0, 0.5, 1'，或范围，例如 '0.4-1.0(+0.2)'（当前为 a, b）"
+    assert describe_error(ValueError("plain"), zh) == "plain"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from engine.i18n import Translator
+from engine.i18n import Translator, describe_error
 from webapp.wizard_logic import output_root
 
 EN = Translator("en")
@@ -50,7 +50,7 @@ def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: f
         tick = (lambda done, total: progress((done, total), desc="grid")) if progress else None
         result = run_grid(model, job, out, tick)
     except (GridError, ModelLoadError, ValidationError, ValueError, OSError) as err:
-        return None, [], t("compare.error", error=err)
+        return None, [], t("compare.error", error=describe_error(err, t))
     cells = [str(result.cells[key]) for key in sorted(result.cells)]
     return str(result.grids[0]), cells, t("compare.saved", grids=len(result.grids), cells=len(cells), folder=out)
 

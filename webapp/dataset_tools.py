@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.i18n import Translator
+from engine.i18n import Translator, describe_error
 
 EN = Translator("en")
 
@@ -25,7 +25,7 @@ def preprocess_copy(path: str, resolution: float, crop: str, flip: bool, progres
         report = preprocess_dataset(scan_dataset(src), dest, PreprocessOptions(
             resolution=res, crop=crop, flip_copies=bool(flip)), tick)
     except (DatasetError, OSError, ValueError) as err:
-        return "", t("tools.error", error=err)
+        return "", t("tools.error", error=describe_error(err, t))
     return str(dest), t("tools.prep_done", written=len(report.written), folder=dest)
 
 
@@ -50,7 +50,7 @@ def auto_caption(path: str, method: str, model: str, threshold: float, mode: str
             captioner = BlipCaptioner.load(model.strip() or DEFAULT_REPO)
             opts = BlipOptions()
     except CaptionModelError as err:
-        return t("tools.error", error=err)
+        return t("tools.error", error=describe_error(err, t))
     tick = (lambda done, total: progress((done, total), desc="captions")) if progress else None
     report = caption_images(images, captioner, opts, mode, trigger.strip(), tick)
     return t("tools.captions_done", written=len(report.written), kept=len(report.kept))

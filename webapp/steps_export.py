@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.i18n import Translator
+from engine.i18n import Translator, describe_error
 from webapp.wizard_logic import output_root
 
 EN = Translator("en")
@@ -30,7 +30,7 @@ def export_card_files(model: str, out_dir: str, description: str, license_id: st
                           samples=SampleSettings(count=int(sample_count)), local_files_only=True,
                           progress=tick, lang=t.lang)
     except (ValidationError, ModelLoadError, ValueError, OSError) as err:
-        return t("export.error", error=err), "", ""
+        return t("export.error", error=describe_error(err, t)), "", ""
     readme = out.files.get("readme")
     sidecar = out.files.get("sidecar")
     return (t("export.written", folder=out.folder, files=len(out.files), samples=len(out.samples)),

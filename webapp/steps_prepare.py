@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from webapp.dataset_tools import build_dataset_tools
-from engine.i18n import Translator
+from engine.i18n import Translator, describe_error
 from webapp.wizard_logic import demo_job, output_root, describe_base, scan_models, summarize_dataset
 
 
@@ -97,7 +97,7 @@ def build_dataset_step(t: Translator):
         try:
             index = scan_dataset(Path(folder))
         except (DatasetError, OSError) as err:
-            return str(err)
+            return describe_error(err, t)
         files = []
         for it in index.items:
             txt = it.path.with_suffix(".txt")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import tomllib
 
-from engine.i18n import Translator
-from webapp.wizard_logic import (BEGINNER_FIELDS, METHODS, build_job, demo_job, field_help,
-                                 fields_from_job, preflight, steps_text)
+from engine.i18n import Translator, describe_error
+from webapp.wizard_logic import (BEGINNER_FIELDS, METHODS, build_job, demo_job,
+                                 describe_config_error, field_help, fields_from_job, preflight,
+                                 steps_text)
 
 
 def hardware_tier() -> tuple[str, str]:
@@ -97,7 +98,7 @@ def build_train_step(t: Translator, runner, job_text):
         except JobBusy:
             return t("train.busy")
         except ConfigError as err:
-            return str(err)
+            return describe_config_error(err, t)
         return t("train.resuming") if resume else t("train.started")
 
     def stop() -> str:
@@ -110,7 +111,8 @@ def build_train_step(t: Translator, runner, job_text):
         head = t("train.status", status=t(f"train.status_{s.status}"), step=s.step, total=s.total_steps,
                  epoch=s.epoch, eta=eta)
         if s.error:
-            head += f"\n{s.error}"
+            head += "\n" + (t("errors.failed", error=describe_error(s.exception, t))
+                            if getattr(s.exception, "key", None) else s.error)
         pct = 100.0 * s.step / s.total_steps if s.total_steps else 0.0
         frame = pd.DataFrame({"step": list(range(1, len(s.losses) + 1)), "loss": s.losses})
         return head, pct, "\n".join(s.log[-40:]), frame, s.samples[-12:], "\n".join(s.saved)

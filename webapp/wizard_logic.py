@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.i18n import Translator
+from engine.i18n import Translator, describe_error
 
 EN = Translator("en")
 
@@ -92,7 +92,7 @@ def describe_base(base: str, t: Translator = EN) -> str:
     try:
         src = resolve_source(base or "embedded")
     except ModelLoadError as err:
-        return t("base.cannot_use", error=err)
+        return t("base.cannot_use", error=describe_error(err, t))
     return f"{src.name}: {t('base.family_' + src.family)} ({t('base.kind_' + src.kind)})"
 
 
@@ -103,7 +103,7 @@ def summarize_dataset(path: str, t: Translator = EN) -> DatasetSummary:
     try:
         index = scan_dataset(Path(path.strip()))
     except (DatasetError, OSError) as err:
-        return DatasetSummary(t("dataset.cannot_use", error=err), [], 0, 0)
+        return DatasetSummary(t("dataset.cannot_use", error=describe_error(err, t)), [], 0, 0)
     lines = []
     for sub in index.subsets:
         captioned = sum(1 for it in sub.items if it.path.with_suffix(".txt").is_file())
@@ -166,6 +166,28 @@ def fields_from_job(job: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+# pydantic error types we say in the user's language (others keep pydantic's English words)
+CONFIG_ERROR_TYPES = ("missing", "extra_forbidden", "greater_than_equal", "less_than_equal",
+                      "greater_than", "less_than", "multiple_of", "int_parsing", "int_from_float",
+                      "float_parsing", "bool_parsing", "string_type", "literal_error",
+                      "string_too_short", "string_too_long", "string_pattern_mismatch")
+
+
+def describe_config_error(err, t: Translator = EN) -> str:
+    """A ConfigError in the page's language: one line per field, like the engine's message."""
+    if not err.problems:
+        return str(err)
+    lines = []
+    for p in err.problems:
+        kind = p["type"]
+        msg = t(f"errors.{kind}", **p["ctx"]) if kind in CONFIG_ERROR_TYPES else p["msg"]
+        got = p["input"]
+        if kind != "missing" and not isinstance(got, dict):
+            msg += t("errors.got", value=repr(got))
+        lines.append(f"{p['loc']}: {msg}" if p["loc"] else msg)
+    return t("errors.invalid_job") + "\n  " + "\n  ".join(lines)
+
+
 def preflight(job_text: str, t: Translator = EN) -> tuple[bool, str]:
     """Everything we can check before launching: TOML, every field, the dataset, the base model."""
     from engine.config import ConfigError, parse_config
@@ -177,12 +199,12 @@ def preflight(job_text: str, t: Translator = EN) -> tuple[bool, str]:
     except tomllib.TOMLDecodeError as err:
         return False, t("method.not_toml", error=err)
     except ConfigError as err:
-        return False, str(err)
+        return False, describe_config_error(err, t)
     try:
         index = scan_dataset(Path(cfg.dataset.path))
         src = resolve_source(cfg.model.base, local_files_only=cfg.model.local_files_only,
                              allow_pickle=cfg.model.allow_pickle)
     except (DatasetError, ModelLoadError, OSError) as err:
-        return False, str(err)
+        return False, describe_error(err, t)
     return True, t("method.ready", method=cfg.network.type, base=src.name, family=src.family,
                    images=index.num_images, epochs=cfg.training.epochs)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.i18n import Explained
 
-class CaptionModelError(RuntimeError):
+
+class CaptionModelError(Explained, RuntimeError):
     """The captioning model cannot be found or used; the message says what to do."""
 
 
@@ -17,7 +19,8 @@ def resolve_files(source: str, files: list[str], local_files_only: bool = False,
     if folder.is_dir():
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
-            raise CaptionModelError(f"{folder} is missing {', '.join(missing)}")
+            raise CaptionModelError(f"{folder} is missing {', '.join(missing)}", "caption_missing_files",
+                                    folder=folder, files=", ".join(missing))
         return {f: folder / f for f in files}
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -28,7 +31,8 @@ def resolve_files(source: str, files: list[str], local_files_only: bool = False,
     except LocalEntryNotFoundError:
         raise CaptionModelError(
             f"captioning model {source!r} is not in the local cache and cannot be downloaded "
-            "(offline?); download it once while online, or give a local folder") from None
+            "(offline?); download it once while online, or give a local folder", "caption_offline",
+            source=source) from None
     except Exception as err:  # repo missing, bad id, network down
         raise CaptionModelError(f"cannot get {source!r}: {err}") from None
 
@@ -46,6 +50,7 @@ def resolve_folder(source: str, local_files_only: bool = False, cache_dir: Path 
     except LocalEntryNotFoundError:
         raise CaptionModelError(
             f"captioning model {source!r} is not in the local cache and cannot be downloaded "
-            "(offline?); download it once while online, or give a local folder") from None
+            "(offline?); download it once while online, or give a local folder", "caption_offline",
+            source=source) from None
     except Exception as err:
         raise CaptionModelError(f"cannot get {source!r}: {err}") from None

@@ -11,11 +11,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.i18n import Explained
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _REPEATS_DIR = re.compile(r"^(\d+)_(.+)$")
 
 
-class DatasetError(ValueError):
+class DatasetError(Explained, ValueError):
     """The dataset folder cannot be used; the message says what to fix."""
 
 
@@ -101,7 +103,7 @@ def scan_dataset(root: str | Path, default_repeats: int = 1, caption_extension: 
     """Index ``root``: either ``N_name`` subfolders, or images directly inside it."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"dataset folder not found: {root}")
+        raise DatasetError(f"dataset folder not found: {root}", "dataset_not_found", path=root)
     subsets: list[Subset] = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         m = _REPEATS_DIR.match(sub.name)
@@ -115,8 +117,9 @@ def scan_dataset(root: str | Path, default_repeats: int = 1, caption_extension: 
     if not subsets:
         raise DatasetError(
             f"no images found in {root}: put images (png/jpg/webp) directly in it, or in "
-            "subfolders named like '10_mychar' (10 = repeats per epoch)")
+            "subfolders named like '10_mychar' (10 = repeats per epoch)", "dataset_no_images", path=root)
     for s in subsets:
         if s.repeats < 1:
-            raise DatasetError(f"{s.path}: the repeat count in the folder name must be at least 1")
+            raise DatasetError(f"{s.path}: the repeat count in the folder name must be at least 1",
+                               "dataset_zero_repeats", path=s.path)
     return DatasetIndex(root=root, subsets=subsets)

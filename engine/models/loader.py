@@ -16,6 +16,8 @@ from typing import Any, Iterable, Literal
 
 import torch
 
+from engine.i18n import Explained
+
 Family = Literal["sd15", "sd2", "sdxl"]
 FAMILY_LABELS = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL"}
 TRAINABLE_FAMILIES = ("sd15", "sd2", "sdxl")
@@ -37,7 +39,7 @@ EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "presets" / "base" / "shape
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(Explained, RuntimeError):
     """A base model could not be found or used; the message is meant for the end user."""
 
 
@@ -83,7 +85,8 @@ def detect_family_from_keys(keys: Iterable[str]) -> Family:
     if any(k.startswith("cond_stage_model.transformer.") for k in keys):
         return "sd15"  # OpenAI CLIP-L
     if any(k.startswith(("lora_unet_", "lora_te", "lycoris_")) for k in keys):
-        raise ModelLoadError("This file is a LoRA, not a base model; pick a full Stable Diffusion checkpoint.")
+        raise ModelLoadError("This file is a LoRA, not a base model; pick a full Stable Diffusion checkpoint.",
+                             "model_is_lora")
     if any(k.startswith(("down_blocks.", "model.diffusion_model.")) for k in keys):
         raise ModelLoadError("This file holds only a UNet (no text encoder/VAE); pick a full checkpoint "
                              "or a diffusers folder.")
@@ -124,7 +127,8 @@ def single_file_keys(path: Path) -> list[str]:
         with safe_open(str(path), framework="pt") as fh:
             return list(fh.keys())
     except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise ModelLoadError(f"{path} is not a readable .safetensors file: {err}") from err
+        raise ModelLoadError(f"{path} is not a readable .safetensors file: {err}", "model_unreadable",
+                             path=path) from err
 
 
 def looks_like_path(base: str) -> bool:
@@ -169,7 +173,8 @@ def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | 
     :mod:`engine.models.pickle_checkpoint`)."""
     base = str(base).strip()
     if not base:
-        raise ModelLoadError("No base model given: choose a .safetensors file, a diffusers folder or a hub id.")
+        raise ModelLoadError("No base model given: choose a .safetensors file, a diffusers folder or a hub id.",
+                             "model_none")
     if base in EMBEDDED_NAMES:
         if not (EMBEDDED_DIR / "model_index.json").is_file():
             raise ModelLoadError(f"The embedded default model is missing from {EMBEDDED_DIR}; rebuild it with "
@@ -178,7 +183,8 @@ def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | 
     path = Path(base).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise ModelLoadError(f"{path} is a folder but not a diffusers model (no model_index.json).")
+            raise ModelLoadError(f"{path} is a folder but not a diffusers model (no model_index.json).",
+                                 "model_not_diffusers", path=path)
         return ResolvedSource("diffusers", path, detect_family_from_folder(path), path.name)
     if path.is_file():
         suffix = path.suffix.lower()
@@ -194,12 +200,14 @@ def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | 
             raise ModelLoadError(
                 f"{path.name} is a pickle checkpoint ({suffix}); pickles can run arbitrary code when loaded, so "
                 "they are refused. Convert it to .safetensors first (or download the .safetensors version), or "
-                "opt in with model.allow_pickle = true (tensors only; files that carry code stay refused).")
+                "opt in with model.allow_pickle = true (tensors only; files that carry code stay refused).",
+                "model_pickle", name=path.name)
         if suffix != ".safetensors":
-            raise ModelLoadError(f"{path.name}: unsupported model file type {suffix!r}; use a .safetensors file.")
+            raise ModelLoadError(f"{path.name}: unsupported model file type {suffix!r}; use a .safetensors file.",
+                                 "model_file_type", name=path.name, suffix=suffix)
         return ResolvedSource("single_file", path, detect_family_from_keys(single_file_keys(path)), path.name)
     if looks_like_path(base):
-        raise ModelLoadError(f"Model file or folder not found: {path}")
+        raise ModelLoadError(f"Model file or folder not found: {path}", "model_not_found", path=path)
     folder = _snapshot(base, local_files_only, cache_dir, HUB_ALLOW_PATTERNS)
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(f"{base} is not a diffusers model repo (no model_index.json).")
