@@ -29,8 +29,10 @@ from engine.method_setup import attach_method
 from engine.networks.textual_inversion import TextualInversion, lr_at, parse_lr_schedule
 from engine.optim import build_optimizer, build_scheduler, describe_optimizer, param_groups
 
+from engine.i18n import Explained
 
-class SetupError(RuntimeError):
+
+class SetupError(Explained, RuntimeError):
     """The job cannot start on this machine; the message says why and what to change."""
 
 
@@ -67,7 +69,7 @@ def _configure_memory(cfg: JobConfig, model: LoadedModel, train_te: bool) -> Non
             model.unet.enable_xformers_memory_efficient_attention()
         except Exception as err:  # xformers missing or no CUDA build
             raise SetupError("training.attention = 'xformers' but xformers cannot be used here "
-                             f"({err}); use 'sdpa' (PyTorch's built-in, the default)") from None
+                             f"({err}); use 'sdpa' (PyTorch's built-in, the default)", "xformers") from None
     if cfg.training.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         for te in (model.text_encoders if train_te else []):

@@ -25,11 +25,13 @@ from safetensors.torch import load_file, save_file
 from engine.config import JobConfig, config_to_dict
 from engine.fileio import atomic_write_bytes
 
+from engine.i18n import Explained
+
 STATE_FORMAT = 1
 _TMP_PREFIX = ".tmp-"
 
 
-class StateError(RuntimeError):
+class StateError(Explained, RuntimeError):
     pass
 
 
@@ -151,13 +153,14 @@ def find_latest(root: Path) -> Path | None:
 def load_state(path: Path, fingerprint: str) -> TrainState:
     path = Path(path)
     if not _complete(path):
-        raise StateError(f"{path}: not a complete training state")
+        raise StateError(f"{path}: not a complete training state", "state_incomplete", path=path)
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     if meta.get("format") != STATE_FORMAT:
-        raise StateError(f"{path}: state format {meta.get('format')} is not supported")
+        raise StateError(f"{path}: state format {meta.get('format')} is not supported", "state_format", path=path)
     if meta["fingerprint"] != fingerprint:
         raise StateError(f"{path} was saved by a different job (model, dataset, network, optimizer, "
-                         "scheduler or training settings changed); resume with the job that made it")
+                         "scheduler or training settings changed); resume with the job that made it",
+                         "state_other_job", path=path)
     tensors = load_file(str(path / "trainable.safetensors"))
     blob = torch.load(str(path / "state.pt"), map_location="cpu", weights_only=True)
     position = Position(meta["step"], meta["epoch"], meta["skip_batches"], blob["sampler_state"])
@@ -171,12 +174,12 @@ def restore(state: TrainState, trainable: list[torch.Tensor], optimizer, schedul
     """Put the saved values into the live objects of a freshly built job."""
     if len(trainable) != len(state.trainable):
         raise StateError(f"{state.path}: {len(state.trainable)} trainable tensors saved, the job has "
-                         f"{len(trainable)}")
+                         f"{len(trainable)}", "state_mismatch", path=state.path)
     with torch.no_grad():
         for live, saved in zip(trainable, state.trainable):
             if live.shape != saved.shape:
                 raise StateError(f"{state.path}: a saved tensor has shape {tuple(saved.shape)}, the "
-                                 f"job's has {tuple(live.shape)}")
+                                 f"job's has {tuple(live.shape)}", "state_mismatch", path=state.path)
             live.copy_(saved.to(live.device, live.dtype))
     optimizer.load_state_dict(state.optimizer)
     scheduler.load_state_dict(state.scheduler)

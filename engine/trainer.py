@@ -111,16 +111,17 @@ def _find_resume_state(cfg: JobConfig, resume: Path | str | None) -> Path | None
         found = find_latest(state_root(cfg))
         if found is None:
             raise StateError(f"no saved training state in {state_root(cfg)} to resume from (set "
-                             "output.save_state or output.save_state_every_n_steps to save one)")
+                             "output.save_state or output.save_state_every_n_steps to save one)",
+                             "state_none", path=state_root(cfg))
         return found
     path = Path(resume)
     if (path / "latest").is_file() or any(path.glob("step-*")):  # the state folder itself
         found = find_latest(path)
         if found is None:
-            raise StateError(f"no complete training state in {path}")
+            raise StateError(f"no complete training state in {path}", "state_incomplete", path=path)
         return found
     if not path.is_dir():
-        raise StateError(f"training state not found: {path}")
+        raise StateError(f"training state not found: {path}", "state_not_found", path=path)
     return path
 
 

@@ -202,3 +202,25 @@ def test_engine_errors_in_chinese():
         parse_weights("a, b")
     assert describe_error(bad.value, zh) == "权重必须是数字，例如 '0, 0.5, 1'，或范围，例如 '0.4-1.0(+0.2)'（当前为 a, b）"
     assert describe_error(ValueError("plain"), zh) == "plain"
+
+
+def test_resume_without_state_and_import_errors_in_chinese(tmp_path):
+    from engine.config import parse_config
+    from engine.data.folder import DatasetError
+    from engine.data.importer import import_concept
+    from engine.i18n import Translator, describe_error
+    from engine.train_state import StateError
+    from engine.trainer import _find_resume_state
+    from webapp.wizard_logic import demo_job
+
+    zh = Translator("zh")
+    job = demo_job()
+    job["output"]["dir"] = str(tmp_path / "runs")
+    with pytest.raises(StateError) as none:
+        _find_resume_state(parse_config(job), "auto")
+    assert "里没有可继续的训练状态" in describe_error(none.value, zh)
+    bad = tmp_path / "x.zip"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(DatasetError) as err:
+        import_concept(bad, tmp_path / "ws", "c", 2)
+    assert describe_error(err.value, zh) == "x.zip 不是可读取的 zip 文件"

@@ -56,7 +56,7 @@ def safe_filename(name: str, fallback: str = "file") -> str:
 def subset_folder_name(name: str, repeats: int) -> str:
     """``10_my char`` for kohya: repeats in front, the concept name after."""
     if repeats < 1:
-        raise DatasetError("repeats must be at least 1")
+        raise DatasetError("repeats must be at least 1", "import_repeats")
     clean = safe_filename(name, "concept").replace(".", "_")
     return f"{repeats}_{clean}"
 
@@ -112,7 +112,7 @@ def import_folder(src: Path, dest: Path) -> ImportReport:
     per concept, because each may have its own repeats."""
     src = Path(src)
     if not src.is_dir():
-        raise DatasetError(f"folder not found: {src}")
+        raise DatasetError(f"folder not found: {src}", "import_not_found", path=src)
     return import_files(sorted(p for p in src.iterdir() if p.is_file() and not _is_junk([p.name])), dest)
 
 
@@ -122,7 +122,8 @@ def import_zip(archive: Path, dest: Path, max_bytes: int = MAX_UNZIPPED_BYTES) -
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as err:
-        raise DatasetError(f"{archive.name} is not a readable zip file ({err})") from None
+        raise DatasetError(f"{archive.name} is not a readable zip file ({err})", "import_bad_zip",
+                           name=archive.name) from None
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
     # scratch space beside dest (same disk: no surprise out-of-space in /tmp)
     with zf, tempfile.TemporaryDirectory(prefix=f".{Path(dest).name}.unzip", dir=Path(dest).parent) as tmp_s:
@@ -141,7 +142,8 @@ def import_zip(archive: Path, dest: Path, max_bytes: int = MAX_UNZIPPED_BYTES) -
             total += info.file_size
             if total > max_bytes:
                 raise DatasetError(f"{archive.name} unpacks to more than {max_bytes >> 30} GiB; "
-                                   "refused (possible zip bomb)")
+                                   "refused (possible zip bomb)", "import_zip_bomb", name=archive.name,
+                                   gib=max_bytes >> 30)
             members.append(info)
         staged = []
         for k, info in enumerate(members):
@@ -164,4 +166,5 @@ def import_concept(source: Path | list, workspace: Path, name: str, repeats: int
         return import_folder(source, dest)
     if source.suffix.lower() == ".zip":
         return import_zip(source, dest)
-    raise DatasetError(f"cannot import {source}: give a folder, a .zip, or image files")
+    raise DatasetError(f"cannot import {source}: give a folder, a .zip, or image files", "import_what",
+                       path=source)

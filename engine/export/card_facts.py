@@ -20,6 +20,8 @@ from engine.config import JobConfig
 from engine.export.hashes import file_digests, legacy_hash
 from engine.file_kind import read_kind
 
+from engine.i18n import Explained
+
 CIVITAI_TYPE = {"lora": "LORA", "locon": "LoCon", "loha": "LoCon", "lokr": "LoCon",
                 "textual_inversion": "TextualInversion", "dreamartist": "TextualInversion",
                 "hypernetwork": "Hypernetwork", "dreambooth": "Checkpoint",
@@ -30,7 +32,7 @@ _FAMILY_FROM_META = (("sdxl", "sdxl"), ("stable-diffusion-xl", "sdxl"), ("sd_v2"
                      ("stable-diffusion-v2", "sd2"), ("sd_v1", "sd15"), ("stable-diffusion-v1", "sd15"))
 
 
-class CardError(ValueError):
+class CardError(Explained, ValueError):
     pass
 
 
@@ -89,7 +91,7 @@ def _read(path: Path) -> tuple[str, dict[str, str], dict[str, Any]]:
     """(kind, metadata, extra facts) from the file's own contents (one read, engine/file_kind)."""
     found = read_kind(path)
     if found.error:
-        raise CardError(f"{path.name}: cannot read ({found.error})")
+        raise CardError(f"{path.name}: cannot read ({found.error})", "card_unreadable", name=path.name)
     if path.suffix.lower() == ".safetensors":
         meta, keys = found.meta, found.keys
         dtype = found.dtype.lower()
@@ -107,7 +109,8 @@ def _read(path: Path) -> tuple[str, dict[str, str], dict[str, Any]]:
             return "textual_inversion", meta, extra
         if found.kind in ("aesthetic", "checkpoint"):
             return {"checkpoint": "dreambooth"}.get(found.kind, found.kind), meta, extra
-        raise CardError(f"{path.name}: not a LoRA, LyCORIS, embedding or checkpoint file")
+        raise CardError(f"{path.name}: not a LoRA, LyCORIS, embedding or checkpoint file", "card_not_model",
+                        name=path.name)
     data = found.data
     if found.kind == "aesthetic":
         return "aesthetic", {}, {"precision": "fp32"}
@@ -117,7 +120,8 @@ def _read(path: Path) -> tuple[str, dict[str, str], dict[str, Any]]:
         if found.kind == "hypernetwork":
             return "hypernetwork", meta, extra | {"family": "sd15"}
         return "textual_inversion", meta, extra
-    raise CardError(f"{path.name}: not a hypernetwork, embedding or aesthetic embedding file")
+    raise CardError(f"{path.name}: not a hypernetwork, embedding or aesthetic embedding file",
+                    "card_not_model", name=path.name)
 
 
 def _family(meta: dict[str, str], extra: dict[str, Any], job: JobConfig | None) -> str:
@@ -238,7 +242,7 @@ def gather_facts(path: Path, job: JobConfig | None = None, preferred_weight: flo
                  ) -> CardFacts:
     path = Path(path)
     if not path.is_file():
-        raise CardError(f"model file not found: {path}")
+        raise CardError(f"model file not found: {path}", "card_not_found", path=path)
     kind, meta, extra = _read(path)
     if job is not None and kind == "textual_inversion" and job.network.type == "dreamartist":
         kind = "dreamartist"
