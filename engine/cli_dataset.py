@@ -52,22 +52,13 @@ def cmd_prep(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from engine.captioning.run import caption_images, dataset_images
+    from engine.captioning.run import caption_images, dataset_images, load_captioner
     from engine.captioning.sources import CaptionModelError
 
     try:
-        if args.method == "wd14":
-            from engine.captioning.wd14 import DEFAULT_REPO, WD14Options, WD14Tagger
-
-            captioner = WD14Tagger.load(args.model or DEFAULT_REPO, args.offline)
-            opts = WD14Options(general_threshold=args.threshold,
-                               character_threshold=args.character_threshold or args.threshold,
-                               exclude=[t for t in (args.exclude or "").split(",") if t.strip()])
-        else:
-            from engine.captioning.blip import DEFAULT_REPO, BlipCaptioner, BlipOptions
-
-            captioner = BlipCaptioner.load(args.model or DEFAULT_REPO, args.offline)
-            opts = BlipOptions()
+        captioner, opts = load_captioner(
+            args.method, args.model or "", args.offline, args.threshold, args.character_threshold,
+            [t for t in (args.exclude or "").split(",") if t.strip()])
     except CaptionModelError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -383,30 +383,43 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": SCHEMA_VERSION}
 
 
-def _describe(err: ValidationError) -> str:
+# pydantic error types a UI can say in its own language (engine/locales: errors.<type>); the
+# others keep pydantic's English words
+CONFIG_ERROR_TYPES = ("missing", "extra_forbidden", "greater_than_equal", "less_than_equal",
+                      "greater_than", "less_than", "multiple_of", "int_parsing", "int_from_float",
+                      "float_parsing", "bool_parsing", "string_type", "literal_error",
+                      "string_too_short", "string_too_long", "string_pattern_mismatch")
+_OWN_WORDS = {"extra_forbidden": "unknown field (check the spelling)",
+              "missing": "required field is missing"}
+
+
+def _problems(err: ValidationError) -> list[dict[str, Any]]:
+    return [{"loc": ".".join(str(p) for p in e["loc"] if p not in NETWORK_TYPES), "type": e["type"],
+             "ctx": {k: str(v) for k, v in (e.get("ctx") or {}).items()}, "input": e.get("input"),
+             "msg": _OWN_WORDS.get(e["type"], e["msg"].removeprefix("Value error, "))}
+            for e in err.errors()]
+
+
+def describe_problems(problems: list[dict[str, Any]], t=None) -> str:
+    """One line per field: ``loc: what is wrong (got value)``. Without ``t`` in the engine's
+    English (pydantic's words); with an engine.i18n.Translator in its language."""
     lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if p not in NETWORK_TYPES)
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling)"
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        got = e.get("input")
-        suffix = "" if e["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{loc}: {msg}{suffix}" if loc else f"{msg}")
-    return "invalid job config:\n  " + "\n  ".join(lines)
+    for p in problems:
+        msg = t(f"errors.{p['type']}", **p["ctx"]) if t and p["type"] in CONFIG_ERROR_TYPES else p["msg"]
+        got = p["input"]
+        if p["type"] != "missing" and not isinstance(got, dict):
+            msg += t("errors.got", value=repr(got)) if t else f" (got {got!r})"
+        lines.append(f"{p['loc']}: {msg}" if p["loc"] else msg)
+    head = t("errors.invalid_job") if t else "invalid job config:"
+    return head + "\n  " + "\n  ".join(lines)
 
 
 def parse_config(data: dict[str, Any]) -> JobConfig:
     try:
         return JobConfig.model_validate(migrate(data))
     except ValidationError as err:
-        problems = [{"loc": ".".join(str(p) for p in e["loc"] if p not in NETWORK_TYPES),
-                     "type": e["type"], "ctx": {k: str(v) for k, v in (e.get("ctx") or {}).items()},
-                     "input": e.get("input"), "msg": e["msg"].removeprefix("Value error, ")}
-                    for e in err.errors()]
-        raise ConfigError(_describe(err), problems) from None
+        problems = _problems(err)
+        raise ConfigError(describe_problems(problems), problems) from None
 
 
 def load_config(path: str | Path) -> JobConfig:

@@ -80,14 +80,14 @@ def test_two_process_run_equals_one_process_with_the_same_global_batch(tmp_path,
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_shard_rows_cover_the_padded_batch(n):
-    from engine.data.shards import shard_of
+    from engine.data.shards import Shard, shard_of
 
     for length in range(1, 9):
-        parts = [shard_of(length, n, r) for r in range(n)]
+        parts = [(p, Shard.of_process(len(p), r, n))
+                 for r, p in enumerate(shard_of(length, n, r) for r in range(n))]
         rows = [i for p, _ in parts for i in p]
         assert sorted(set(rows)) == list(range(length))           # every entry trained
         assert len({len(p) for p, _ in parts}) == 1               # same count everywhere
         assert all(s.total == len(rows) for _, s in parts)
-        assert all(s == type(s).of_process(len(p), r, n) for r, (p, s) in enumerate(parts))
         noise = torch.arange(len(rows))
         assert torch.cat([s.rows(noise) for _, s in parts]).tolist() == list(range(len(rows)))

@@ -37,7 +37,8 @@ def keys_used_in_code() -> set[str]:
     from webapp.wizard_logic import BEGINNER_FIELDS
 
     keys = set()
-    for path in [*(ROOT / "webapp").glob("*.py"), ROOT / "engine" / "export" / "card_render.py"]:
+    for path in [*(ROOT / "webapp").glob("*.py"), ROOT / "engine" / "export" / "card_render.py",
+                 ROOT / "engine" / "config.py"]:
         keys |= set(re.findall(r'\bt\(\s*"([a-z_]+\.[a-z_.]+)"', path.read_text(encoding="utf-8")))
     keys |= {f"field.{k}.{part}" for k, _, _ in BEGINNER_FIELDS
              for part in ("label", "why", "range", "high", "low")}
@@ -45,7 +46,7 @@ def keys_used_in_code() -> set[str]:
     keys |= {f"base.kind_{k}" for k in ("diffusers", "single_file", "hub")}
     keys |= {f"train.status_{s}" for s in ("idle", "running", "done", "stopped", "failed")}
     keys |= {"method.too_high", "method.too_low"}
-    from webapp.wizard_logic import CONFIG_ERROR_TYPES
+    from engine.config import CONFIG_ERROR_TYPES
     keys |= {f"errors.{k}" for k in CONFIG_ERROR_TYPES}
     # keys of the engine's explained errors: raise XError("English...", "key", ...)
     for path in (ROOT / "engine").rglob("*.py"):

@@ -32,23 +32,14 @@ def preprocess_copy(path: str, resolution: float, crop: str, flip: bool, progres
 def auto_caption(path: str, method: str, model: str, threshold: float, mode: str, trigger: str,
                  progress=None, t: Translator = EN) -> str:
     """Caption every image of the folder; ``model``: hub id or local folder (empty = default)."""
-    from engine.captioning.run import caption_images, dataset_images
+    from engine.captioning.run import caption_images, dataset_images, load_captioner
     from engine.captioning.sources import CaptionModelError
 
     images = dataset_images(Path(path.strip()))
     if not images:
         return t("tools.error", error=t("tools.no_images", folder=path))
     try:
-        if method == "wd14":
-            from engine.captioning.wd14 import DEFAULT_REPO, WD14Options, WD14Tagger
-
-            captioner = WD14Tagger.load(model.strip() or DEFAULT_REPO)
-            opts = WD14Options(general_threshold=float(threshold), character_threshold=float(threshold))
-        else:
-            from engine.captioning.blip import DEFAULT_REPO, BlipCaptioner, BlipOptions
-
-            captioner = BlipCaptioner.load(model.strip() or DEFAULT_REPO)
-            opts = BlipOptions()
+        captioner, opts = load_captioner(method, model.strip(), threshold=float(threshold))
     except CaptionModelError as err:
         return t("tools.error", error=describe_error(err, t))
     tick = (lambda done, total: progress((done, total), desc="captions")) if progress else None

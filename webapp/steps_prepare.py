@@ -91,6 +91,7 @@ def build_dataset_step(t: Translator):
     def do_add_trigger(folder, word):
         from engine.data.folder import DatasetError, scan_dataset
         from engine.data.tags import add_front, apply_to_captions
+        from engine.fileio import atomic_write_bytes
 
         if not word.strip():
             return t("dataset.trigger_first")
@@ -101,8 +102,8 @@ def build_dataset_step(t: Translator):
         files = []
         for it in index.items:
             txt = it.path.with_suffix(".txt")
-            if not txt.is_file():
-                txt.write_text(it.caption, encoding="utf-8")
+            if not txt.is_file():  # the folder-name caption it trains on, made editable
+                atomic_write_bytes(txt, it.caption.encode("utf-8"))
             files.append(txt)
         changed = apply_to_captions(files, add_front(word.strip()))
         return t("dataset.trigger_done", word=word.strip(), n=len(files), changed=changed)

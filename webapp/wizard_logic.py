@@ -166,26 +166,11 @@ def fields_from_job(job: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-# pydantic error types we say in the user's language (others keep pydantic's English words)
-CONFIG_ERROR_TYPES = ("missing", "extra_forbidden", "greater_than_equal", "less_than_equal",
-                      "greater_than", "less_than", "multiple_of", "int_parsing", "int_from_float",
-                      "float_parsing", "bool_parsing", "string_type", "literal_error",
-                      "string_too_short", "string_too_long", "string_pattern_mismatch")
-
-
 def describe_config_error(err, t: Translator = EN) -> str:
     """A ConfigError in the page's language: one line per field, like the engine's message."""
-    if not err.problems:
-        return str(err)
-    lines = []
-    for p in err.problems:
-        kind = p["type"]
-        msg = t(f"errors.{kind}", **p["ctx"]) if kind in CONFIG_ERROR_TYPES else p["msg"]
-        got = p["input"]
-        if kind != "missing" and not isinstance(got, dict):
-            msg += t("errors.got", value=repr(got))
-        lines.append(f"{p['loc']}: {msg}" if p["loc"] else msg)
-    return t("errors.invalid_job") + "\n  " + "\n  ".join(lines)
+    from engine.config import describe_problems
+
+    return describe_problems(err.problems, t) if err.problems else str(err)
 
 
 def preflight(job_text: str, t: Translator = EN) -> tuple[bool, str]:

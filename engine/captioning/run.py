@@ -31,6 +31,22 @@ def dataset_images(folder: Path) -> list[Path]:
     return images_under(folder)
 
 
+def load_captioner(method: Literal["wd14", "blip"], model: str = "", local_files_only: bool = False,
+                   threshold: float = 0.35, character_threshold: float | None = None,
+                   exclude: list[str] | tuple[str, ...] = ()):
+    """(captioner, its options) for WD14 tags or BLIP sentences; ``model``: hub id or local
+    folder, empty = the usual public model. Raises CaptionModelError when it cannot be had."""
+    if method == "wd14":
+        from engine.captioning.wd14 import DEFAULT_REPO, WD14Options, WD14Tagger
+
+        return (WD14Tagger.load(model or DEFAULT_REPO, local_files_only),
+                WD14Options(general_threshold=threshold,
+                            character_threshold=character_threshold or threshold, exclude=list(exclude)))
+    from engine.captioning.blip import DEFAULT_REPO, BlipCaptioner, BlipOptions
+
+    return BlipCaptioner.load(model or DEFAULT_REPO, local_files_only), BlipOptions()
+
+
 def caption_images(paths: list[Path], captioner: Captioner, opts, mode: Mode = "skip",
                    trigger: str = "", progress: Callable[[int, int], None] | None = None) -> CaptionReport:
     """``mode``: skip images that already have a caption, overwrite them, or append new tags

@@ -187,8 +187,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches += [members[s:s + self.batch_size] for s in range(0, len(members), self.batch_size)]
         skip, self._skip = self._skip, 0
         for j in torch.randperm(len(batches), generator=self.generator).tolist()[skip:]:
-            rows, _ = shard_of(len(batches[j]), self.num_processes, self.rank)
-            yield [batches[j][r] for r in rows]
+            yield [batches[j][r] for r in shard_of(len(batches[j]), self.num_processes, self.rank)]
 
 
 def collate(batch: list[dict]) -> dict:

@@ -22,11 +22,11 @@ class Shard:
         return tensor if (self.start, self.stop) == (0, self.total) else tensor[self.start:self.stop]
 
 
-def shard_of(batch_len: int, num_processes: int, rank: int) -> tuple[list[int], Shard]:
+def shard_of(batch_len: int, num_processes: int, rank: int) -> list[int]:
     """Positions of ``rank``'s rows in a global batch of ``batch_len`` entries. A short last batch
     is padded with its own first entries up to a multiple of ``num_processes`` so every process
-    trains the same number of rows (the gradient average then stays a plain mean)."""
+    trains the same number of rows (the gradient average then stays a plain mean, and
+    :meth:`Shard.of_process` finds a process's rows from its own row count)."""
     per = -(-batch_len // num_processes)
     padded = list(range(batch_len)) + [i % batch_len for i in range(per * num_processes - batch_len)]
-    start = rank * per
-    return padded[start:start + per], Shard(start, start + per, per * num_processes)
+    return padded[rank * per:(rank + 1) * per]
