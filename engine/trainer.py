@@ -188,7 +188,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         step, start_epoch, result.losses = pos.step, pos.epoch, list(state.losses)
         cb.on_log(f"resumed from {resumed} (step {step}, epoch {start_epoch}, "
                   f"{pos.skip_batches} batches of it done)")
-        curves.resume_step = step
+        if curves is not None:  # (only the first process writes curves)
+            curves.resume_step = step
     cb.on_start(s.total_steps)
 
     def checkpoint_state(epoch: int, batches_done: int, epoch_finished: bool) -> None:
