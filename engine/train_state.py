@@ -188,9 +188,9 @@ def restore(state: TrainState, trainable: list[torch.Tensor], optimizer, schedul
 
 
 def restore_torch_rng(state: TrainState) -> None:
-    """The global torch generators, set separately: only once the resumed epoch's data iterator
-    exists (creating one draws a seed from the global RNG, which the interrupted run did at the
-    start of that epoch, before its state was saved)."""
+    """The global torch generators, set separately from the rest: when depends on where the
+    state was saved relative to the epoch's data iterator, which draws a seed from the global
+    RNG when it is created (see the trainer)."""
     torch.set_rng_state(state.rng["torch"])
     if "cuda" in state.rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state.rng["cuda"])

@@ -219,7 +219,14 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         epoch_losses, accum = [], []
         batches_done = sampler.pending_skip
         resuming = state is not None and epoch == start_epoch
-        for batch in epoch_batches(loader, (lambda: restore_torch_rng(state)) if resuming else None):
+        # A state saved mid-epoch was saved after that epoch's data iterator drew its seed: put the
+        # RNG back once the resumed epoch's iterator exists. One saved at an epoch's end comes
+        # before the next epoch's iterator, so it goes back before that iterator is created.
+        at_epoch_start = resuming and state.position.skip_batches == 0
+        if at_epoch_start:
+            restore_torch_rng(state)
+        after_start = (lambda: restore_torch_rng(state)) if resuming and not at_epoch_start else None
+        for batch in epoch_batches(loader, after_start):
             batches_done += 1
             with accelerator.accumulate(unet, *tes) if s.train_te else accelerator.accumulate(unet):
                 latents = (batch["latents"].to(accelerator.device) if "latents" in batch

@@ -78,6 +78,34 @@ def test_two_process_run_equals_one_process_with_the_same_global_batch(tmp_path,
     assert _max_diff(load_file(epoch1), load_file(tmp_path / "single" / "tiny-000001.safetensors")) < 1e-4
 
 
+def _launch_two(job_file: Path, cwd: Path, *extra: str) -> str:
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         str(ROOT / "launcher.py"), "train", "--config", str(job_file), *extra],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    return log
+
+
+def test_two_process_run_resumes_to_the_same_lora(tmp_path, tiny_model_dir, tiny_dataset):
+    """Both processes restore the state process 0 saved after epoch 1 and finish epoch 2 with
+    the weights of the unbroken run."""
+    job = lora_job(tiny_model_dir, tiny_dataset, tmp_path / "run",
+                   training={"epochs": 2, "batch_size": 1, "seed": 1}, output={"save_state": True})
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(tomli_w.dumps(job))
+    _launch_two(job_file, tmp_path)
+    final = tmp_path / "run" / "tiny.safetensors"
+    unbroken = load_file(final)
+    final.unlink()
+    log = _launch_two(job_file, tmp_path, "--resume")
+    assert "resumed from" in log and "(step 6, epoch 2" in log
+    assert _max_diff(load_file(final), unbroken) < 1e-6
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_shard_rows_cover_the_padded_batch(n):
     from engine.data.shards import Shard, shard_of
