@@ -21,13 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.file_kind import AESTHETIC_KEY
 from engine.fileio import atomic_write
+from engine.i18n import Explained
 
 SAFETENSORS_KEY = AESTHETIC_KEY
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEFAULT_CLIP = {"sd15": "openai/clip-vit-large-patch14", "sd2": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
 
 
-class AestheticError(ValueError):
+class AestheticError(Explained, ValueError):
     pass
 
 
@@ -52,10 +53,11 @@ def list_images(source: Path | list[Path]) -> list[Path]:
     else:
         folder = Path(source)
         if not folder.is_dir():
-            raise AestheticError(f"reference image folder not found: {folder}")
+            raise AestheticError(f"reference image folder not found: {folder}", "ae_folder_not_found", path=folder)
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise AestheticError(f"no reference images in {source} (png, jpg, webp, ...)")
+        raise AestheticError(f"no reference images in {source} (png, jpg, webp, ...)", "ae_no_images",
+                             path=source)
     return paths
 
 
@@ -66,7 +68,8 @@ def _open_rgb(path: Path):
         with Image.open(path) as im:
             return ImageOps.exif_transpose(im).convert("RGB")
     except Exception as err:  # PIL raises many kinds for bad files
-        raise AestheticError(f"cannot read reference image {Path(path).name}: {err}") from None
+        raise AestheticError(f"cannot read reference image {Path(path).name}: {err}", "ae_image_unreadable",
+                             name=Path(path).name, error=err) from None
 
 
 @contextmanager
@@ -92,7 +95,7 @@ def load_clip_vision(clip: str, local_files_only: bool = False):
             model = CLIPVisionModelWithProjection.from_pretrained(clip, local_files_only=local_files_only)
             processor = CLIPImageProcessorPil.from_pretrained(clip, local_files_only=local_files_only)
     except OSError as err:
-        raise AestheticError(f"cannot load CLIP '{clip}': {err}") from None
+        raise AestheticError(f"cannot load CLIP '{clip}': {err}", "ae_clip_load", clip=clip, error=err) from None
     return model.eval(), processor
 
 
@@ -142,9 +145,11 @@ def read_embedding(path: Path) -> tuple[torch.Tensor, dict[str, str]]:
         try:
             tensor = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as err:
-            raise AestheticError(f"{path.name}: not a plain tensor file ({err})") from None
+            raise AestheticError(f"{path.name}: not a plain tensor file ({err})", "ae_not_tensor", name=path.name,
+                                 error=err) from None
     if not isinstance(tensor, torch.Tensor) or tensor.ndim not in (1, 2) or tensor.shape[-1] < 2:
-        raise AestheticError(f"{path.name}: not an aesthetic embedding (a [1, D] tensor)")
+        raise AestheticError(f"{path.name}: not an aesthetic embedding (a [1, D] tensor)", "ae_not_embedding",
+                             name=path.name)
     tensor = tensor.float().reshape(1, -1)
     return tensor / tensor.norm(dim=-1, keepdim=True), meta
 

@@ -48,7 +48,8 @@ def load_text_projection(clip: str, local_files_only: bool = False) -> nn.Linear
         with quiet_transformers():
             model = CLIPTextModelWithProjection.from_pretrained(clip, local_files_only=local_files_only)
     except OSError as err:
-        raise AestheticError(f"cannot load CLIP '{clip}' for its text projection: {err}") from None
+        raise AestheticError(f"cannot load CLIP '{clip}' for its text projection: {err}", "ae_clip_load",
+                             clip=clip, error=err) from None
     return model.text_projection.float().eval().requires_grad_(False)
 
 
@@ -60,10 +61,12 @@ class AestheticPersonalizer:
         width = text_encoder.config.hidden_size
         if projection.in_features != width:
             raise AestheticError(f"the CLIP's text width is {projection.in_features}, the base model's "
-                                 f"text encoder has {width}: use the CLIP the base model was built on")
+                                 f"text encoder has {width}: use the CLIP the base model was built on",
+                                 "ae_clip_width", clip_width=projection.in_features, width=width)
         if projection.out_features != embedding.shape[-1]:
             raise AestheticError(f"the embedding has {embedding.shape[-1]} values, this CLIP projects "
-                                 f"to {projection.out_features}: it was made with another CLIP")
+                                 f"to {projection.out_features}: it was made with another CLIP", "ae_other_clip",
+                                 values=embedding.shape[-1], projected=projection.out_features)
         self.te, self.tokenizer, self.settings, self.clip_skip = text_encoder, tokenizer, settings, clip_skip
         self.projection = projection.to(text_encoder.device)
         self.image_embedding = embedding.to(text_encoder.device)
@@ -150,7 +153,7 @@ class AestheticSwapper:
                  local_files_only: bool = False) -> None:
         if model.is_sdxl:
             raise AestheticError("Aesthetic Gradients work with SD 1.x / 2.x base models (the A1111 "
-                                 "extension has no SDXL support either)")
+                                 "extension has no SDXL support either)", "ae_sdxl")
         self.model = model
         self.settings = settings or AestheticSettings()
         self.local_files_only = local_files_only
@@ -163,7 +166,7 @@ class AestheticSwapper:
     def _clip_for(self, meta: dict[str, str]) -> str:
         clip = self.settings.clip or meta.get("clip_model") or DEFAULT_CLIP.get(self.model.family)
         if not clip:
-            raise AestheticError("say which CLIP made this embedding (aesthetic clip setting)")
+            raise AestheticError("say which CLIP made this embedding (aesthetic clip setting)", "ae_which_clip")
         return clip
 
     def load(self, path: Path) -> None:

@@ -21,7 +21,7 @@ def _bar(desc: str):
 
 def cmd_prep(args: argparse.Namespace) -> int:
     from engine.data.folder import DatasetError, scan_dataset
-    from engine.data.importer import import_concept
+    from engine.data.importer import SKIP_REASONS, import_concept
     from engine.data.preprocess import PreprocessOptions, preprocess_dataset
     from engine.data.validate import validate_folder
 
@@ -32,7 +32,7 @@ def cmd_prep(args: argparse.Namespace) -> int:
         rep = import_concept(source, imported, args.name, args.repeats)
         print(rep.summary())
         for name, why in rep.skipped:
-            print(f"  skipped {name}: {why}")
+            print(f"  skipped {name}: {SKIP_REASONS[why]}")
         report = validate_folder(imported, args.resolution)
         print(report.summary())
         for f in report.files:

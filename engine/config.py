@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.i18n import UserInputError, describe_error
+
 SCHEMA_VERSION = 1
 
 
@@ -105,10 +107,11 @@ class LycorisNetworkConfig(_Section):
     @model_validator(mode="after")
     def _lokr_only_fields(self) -> "LycorisNetworkConfig":
         if self.type != "lokr" and (self.factor != -1 or self.decompose_both):
-            raise ValueError(f"network.factor / network.decompose_both only apply to 'lokr' "
-                             f"(type is {self.type!r})")
+            raise UserInputError(f"network.factor / network.decompose_both only apply to 'lokr' "
+                                 f"(type is {self.type!r})", "cfg_lokr_only", type=self.type)
         if self.factor != -1 and self.factor < 1:
-            raise ValueError(f"network.factor: -1 (automatic) or a positive integer (got {self.factor})")
+            raise UserInputError(f"network.factor: -1 (automatic) or a positive integer (got {self.factor})",
+                                 "cfg_factor", value=self.factor)
         return self
 
 
@@ -140,8 +143,8 @@ class TextualInversionConfig(_Section):
 
             try:
                 parse_lr_schedule(text)
-            except LrScheduleError as err:
-                raise ValueError(str(err)) from None
+            except LrScheduleError:
+                raise  # a ValueError: pydantic reports it, keeping its catalogue key
         return text
 
     @field_validator("custom_templates")
@@ -149,7 +152,7 @@ class TextualInversionConfig(_Section):
     def _templates_have_slots(cls, lines: list[str]) -> list[str]:
         for line in lines:
             if "[name]" not in line:
-                raise ValueError(f"template {line!r} has no [name]")
+                raise UserInputError(f"template {line!r} has no [name]", "cfg_template_name", line=line)
         return lines
 
 
@@ -185,9 +188,10 @@ class HypernetworkConfig(_Section):
     @classmethod
     def _structure(cls, values: list[float]) -> list[float]:
         if len(values) < 2 or values[0] != 1 or values[-1] != 1:
-            raise ValueError(f"must start and end with 1, e.g. [1, 2, 1] (got {values})")
+            raise UserInputError(f"must start and end with 1, e.g. [1, 2, 1] (got {values})", "cfg_layers_ends",
+                                 values=values)
         if any(v <= 0 for v in values):
-            raise ValueError(f"multipliers must be > 0 (got {values})")
+            raise UserInputError(f"multipliers must be > 0 (got {values})", "cfg_layers_positive", values=values)
         return values
 
     @model_validator(mode="after")
@@ -195,11 +199,12 @@ class HypernetworkConfig(_Section):
         d = self.dropout_structure
         if d is not None:
             if len(d) != len(self.layer_structure):
-                raise ValueError(f"network.dropout_structure needs one value per layer_structure "
-                                 f"entry ({len(self.layer_structure)}), got {len(d)}")
+                raise UserInputError(f"network.dropout_structure needs one value per layer_structure "
+                                     f"entry ({len(self.layer_structure)}), got {len(d)}", "cfg_dropout_count",
+                                     want=len(self.layer_structure), got=len(d))
             if d[0] != 0 or d[-1] != 0 or any(not 0 <= p < 1 for p in d):
-                raise ValueError(f"network.dropout_structure: values in [0, 1), first and last 0 "
-                                 f"(got {d})")
+                raise UserInputError(f"network.dropout_structure: values in [0, 1), first and last 0 "
+                                     f"(got {d})", "cfg_dropout_values", values=d)
         return self
 
     _schedule_parses = field_validator("lr_schedule")(
@@ -297,7 +302,7 @@ class SampleConfig(_Section):
             try:
                 parse_prompt_line(line, SampleSpec(""))
             except PromptLineError as err:
-                raise ValueError(f"line {i + 1}: {err}") from None
+                raise UserInputError(f"line {i + 1}: {err}", "cfg_prompt_line", line=i + 1, error=err) from None
         return lines
 
 
@@ -323,33 +328,37 @@ class JobConfig(_Section):
     @model_validator(mode="after")
     def _cross_field_rules(self) -> "JobConfig":
         if self.schema_version != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {self.schema_version} is not supported "
-                             f"(this build reads {SCHEMA_VERSION})")
+            raise UserInputError(f"schema_version {self.schema_version} is not supported "
+                                 f"(this build reads {SCHEMA_VERSION})", "cfg_schema", version=self.schema_version,
+                                 supported=SCHEMA_VERSION)
         if self.scheduler.type == "constant" and self.scheduler.warmup_steps:
-            raise ValueError("scheduler.warmup_steps needs scheduler.type "
-                             "'constant_with_warmup' (or another schedule); 'constant' ignores it")
+            raise UserInputError("scheduler.warmup_steps needs scheduler.type "
+                                 "'constant_with_warmup' (or another schedule); 'constant' ignores it",
+                                 "cfg_warmup_constant")
         d = self.dataset
         if d.enable_bucket and not d.min_bucket_reso <= d.resolution <= d.max_bucket_reso:
-            raise ValueError("dataset.min_bucket_reso <= dataset.resolution <= dataset.max_bucket_reso "
-                             f"is needed for buckets (got {d.min_bucket_reso}, {d.resolution}, "
-                             f"{d.max_bucket_reso})")
+            raise UserInputError("dataset.min_bucket_reso <= dataset.resolution <= dataset.max_bucket_reso "
+                                 f"is needed for buckets (got {d.min_bucket_reso}, {d.resolution}, "
+                                 f"{d.max_bucket_reso})", "cfg_bucket_range", low=d.min_bucket_reso,
+                                 resolution=d.resolution, high=d.max_bucket_reso)
         if d.num_class_images and not (d.class_prompt and d.reg_path):
-            raise ValueError("dataset.num_class_images needs dataset.class_prompt and dataset.reg_path "
-                             "(where the generated class images are kept)")
+            raise UserInputError("dataset.num_class_images needs dataset.class_prompt and dataset.reg_path "
+                                 "(where the generated class images are kept)", "cfg_class_images")
         if self.training.cache_text_encoder_outputs:
             from engine.data.captions import caption_is_fixed
 
             if trains_text_encoder(self.network):
-                raise ValueError("training.cache_text_encoder_outputs needs a frozen text encoder: "
-                                 "set network.train_unet_only = true (LoRA) or "
-                                 "network.train_text_encoder = false")
+                raise UserInputError("training.cache_text_encoder_outputs needs a frozen text encoder: "
+                                     "set network.train_unet_only = true (LoRA) or "
+                                     "network.train_text_encoder = false", "cfg_cache_te_trained")
             if not caption_is_fixed(d.shuffle_caption, d.caption_dropout_rate, d.tag_dropout_rate):
-                raise ValueError("training.cache_text_encoder_outputs cannot be combined with "
-                                 "dataset.shuffle_caption / caption_dropout_rate / tag_dropout_rate "
-                                 "(the captions change every step)")
+                raise UserInputError("training.cache_text_encoder_outputs cannot be combined with "
+                                     "dataset.shuffle_caption / caption_dropout_rate / tag_dropout_rate "
+                                     "(the captions change every step)", "cfg_cache_te_changing")
         if self.optimizer.type == "Prodigy" and self.optimizer.lr < 0.1:
-            raise ValueError("optimizer.lr: Prodigy adapts the step size itself; "
-                             "set lr to about 1.0 (got %g)" % self.optimizer.lr)
+            raise UserInputError("optimizer.lr: Prodigy adapts the step size itself; "
+                                 "set lr to about 1.0 (got %g)" % self.optimizer.lr, "cfg_prodigy_lr",
+                                 value=f"{self.optimizer.lr:g}")
         return self
 
 
@@ -393,11 +402,17 @@ _OWN_WORDS = {"extra_forbidden": "unknown field (check the spelling)",
               "missing": "required field is missing"}
 
 
-def _problems(err: ValidationError) -> list[dict[str, Any]]:
-    return [{"loc": ".".join(str(p) for p in e["loc"] if p not in NETWORK_TYPES), "type": e["type"],
-             "ctx": {k: str(v) for k, v in (e.get("ctx") or {}).items()}, "input": e.get("input"),
-             "msg": _OWN_WORDS.get(e["type"], e["msg"].removeprefix("Value error, "))}
-            for e in err.errors()]
+def validation_problems(err: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors as plain problems; a validator's keyed error (engine.i18n.Explained) is
+    kept as ``cause`` so it can be said in another language."""
+    out = []
+    for e in err.errors():
+        cause = (e.get("ctx") or {}).get("error")
+        out.append({"loc": ".".join(str(p) for p in e["loc"] if p not in NETWORK_TYPES), "type": e["type"],
+                    "ctx": {k: str(v) for k, v in (e.get("ctx") or {}).items()}, "input": e.get("input"),
+                    "msg": _OWN_WORDS.get(e["type"], e["msg"].removeprefix("Value error, ")),
+                    "cause": cause if getattr(cause, "key", None) else None})
+    return out
 
 
 def describe_problems(problems: list[dict[str, Any]], t=None) -> str:
@@ -405,7 +420,11 @@ def describe_problems(problems: list[dict[str, Any]], t=None) -> str:
     English (pydantic's words); with an engine.i18n.Translator in its language."""
     lines = []
     for p in problems:
-        msg = t(f"errors.{p['type']}", **p["ctx"]) if t and p["type"] in CONFIG_ERROR_TYPES else p["msg"]
+        msg = p["msg"]
+        if t and p.get("cause") is not None:
+            msg = describe_error(p["cause"], t)
+        elif t and p["type"] in CONFIG_ERROR_TYPES:
+            msg = t(f"errors.{p['type']}", **p["ctx"])
         got = p["input"]
         if p["type"] != "missing" and not isinstance(got, dict):
             msg += t("errors.got", value=repr(got)) if t else f" (got {got!r})"
@@ -418,7 +437,7 @@ def parse_config(data: dict[str, Any]) -> JobConfig:
     try:
         return JobConfig.model_validate(migrate(data))
     except ValidationError as err:
-        problems = _problems(err)
+        problems = validation_problems(err)
         raise ConfigError(describe_problems(problems), problems) from None
 
 

@@ -17,11 +17,12 @@ import torch
 
 from engine.export.safetensors_io import load_with_metadata
 from engine.models.loader import LoadedModel
+from engine.i18n import Explained
 from engine.networks.textual_inversion import token_names
 from engine.text import tokenize
 
 
-class EmbeddingFileError(ValueError):
+class EmbeddingFileError(Explained, ValueError):
     pass
 
 
@@ -32,15 +33,18 @@ def read_embedding(path: Path) -> tuple[torch.Tensor, str]:
         state, meta = load_with_metadata(path)
         if "clip_l" in state and "clip_g" in state:
             raise EmbeddingFileError(f"{path.name}: an SDXL embedding; the grid's embedding "
-                                     "strength axis works with SD 1.x embeddings only so far")
+                                     "strength axis works with SD 1.x embeddings only so far", "embedding_sdxl",
+                                     name=path.name)
         if "emb_params" not in state:
-            raise EmbeddingFileError(f"{path.name}: no 'emb_params' tensor (an SD 1.5 embedding has one)")
+            raise EmbeddingFileError(f"{path.name}: no 'emb_params' tensor (an SD 1.5 embedding has one)",
+                                     "embedding_no_params", name=path.name)
         name = meta.get("name") or meta.get("ss_output_name") or path.stem
         return state["emb_params"].float(), name
     data = torch.load(str(path), map_location="cpu", weights_only=True)
     params = data.get("string_to_param") if isinstance(data, dict) else None
     if not params:
-        raise EmbeddingFileError(f"{path.name}: no 'string_to_param' (not an A1111 embedding)")
+        raise EmbeddingFileError(f"{path.name}: no 'string_to_param' (not an A1111 embedding)",
+                                 "embedding_not_a1111", name=path.name)
     vectors = next(iter(params.values())).float()
     return vectors, str(data.get("name") or path.stem)
 
@@ -73,11 +77,13 @@ class EmbeddingSwapper:
             self.injections += 1
         elif (self.name, len(self.ids)) != (name, vectors.shape[0]):
             raise EmbeddingFileError(f"{Path(path).name}: a grid compares epochs of one embedding "
-                                     f"('{self.name}', {len(self.ids)} vectors)")
+                                     f"('{self.name}', {len(self.ids)} vectors)", "embedding_other",
+                                     name=Path(path).name, embedding=self.name, count=len(self.ids))
         table = te.get_input_embeddings().weight
         if vectors.shape[1] != table.shape[1]:
             raise EmbeddingFileError(f"{Path(path).name}: vectors of width {vectors.shape[1]}, this "
-                                     f"text encoder uses {table.shape[1]} (wrong base model?)")
+                                     f"text encoder uses {table.shape[1]} (wrong base model?)", "embedding_width",
+                                     name=Path(path).name, width=vectors.shape[1], expected=table.shape[1])
         with torch.no_grad():
             table[self.ids] = vectors.to(table.device, table.dtype)
 

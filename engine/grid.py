@@ -105,7 +105,7 @@ def _z_values(job: GridJob) -> list[tuple[str, int, str]]:
 def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
              progress: Callable[[int, int], None] | None = None) -> GridResult:
     if not job.checkpoints:
-        raise GridError("no checkpoints to compare")
+        raise GridError("no checkpoints to compare", "grid_no_files")
     swapper = NetworkSwapper(model, aesthetic=job.aesthetic, local_files_only=job.local_files_only)
     pipe = build_pipeline(model, scheduler=job.sampler)
     zs = _z_values(job)

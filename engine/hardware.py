@@ -62,6 +62,24 @@ class TierChoice:
     # Hardware-specific corrections layered over the tier file (still under the user's own values),
     # e.g. fp16 instead of bf16 on a 24 GB card without bf16.
     overrides: dict[str, Any] = field(default_factory=dict)
+    # the reason as catalogue keys under ``tier.`` (with values) so the web app can say it in its language
+    key: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    fix_key: str = ""
+
+    def describe(self, t) -> str:
+        """The reason in ``t``'s language (engine.i18n.Translator)."""
+        if not self.key:
+            return self.reason
+        params = dict(self.params)
+        if params.get("gpu_vram") is not None:
+            params["gpu"] = t("tier.gpu_with_vram", name=params["gpu"], vram=params["gpu_vram"])
+        params.pop("gpu_vram", None)
+        if self.fix_key:
+            params["fix"] = t(f"tier.{self.fix_key}")
+        text = t(f"tier.{self.key}", **params)
+        return text + t("tier.reason_fp16") if self.overrides.get("training", {}).get("mixed_precision") == "fp16" \
+            and self.key == "reason_gpu" else text
 
 
 def parse_nvidia_smi(text: str) -> list[GpuRow]:
@@ -164,9 +182,12 @@ def _describe_torch(torch: Any, info: HardwareInfo) -> None:
 
 
 def _gpu_fix(info: HardwareInfo) -> str:
-    if info.torch_build in ("missing", "cpu"):
-        return CUDA_INSTALL_HINT
-    return "update the NVIDIA driver to one that supports this PyTorch's CUDA version"
+    return CUDA_INSTALL_HINT if _gpu_fix_key(info) == "fix_cuda" else \
+        "update the NVIDIA driver to one that supports this PyTorch's CUDA version"
+
+
+def _gpu_fix_key(info: HardwareInfo) -> str:
+    return "fix_cuda" if info.torch_build in ("missing", "cpu") else "fix_driver"
 
 
 def probe(torch_module: Any = "import", run: Callable[..., Any] = subprocess.run) -> HardwareInfo:
@@ -204,27 +225,32 @@ def _describe_gpu(info: HardwareInfo) -> str:
 
 def pick_tier(info: HardwareInfo) -> TierChoice:
     """Choose a preset tier from what the probe found; the reason is one plain sentence."""
+    gpu = {"gpu": info.gpu_name or "GPU",
+           "gpu_vram": f"{info.vram_gib:.1f}" if info.vram_gib is not None else None}
     if info.backend == "mps":
         return TierChoice("8gb", f"{_describe_gpu(info)} (Apple, shared memory) → tier 8gb, "
                           "with plain AdamW and full precision because 8-bit Adam and fp16 "
                           "training need an NVIDIA GPU",
-                          {"optimizer": {"type": "AdamW"}, "training": {"mixed_precision": "no"}})
+                          {"optimizer": {"type": "AdamW"}, "training": {"mixed_precision": "no"}},
+                          "reason_mps", gpu)
     if info.backend != "cuda":
         if info.gpu_name and info.source == "nvidia-smi":
             return TierChoice("cpu", f"{_describe_gpu(info)} found by nvidia-smi, but PyTorch "
                               "cannot use it, so training would run on the CPU → tier cpu. To use "
-                              f"the GPU, {_gpu_fix(info)}")
-        return TierChoice("cpu", "no usable GPU found → tier cpu (small, slow, full precision)")
+                              f"the GPU, {_gpu_fix(info)}", key="reason_cpu_unusable", params=gpu,
+                              fix_key=_gpu_fix_key(info))
+        return TierChoice("cpu", "no usable GPU found → tier cpu (small, slow, full precision)", key="reason_cpu")
     vram = info.vram_gib or 0.0
     for name, low, size_class in VRAM_TIERS:
         if vram >= low:
             break
     else:
         return TierChoice("cpu", f"{_describe_gpu(info)} has too little VRAM for LoRA training "
-                          f"(needs about 4 GB, reported ≥ {MIN_GPU_GIB:g} GiB) → tier cpu")
+                          f"(needs about 4 GB, reported ≥ {MIN_GPU_GIB:g} GiB) → tier cpu",
+                          key="reason_low_vram", params={**gpu, "min": f"{MIN_GPU_GIB:g}"})
     reason = f"{_describe_gpu(info)} → tier {name} ({size_class} class)"
     overrides: dict[str, Any] = {}
     if name == "24gb+" and not info.bf16_supported:
         overrides = {"training": {"mixed_precision": "fp16"}}
         reason += "; fp16 instead of bf16, since this GPU has no native bf16"
-    return TierChoice(name, reason, overrides)
+    return TierChoice(name, reason, overrides, "reason_gpu", {**gpu, "tier": name, "size": size_class})

@@ -66,14 +66,30 @@ class Explained:
     """Mixin for user-facing errors: besides the English message, a catalogue key (under
     ``errors.``) and its values, so the web app can say the same in the page's language."""
 
-    def __init__(self, message: str, key: str | None = None, **params):
+    def __init__(self, message: str, key: str | None = None, problems: list | None = None, **params):
         super().__init__(message)
         self.key, self.params = key, params
+        self.problems = problems or []  # engine.config's structured field errors, if any
+
+    @classmethod
+    def wrapping(cls, err: BaseException):
+        """``err`` re-raised as this class, keeping its message, key and values."""
+        return cls(str(err), getattr(err, "key", None), getattr(err, "problems", None),
+                   **getattr(err, "params", {}))
+
+
+class UserInputError(Explained, ValueError):
+    """A keyed error for a bad setting or file where no more specific class exists."""
 
 
 def describe_error(err: BaseException, t: Translator) -> str:
-    """``err`` in ``t``'s language when it carries a known key, else its own message."""
-    key = getattr(err, "key", None)
-    if key and f"errors.{key}" in t.words:
-        return t(f"errors.{key}", **{k: str(v) for k, v in err.params.items()})
-    return str(err)
+    """``err`` in ``t``'s language when it carries a known key, else its own message. Values that
+    are errors themselves are described the same way; field problems follow one per line."""
+    from engine.config import describe_problems
+
+    key, problems = getattr(err, "key", None), getattr(err, "problems", None)
+    if not (key and f"errors.{key}" in t.words):
+        return describe_problems(problems, t) if problems else str(err)
+    values = {k: describe_error(v, t) if isinstance(v, BaseException) else str(v) for k, v in err.params.items()}
+    text = t(f"errors.{key}", **values)
+    return text + "\n" + describe_problems(problems, t) if problems else text

@@ -14,13 +14,14 @@ import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
+from engine.i18n import Explained
 from engine.models.loader import LoadedModel
 from engine.networks import lora
 
 _MODULE = re.compile(r"^(lora_unet|lora_te[12]?)_(.+)\.lora_down\.weight$")
 
 
-class LoraFileError(ValueError):
+class LoraFileError(Explained, ValueError):
     pass
 
 
@@ -36,7 +37,7 @@ def file_structure(state: dict[str, torch.Tensor]) -> dict[tuple[str, str], tupl
         rank = down.shape[0]
         out[(m.group(1), module)] = (rank, float(alpha) if alpha is not None else float(rank))
     if not out:
-        raise LoraFileError("no kohya LoRA modules (lora_unet_*/lora_te_*) found in the file")
+        raise LoraFileError("no kohya LoRA modules (lora_unet_*/lora_te_*) found in the file", "lora_no_modules")
     return out
 
 
@@ -68,7 +69,8 @@ class LoraSwapper:
                 if pfx != prefix:
                     continue
                 if key not in self._names[prefix]:
-                    raise LoraFileError(f"{key}: no such module in this base model (wrong base model?)")
+                    raise LoraFileError(f"{key}: no such module in this base model (wrong base model?)",
+                                        "file_wrong_base", module=key, count=1)
                 targets.append(lora.Target(self._names[prefix][key], rank, alpha))
             if targets:
                 lora.inject_lora(part, targets, adapter_name=name)

@@ -13,6 +13,7 @@ import torch
 from diffusers.training_utils import cast_training_params
 
 from engine.config import JobConfig
+from engine.i18n import Explained
 from engine.models.loader import LoadedModel
 from engine.networks import lora, lycoris_net
 from engine.networks.hypernetwork import Hypernetwork, widths_in_unet
@@ -21,7 +22,7 @@ from engine.networks.textual_inversion import TextualInversion
 SDXL_METHODS = ("lora", *lycoris_net.ALGO, "textual_inversion", "dreambooth")
 
 
-class MethodError(ValueError):
+class MethodError(Explained, ValueError):
     """The method cannot be set up on this base; the message says why."""
 
 
@@ -37,7 +38,8 @@ def attach_method(cfg: JobConfig, model: LoadedModel, train_te: bool, device) ->
     kind, net = cfg.network.type, cfg.network
     if model.is_sdxl and kind not in SDXL_METHODS:
         raise MethodError(f"network.type = {kind!r} is not available for SDXL yet "
-                          f"(SDXL trains {', '.join(SDXL_METHODS)})")
+                          f"(SDXL trains {', '.join(SDXL_METHODS)})", "method_sdxl", kind=kind,
+                          methods=", ".join(SDXL_METHODS))
     tes = model.text_encoders
     if kind in ("textual_inversion", "dreamartist"):  # only our rows of the table learn
         negative = ((net.negative_num_vectors, net.negative_init_text) if kind == "dreamartist"

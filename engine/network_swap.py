@@ -56,7 +56,8 @@ class LycorisSwapper(_HookedSwapper):
             else:
                 lycoris_net.load_file_state(self.network, state, te)
         except (ValueError, KeyError, RuntimeError) as err:  # RuntimeError: lycoris' reload
-            raise LoraFileError(f"{Path(path).name}: {err}") from None
+            raise LoraFileError(f"{Path(path).name}: {err}", "file_problem", name=Path(path).name,
+                                error=err) from None
         self.network.to(device=unet.device, dtype=unet.dtype).eval()
 
 
@@ -67,7 +68,7 @@ class HypernetworkSwapper(_HookedSwapper):
         try:
             net, _ = load_hypernetwork(Path(path))
         except HypernetworkFileError as err:
-            raise LoraFileError(str(err)) from None
+            raise LoraFileError.wrapping(err) from None
         signature = (tuple(net.widths), repr(net.settings))
         if signature != self._signature:
             if self.network is not None:
@@ -137,15 +138,15 @@ class NetworkSwapper:
             try:
                 self._impl = self._new(kind)
             except AestheticError as err:
-                raise LoraFileError(str(err)) from None
+                raise LoraFileError.wrapping(err) from None
         elif not isinstance(self._impl, kind):
             raise LoraFileError(f"{Path(path).name}: files of different kinds (LoRA, LoHa/LoKr, "
                                 "hypernetwork, embedding, aesthetic embedding) cannot be compared in one grid; make one "
-                                "grid per file type")
+                                "grid per file type", "grid_mixed_kinds", name=Path(path).name)
         try:
             self._impl.load(path)
         except (EmbeddingFileError, AestheticError) as err:
-            raise LoraFileError(str(err)) from None
+            raise LoraFileError.wrapping(err) from None
 
     def set_weight(self, weight: float) -> None:
         if self._impl is None:

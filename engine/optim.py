@@ -7,9 +7,10 @@ import torch
 from diffusers.optimization import get_scheduler
 
 from engine.config import OptimizerConfig, SchedulerConfig
+from engine.i18n import Explained
 
 
-class OptimizerUnavailable(RuntimeError):
+class OptimizerUnavailable(Explained, RuntimeError):
     pass
 
 
@@ -21,7 +22,7 @@ def build_optimizer(cfg: OptimizerConfig, param_groups: list[dict], device_type:
     if cfg.type == "AdamW8bit":
         if device_type != "cuda":
             raise OptimizerUnavailable(
-                "optimizer.type: AdamW8bit (bitsandbytes) needs an NVIDIA GPU; use AdamW on CPU")
+                "optimizer.type: AdamW8bit (bitsandbytes) needs an NVIDIA GPU; use AdamW on CPU", "optimizer_8bit_cpu")
         import bitsandbytes as bnb
         return bnb.optim.AdamW8bit(param_groups, lr=cfg.lr, weight_decay=wd)
     if cfg.type == "Adafactor":
@@ -34,7 +35,7 @@ def build_optimizer(cfg: OptimizerConfig, param_groups: list[dict], device_type:
     if cfg.type == "Prodigy":
         from prodigyopt import Prodigy
         return Prodigy(param_groups, lr=cfg.lr, weight_decay=wd)
-    raise OptimizerUnavailable(f"optimizer.type: unknown optimizer {cfg.type!r}")
+    raise OptimizerUnavailable(f"optimizer.type: unknown optimizer {cfg.type!r}", "optimizer_unknown", name=cfg.type)
 
 
 def describe_optimizer(opt: torch.optim.Optimizer, cfg: OptimizerConfig) -> str:

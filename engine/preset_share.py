@@ -17,7 +17,8 @@ from typing import Any, Callable, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.config import ConfigError, JobConfig, config_to_dict, parse_config
+from engine.config import ConfigError, JobConfig, config_to_dict, parse_config, validation_problems
+from engine.i18n import Explained
 from engine.presets import deep_merge, list_tiers
 
 PRESET_SCHEMA_VERSION = 1
@@ -32,7 +33,7 @@ _PLACEHOLDER = {"model": {"base": "preset/placeholder"}, "dataset": {"path": "pr
 _LOCAL_PATH = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\|\.{1,2}[\\/])")
 
 
-class PresetError(ValueError):
+class PresetError(Explained, ValueError):
     pass
 
 
@@ -120,23 +121,27 @@ def from_code(code: str) -> str:
         inflater = zlib.decompressobj()
         raw = inflater.decompress(packed, MAX_PRESET_BYTES + 1)
         if len(raw) > MAX_PRESET_BYTES or inflater.unconsumed_tail:
-            raise PresetError(f"preset code expands beyond {MAX_PRESET_BYTES // 1024} KiB; not a preset")
+            raise PresetError(f"preset code expands beyond {MAX_PRESET_BYTES // 1024} KiB; not a preset",
+                              "preset_code_too_big", kib=MAX_PRESET_BYTES // 1024)
         return raw.decode("utf-8")
     except (ValueError, zlib.error, UnicodeDecodeError) as err:
         if isinstance(err, PresetError):
             raise
-        raise PresetError("not a valid preset code (it may be cut off: copy the whole line)") from None
+        raise PresetError("not a valid preset code (it may be cut off: copy the whole line)", "preset_bad_code") from None
 
 
 def _check_tier(tier: str) -> None:
     if tier != "any" and tier not in list_tiers():
-        raise PresetError(f"metadata.target_tier: unknown tier {tier!r} (one of any, {', '.join(list_tiers())})")
+        tiers = ", ".join(["any", *list_tiers()])
+        raise PresetError(f"metadata.target_tier: unknown tier {tier!r} (one of {tiers})", "preset_tier", tier=tier,
+                          tiers=tiers)
 
 
 def _migrate(data: dict[str, Any], version: int) -> dict[str, Any]:
     while version < PRESET_SCHEMA_VERSION:
         if version not in MIGRATIONS:
-            raise PresetError(f"metadata.schema_version {version} cannot be read by this build")
+            raise PresetError(f"metadata.schema_version {version} cannot be read by this build",
+                              "preset_version_unknown", version=version)
         data = MIGRATIONS[version](data)
         version += 1
         data["metadata"]["schema_version"] = version
@@ -150,46 +155,51 @@ def parse_preset(text: str) -> tuple[PresetMetadata, dict[str, Any]]:
     if text.startswith(CODE_PREFIX):
         text = from_code(text)
     if len(text.encode("utf-8")) > MAX_PRESET_BYTES:
-        raise PresetError(f"preset is larger than {MAX_PRESET_BYTES // 1024} KiB; not a preset")
+        raise PresetError(f"preset is larger than {MAX_PRESET_BYTES // 1024} KiB; not a preset", "preset_too_big",
+                          kib=MAX_PRESET_BYTES // 1024)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise PresetError(f"not valid TOML: {err}") from None
+        raise PresetError(f"not valid TOML: {err}", "preset_toml", error=err) from None
     meta_raw = data.get("metadata")
     if not isinstance(meta_raw, dict):
-        raise PresetError("a preset needs a [metadata] table (name, schema_version, ...)")
+        raise PresetError("a preset needs a [metadata] table (name, schema_version, ...)", "preset_no_metadata")
     version = meta_raw.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise PresetError(f"metadata.schema_version: must be an integer (got {version!r})")
+        raise PresetError(f"metadata.schema_version: must be an integer (got {version!r})", "preset_version_type",
+                          value=repr(version))
     if version > PRESET_SCHEMA_VERSION:
         raise PresetError(f"metadata.schema_version {version} is newer than this build reads "
-                          f"({PRESET_SCHEMA_VERSION}); update LoRA Forge")
+                          f"({PRESET_SCHEMA_VERSION}); update LoRA Forge", "preset_version_newer", version=version,
+                          supported=PRESET_SCHEMA_VERSION)
     if version < 1:
-        raise PresetError(f"metadata.schema_version {version} is not a valid version (versions start at 1)")
+        raise PresetError(f"metadata.schema_version {version} is not a valid version (versions start at 1)",
+                          "preset_version_invalid", version=version)
     data = _migrate(data, version)
     try:
         meta = PresetMetadata.model_validate(data.pop("metadata"))
     except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            field = ".".join(str(p) for p in e["loc"])
-            msg = "unknown field (check the spelling)" if e["type"] == "extra_forbidden" else e["msg"]
-            problems.append(f"metadata.{field}: {msg}")
-        raise PresetError("; ".join(problems)) from None
+        problems = [{**p, "loc": f"metadata.{p['loc']}"} for p in validation_problems(err)]
+        raise PresetError("; ".join(f"{p['loc']}: {p['msg']}" for p in problems), "preset_metadata",
+                          problems) from None
     _check_tier(meta.target_tier)
     for section, key in sorted(LOCAL_FIELDS):
         if key in data.get(section, {}):
-            raise PresetError(f"{section}.{key}: a preset carries no local paths; remove it")
+            raise PresetError(f"{section}.{key}: a preset carries no local paths; remove it", "preset_local_path",
+                              field=f"{section}.{key}")
     for section, key in sorted(PERSONAL_FIELDS):
         if key in data.get(section, {}):
-            raise PresetError(f"{section}.{key}: a safety setting; a preset cannot turn it on for you")
+            raise PresetError(f"{section}.{key}: a safety setting; a preset cannot turn it on for you",
+                              "preset_personal", field=f"{section}.{key}")
     method = data.get("network", {}).get("type", "lora")
     if method != meta.method:
-        raise PresetError(f"metadata.method is {meta.method!r} but network.type is {method!r}")
+        raise PresetError(f"metadata.method is {meta.method!r} but network.type is {method!r}", "preset_method",
+                          method=meta.method, type=method)
     try:
         parse_config(deep_merge(_PLACEHOLDER, data))
     except ConfigError as err:
-        raise PresetError(str(err).replace("invalid job config", "invalid preset settings")) from None
+        raise PresetError(str(err).replace("invalid job config", "invalid preset settings"), "preset_settings",
+                          err.problems) from None
     return meta, data
 
 

@@ -13,13 +13,14 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from engine.fileio import atomic_write
+from engine.i18n import Explained
 from engine.sampler import SampleSpec
 
 _FLAG = re.compile(r"\s--([a-z])\s+")
 SAMPLER_LABELS = {"euler_a": "Euler a", "euler": "Euler", "ddim": "DDIM"}
 
 
-class PromptLineError(ValueError):
+class PromptLineError(Explained, ValueError):
     pass
 
 
@@ -28,7 +29,7 @@ def parse_prompt_line(line: str, defaults: SampleSpec) -> SampleSpec:
     parts = _FLAG.split(" " + line.strip())
     prompt = parts[0].strip()
     if not prompt:
-        raise PromptLineError(f"sample prompt line has no prompt: {line!r}")
+        raise PromptLineError(f"sample prompt line has no prompt: {line!r}", "prompt_empty", line=line)
     spec = SampleSpec(**vars(defaults))
     spec.prompt = prompt
     converters = {"n": ("negative", str), "w": ("width", int), "h": ("height", int),
@@ -36,14 +37,15 @@ def parse_prompt_line(line: str, defaults: SampleSpec) -> SampleSpec:
     for flag, value in zip(parts[1::2], parts[2::2]):
         if flag not in converters:
             raise PromptLineError(f"unknown flag --{flag} in sample prompt line {line!r} "
-                                  "(known: --n --w --h --d --s --l)")
+                                  "(known: --n --w --h --d --s --l)", "prompt_flag", flag=flag, line=line)
         field, conv = converters[flag]
         try:
             setattr(spec, field, conv(value.strip()))
         except ValueError:
-            raise PromptLineError(f"--{flag} needs a number in {line!r} (got {value.strip()!r})") from None
+            raise PromptLineError(f"--{flag} needs a number in {line!r} (got {value.strip()!r})", "prompt_number",
+                                  flag=flag, line=line, value=value.strip()) from None
     if spec.width % 8 or spec.height % 8:
-        raise PromptLineError(f"--w/--h must be multiples of 8 in {line!r}")
+        raise PromptLineError(f"--w/--h must be multiples of 8 in {line!r}", "prompt_size", line=line)
     return spec
 
 

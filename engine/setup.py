@@ -27,7 +27,8 @@ from engine.export.metadata import RunInfo
 from engine.models.loader import LoadedModel, load_sd_components
 from engine.method_setup import attach_method
 from engine.networks.textual_inversion import TextualInversion, lr_at, parse_lr_schedule
-from engine.optim import build_optimizer, build_scheduler, describe_optimizer, param_groups
+from engine.optim import (OptimizerUnavailable, build_optimizer, build_scheduler, describe_optimizer,
+                          param_groups)
 
 from engine.i18n import Explained
 
@@ -120,7 +121,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     try:
         parts = attach_method(cfg, model, train_te, accelerator.device)
     except ValueError as err:  # MethodError, a TI token clash, a LyCORIS preset matching nothing
-        raise SetupError(str(err)) from None
+        raise SetupError.wrapping(err) from None
     unet_params, te_params, ti, network = parts.unet_params, parts.te_params, parts.ti, parts.network
     if cfg.network.type == "hypernetwork" and not cfg.network.lr_schedule and cfg.optimizer.lr > 1e-4:
         cb.on_log(f"note: hypernetworks are usually trained at lr 5e-6 .. 1e-5 (A1111's default "
@@ -150,8 +151,10 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         if ti is not None:
             groups[0]["weight_decay"] = 0.0  # decay would pull our vectors toward zero
         optimizer = build_optimizer(cfg.optimizer, groups, accelerator.device.type)
-    except (RuntimeError, ImportError) as err:
-        raise SetupError(str(err)) from None
+    except OptimizerUnavailable as err:
+        raise SetupError.wrapping(err) from None
+    except (RuntimeError, ImportError) as err:  # e.g. an optional optimizer package missing
+        raise SetupError(str(err), "optimizer_failed", error=err) from None
     scheduler = build_scheduler(cfg.scheduler, optimizer, total, accelerator.num_processes)
     if getattr(cfg.network, "lr_schedule", None):  # A1111 syntax (TI, hypernetwork)
         schedule = parse_lr_schedule(cfg.network.lr_schedule)

@@ -13,9 +13,10 @@ import numpy as np
 from PIL import Image
 
 from engine.callbacks import Callbacks, StepInfo, TrainResult
+from engine.i18n import Explained
 
 
-class TensorBoardUnavailable(RuntimeError):
+class TensorBoardUnavailable(Explained, RuntimeError):
     pass
 
 
@@ -31,7 +32,7 @@ class TensorBoardLogger(Callbacks):
             raise TensorBoardUnavailable(
                 "output.log_with = 'tensorboard' needs the tensorboard package: "
                 "pip install tensorboard (or set log_with = 'none'; the loss CSV/PNG are written "
-                "either way)") from None
+                "either way)", "tensorboard_missing") from None
         self.log_dir = Path(log_dir)
         self.writer = SummaryWriter(str(self.log_dir))
 

@@ -49,11 +49,12 @@ def train_with_tier_fallback(user_job: dict[str, Any], tier: Any, callbacks: Cal
         if seen.steps > 0:
             raise SetupError(f"ran out of GPU memory at step {seen.steps + 1} ({err}); lower "
                              "training.batch_size or dataset.resolution, or turn on "
-                             "training.gradient_checkpointing") from None
+                             "training.gradient_checkpointing", "oom_step", step=seen.steps + 1) from None
         lower = next_lower_tier(name)
         if lower is None:
             raise SetupError(f"out of GPU memory even with the smallest tier ({name}): {err}. Lower "
-                             "dataset.resolution or close other programs using the GPU") from None
+                             "dataset.resolution or close other programs using the GPU", "oom_smallest",
+                             tier=name) from None
     import torch
 
     if torch.cuda.is_available():

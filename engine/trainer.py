@@ -132,7 +132,7 @@ def tensorboard_logger(cfg: JobConfig) -> TensorBoardLogger | None:
     try:
         return TensorBoardLogger(run_log_dir(logging_dir, cfg.output.name))
     except TensorBoardUnavailable as err:
-        raise SetupError(str(err)) from None
+        raise SetupError.wrapping(err) from None
 
 
 def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | None = None,

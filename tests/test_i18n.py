@@ -48,12 +48,59 @@ def keys_used_in_code() -> set[str]:
     keys |= {"method.too_high", "method.too_low"}
     from engine.config import CONFIG_ERROR_TYPES
     keys |= {f"errors.{k}" for k in CONFIG_ERROR_TYPES}
-    # keys of the engine's explained errors: raise XError("English...", "key", ...)
-    for path in (ROOT / "engine").rglob("*.py"):
-        for args in re.findall(r"raise \w+Error\(((?:[^()]|\([^()]*\))*)\)", path.read_text(encoding="utf-8")):
-            keys |= {f"errors.{k}" for k in re.findall(r',\s*"([a-z]+_[a-z_]+)"', args)}
-    assert "errors.dataset_not_found" in keys and "errors.model_pickle" in keys
+    # keys of the engine's explained errors: XError("English...", "key", ...)
+    keys |= {f"errors.{key}" for _, _, key in explained_error_calls() if key}
+    assert "errors.dataset_not_found" in keys and "errors.model_pickle" in keys and "errors.config_sd2" in keys
+    from engine.data.importer import SKIP_REASONS
+    keys |= {f"dataset.skip_{k}" for k in SKIP_REASONS}
+    keys |= {f"tier.{k}" for k in ("gpu_with_vram", "reason_mps", "reason_cpu_unusable", "reason_cpu",
+                                   "reason_low_vram", "reason_gpu", "reason_fp16", "fix_cuda", "fix_driver")}
     return keys
+
+
+def explained_error_classes() -> set[str]:
+    """Names of the engine's user-facing error classes (engine.i18n.Explained and subclasses)."""
+    import importlib
+    import inspect
+
+    from engine.i18n import Explained
+
+    names = set()
+    for path in (ROOT / "engine").rglob("*.py"):
+        if "demo" in path.parts or path.name == "__main__.py":
+            continue
+        module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        names |= {n for n, c in inspect.getmembers(module, inspect.isclass)
+                  if issubclass(c, Explained) and c.__module__ == module.__name__}
+    return names
+
+
+def explained_error_calls() -> list[tuple[str, int, str | None]]:
+    """(file, line, catalogue key or None) of every construction of an explained error in engine/."""
+    import ast
+
+    classes = explained_error_classes()
+    assert {"ModelLoadError", "PresetError", "SetupError", "UserInputError"} <= classes, classes
+    calls = []
+    for path in (ROOT / "engine").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in classes:
+                key = node.args[1] if len(node.args) > 1 else next(
+                    (k.value for k in node.keywords if k.arg == "key"), None)
+                # a literal, or literals chosen by a condition ("a" if fp16 else "b")
+                branches = [key.body, key.orelse] if isinstance(key, ast.IfExp) else [key]
+                found = [n.value for n in branches if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+                calls += [(path.relative_to(ROOT).as_posix(), node.lineno, k) for k in found or [None]]
+    return calls
+
+
+def test_every_user_facing_engine_error_carries_a_catalogue_key():
+    """Each user-facing error the engine raises names its text in the catalogues (a literal key),
+    so the web app can say it in Chinese; wrappers use ``.wrapping(err)``, which keeps the key."""
+    calls = explained_error_calls()
+    assert len(calls) > 120
+    unkeyed = [f"{file}:{line}" for file, line, key in calls if key is None]
+    assert not unkeyed, unkeyed
 
 
 def test_every_key_the_code_uses_is_in_both_catalogues():
@@ -225,3 +272,57 @@ def test_resume_without_state_and_import_errors_in_chinese(tmp_path):
     with pytest.raises(DatasetError) as err:
         import_concept(bad, tmp_path / "ws", "c", 2)
     assert describe_error(err.value, zh) == "x.zip 不是可读取的 zip 文件"
+
+
+def test_rarer_engine_errors_in_chinese(tmp_path):
+    """The newly keyed ones: a preset with bad settings (field problems listed in Chinese), a
+    job-rule error from a validator, a wrapped method error (TI token clash), a nested file error,
+    a bad sample-prompt line, the hardware tier's reason and the importer's skip reasons."""
+    import tomli_w
+
+    from engine.config import ConfigError, parse_config
+    from engine.data.importer import import_concept
+    from engine.hardware import HardwareInfo, pick_tier
+    from engine.i18n import Translator, UserInputError, describe_error
+    from engine.lora_apply import LoraFileError
+    from engine.preset_share import PresetError, export_preset, parse_preset
+    from engine.setup import SetupError
+    from webapp.wizard_logic import demo_job
+
+    zh, en = Translator("zh"), Translator("en")
+    text = export_preset(parse_config(demo_job()), "demo")
+    with pytest.raises(PresetError) as bad:
+        parse_preset(text.replace("resolution = 64", "resolution = 65"))
+    said = describe_error(bad.value, zh)
+    assert said.startswith("预设里的参数无效：") and "dataset.resolution: 必须是 64 的倍数（当前值 65）" in said
+    assert "invalid preset settings" in str(bad.value)  # the CLI keeps the engine's English
+
+    job = demo_job()
+    job["scheduler"] = {"type": "constant", "warmup_steps": 10}
+    with pytest.raises(ConfigError) as rule:
+        parse_config(job)
+    assert "scheduler.warmup_steps 需要 scheduler.type 为 'constant_with_warmup'" in describe_error(rule.value, zh)
+    job = demo_job()
+    job["sample"] = {"prompts": ["zkz star --q 3"]}
+    with pytest.raises(ConfigError) as line:
+        parse_config(job)
+    said = describe_error(line.value, zh)
+    assert "sample.prompts: 第 1 行：预览提示词 zkz star --q 3 里有未知参数 --q" in said, said
+    assert "unknown flag --q" in describe_error(line.value, en)
+
+    clash = SetupError.wrapping(UserInputError("token clash", "ti_token_clash", token="star"))
+    assert describe_error(clash, zh) == "词元 star 已经是分词器里的词了；请换一个自造的名字（例如 'zkzstar'）"
+    nested = LoraFileError("a.safetensors: ...", "file_problem", name="a.safetensors",
+                           error=UserInputError("x", "file_modules_differ"))
+    assert describe_error(nested, zh) == "a.safetensors：文件里的模块与已加载的网络不一致"
+
+    cpu = pick_tier(HardwareInfo())
+    assert cpu.describe(zh) == "没有找到可用的显卡 → cpu 档（小、慢、全精度）" and cpu.describe(en) == cpu.reason
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "notes.pdf").write_bytes(b"%PDF")
+    from PIL import Image
+    Image.new("RGB", (64, 64), "red").save(src / "a.png")
+    rep = import_concept(src, tmp_path / "ws", "c", 1)
+    assert [(n, zh(f"dataset.skip_{why}")) for n, why in rep.skipped] == [("notes.pdf", "不是图片或标注文件")]

@@ -82,7 +82,7 @@ def keep_pick(file: str, weight: float, name: str, out_dir: str, t: Translator =
     try:
         path = pick_checkpoint(Path(file), dest, float(weight))
     except (OSError, ValueError, RuntimeError) as err:
-        return "", t("compare.error", error=err)
+        return "", t("compare.error", error=describe_error(err, t))
     return str(path), t("compare.kept", name=Path(file).name, weight=f"{float(weight):g}", path=path)
 
 
@@ -139,7 +139,7 @@ def build_compare_tab(t: Translator, runner, saved_files=None):
         try:
             file, weight = cell_choice(f, w, p, i, t)
         except ValueError as err:
-            return gr.skip(), gr.skip(), t("compare.error", error=err)
+            return gr.skip(), gr.skip(), t("compare.error", error=describe_error(err, t))
         return file, weight, t("compare.chosen", name=Path(file).name, weight=f"{weight:g}")
 
     def on_select(f, w, p, evt):

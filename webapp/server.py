@@ -60,7 +60,7 @@ def build_app(runner=None, tier: tuple[str, str] | None = None, lang: str = DEFA
 
     t = Translator(lang)
     runner = runner or JobRunner()
-    tier_name, tier_reason = tier or hardware_tier()
+    tier_name, tier_reason = tier or hardware_tier(t)
     # plain links in this tab (Markdown links open a new one); relative, so a proxy prefix works
     switch = " · ".join(f"<b>{name}</b>" if code == lang else f"<a href='../{code}/' target='_self'>{name}</a>"
                         for code, name in LANGUAGES.items())

@@ -49,7 +49,7 @@ def preset_from_job(job_text: str, name: str, author: str, description: str, t: 
         cfg = parse_config(tomllib.loads(job_text))
         text = export_preset(cfg, name.strip() or cfg.output.name, author.strip(), description.strip())
     except (tomllib.TOMLDecodeError, ConfigError, PresetError) as err:
-        return t("export.error", error=err), ""
+        return t("export.error", error=describe_error(err, t)), ""
     return text, to_code(text)
 
 

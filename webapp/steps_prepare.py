@@ -81,11 +81,13 @@ def build_dataset_step(t: Translator):
         try:
             rep = import_concept(source, output_root() / "datasets" / name, name, int(reps or 1))
         except (OSError, ValueError) as err:
-            return gr.skip(), t("dataset.import_failed", error=err), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), t("dataset.import_failed", error=describe_error(err, t)), gr.skip(), gr.skip(), gr.skip()
         folder = str(output_root() / "datasets" / name)
         s = summarize_dataset(folder, t)
         note = t("dataset.imported", images=len(rep.copied), captions=rep.captions, folder=rep.folder,
                  skipped=len(rep.skipped), renamed=len(rep.renamed))
+        note += "".join("\n" + t("dataset.skipped_file", name=n, why=t(f"dataset.skip_{why}"))
+                        for n, why in rep.skipped[:20])
         return folder, note + "\n" + s.text, s.images, s.num_per_epoch, gr.Dropdown(choices=s.images)
 
     def do_add_trigger(folder, word):

@@ -6,15 +6,16 @@ import tomllib
 
 from engine.i18n import Translator, describe_error
 from webapp.wizard_logic import (BEGINNER_FIELDS, METHODS, build_job, demo_job,
-                                 describe_config_error, field_help, fields_from_job, preflight,
+                                 field_help, fields_from_job, preflight,
                                  steps_text)
 
 
-def hardware_tier() -> tuple[str, str]:
+def hardware_tier(t: Translator) -> tuple[str, str]:
+    """(tier name, why) for this machine, the why in the page's language."""
     from engine.hardware import pick_tier, probe
 
     choice = pick_tier(probe())
-    return choice.name, choice.reason
+    return choice.name, choice.describe(t)
 
 
 def build_method_step(t: Translator, base, dataset, per_epoch, tier_name: str, tier_reason: str):
@@ -98,7 +99,7 @@ def build_train_step(t: Translator, runner, job_text):
         except JobBusy:
             return t("train.busy")
         except ConfigError as err:
-            return describe_config_error(err, t)
+            return describe_error(err, t)
         return t("train.resuming") if resume else t("train.started")
 
     def stop() -> str:

@@ -166,13 +166,6 @@ def fields_from_job(job: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def describe_config_error(err, t: Translator = EN) -> str:
-    """A ConfigError in the page's language: one line per field, like the engine's message."""
-    from engine.config import describe_problems
-
-    return describe_problems(err.problems, t) if err.problems else str(err)
-
-
 def preflight(job_text: str, t: Translator = EN) -> tuple[bool, str]:
     """Everything we can check before launching: TOML, every field, the dataset, the base model."""
     from engine.config import ConfigError, parse_config
@@ -184,7 +177,7 @@ def preflight(job_text: str, t: Translator = EN) -> tuple[bool, str]:
     except tomllib.TOMLDecodeError as err:
         return False, t("method.not_toml", error=err)
     except ConfigError as err:
-        return False, describe_config_error(err, t)
+        return False, describe_error(err, t)
     try:
         index = scan_dataset(Path(cfg.dataset.path))
         src = resolve_source(cfg.model.base, local_files_only=cfg.model.local_files_only,

@@ -28,7 +28,8 @@ class BlipCaptioner:
             self.processor = BlipProcessor.from_pretrained(folder)
             self.model = BlipForConditionalGeneration.from_pretrained(folder, use_safetensors=True)
         except (OSError, ValueError) as err:
-            raise CaptionModelError(f"{folder} is not a usable BLIP model folder ({err})") from None
+            raise CaptionModelError(f"{folder} is not a usable BLIP model folder ({err})", "caption_blip_folder",
+                                    path=folder, error=err) from None
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
 

@@ -34,7 +34,7 @@ def resolve_files(source: str, files: list[str], local_files_only: bool = False,
             "(offline?); download it once while online, or give a local folder", "caption_offline",
             source=source) from None
     except Exception as err:  # repo missing, bad id, network down
-        raise CaptionModelError(f"cannot get {source!r}: {err}") from None
+        raise CaptionModelError(f"cannot get {source!r}: {err}", "caption_fetch", source=source, error=err) from None
 
 
 def resolve_folder(source: str, local_files_only: bool = False, cache_dir: Path | None = None) -> Path:
@@ -53,4 +53,4 @@ def resolve_folder(source: str, local_files_only: bool = False, cache_dir: Path 
             "(offline?); download it once while online, or give a local folder", "caption_offline",
             source=source) from None
     except Exception as err:
-        raise CaptionModelError(f"cannot get {source!r}: {err}") from None
+        raise CaptionModelError(f"cannot get {source!r}: {err}", "caption_fetch", source=source, error=err) from None

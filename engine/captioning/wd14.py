@@ -48,13 +48,15 @@ class WD14Tagger:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise CaptionModelError("the WD14 tagger needs onnxruntime (pip install onnxruntime)") from None
+            raise CaptionModelError("the WD14 tagger needs onnxruntime (pip install onnxruntime)",
+                                    "caption_onnxruntime") from None
         available = ort.get_available_providers()
         chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
         try:
             self.session = ort.InferenceSession(str(model_path), providers=chosen or available)
         except Exception as err:
-            raise CaptionModelError(f"{model_path} is not a usable ONNX model ({err})") from None
+            raise CaptionModelError(f"{model_path} is not a usable ONNX model ({err})", "caption_onnx_model",
+                                    path=model_path, error=err) from None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.size = int(inp.shape[1]) if isinstance(inp.shape[1], int) else 448
@@ -65,7 +67,8 @@ class WD14Tagger:
         n_out = self.session.get_outputs()[0].shape[-1]
         if isinstance(n_out, int) and n_out != len(self.names):
             raise CaptionModelError(f"{tags_path.name} lists {len(self.names)} tags but the model "
-                                    f"outputs {n_out}")
+                                    f"outputs {n_out}", "caption_tag_count", name=tags_path.name,
+                                    tags=len(self.names), outputs=n_out)
 
     @classmethod
     def load(cls, source: str = DEFAULT_REPO, local_files_only: bool = False,

@@ -23,6 +23,10 @@ CAPTION_EXTENSIONS = {".txt", ".caption"}
 MAX_UNZIPPED_BYTES = 8 << 30  # 8 GiB: far above any LoRA dataset, far below a zip bomb
 _JUNK = {"__macosx", ".ds_store", "thumbs.db", "desktop.ini"}
 _UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+# why a file was not imported; the keys are also catalogue keys (dataset.skip_<key>) for the web app
+SKIP_REASONS = {"not_media": "not an image or caption file",
+                "unsafe_path": "unsafe path in zip (absolute or '..'): not extracted",
+                "symlink": "symbolic link in zip: not extracted"}
 
 
 @dataclass
@@ -30,7 +34,7 @@ class ImportReport:
     folder: Path
     copied: list[Path] = field(default_factory=list)
     captions: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, key of SKIP_REASONS)
     renamed: list[tuple[str, str]] = field(default_factory=list)  # (original, new)
 
     def summary(self) -> str:
@@ -91,7 +95,7 @@ def import_files(files: Iterable[Path | tuple[str, Path]], dest: Path) -> Import
         elif ext in CAPTION_EXTENSIONS:
             captions.setdefault(Path(safe_filename(original)).stem.lower(), (ext, src))
         else:
-            report.skipped.append((original, "not an image or caption file"))
+            report.skipped.append((original, "not_media"))
     taken: set[str] = set()
     for original, src in images:
         clean = safe_filename(original, "image")
@@ -134,10 +138,10 @@ def import_zip(archive: Path, dest: Path, max_bytes: int = MAX_UNZIPPED_BYTES) -
             if info.is_dir() or _is_junk(parts):
                 continue
             if info.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-                refused.append((info.filename, "unsafe path in zip (absolute or '..'): not extracted"))
+                refused.append((info.filename, "unsafe_path"))
                 continue
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                refused.append((info.filename, "symbolic link in zip: not extracted"))
+                refused.append((info.filename, "symlink"))
                 continue
             total += info.file_size
             if total > max_bytes:

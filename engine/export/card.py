@@ -71,7 +71,7 @@ def load_job_for(model_file: Path, job: Path | None = None) -> JobConfig | None:
     try:
         return load_config(path)
     except ConfigError as err:
-        raise CardError(f"{path}: {err}") from None
+        raise CardError(f"{path}: {err}", "card_job_invalid", path=path, error=err) from None
 
 
 def _copy_model(src: Path, dest: Path) -> Path:

@@ -12,13 +12,18 @@ from safetensors.torch import save_file
 from engine.export.hashes import safetensors_file_data_hash
 from engine.export.safetensors_io import load_with_metadata
 from engine.fileio import atomic_write
+from engine.i18n import Explained
+
+
+class PickError(Explained, ValueError):
+    """The picked file cannot be published under the asked name."""
 
 
 def pick_checkpoint(src: Path, dest: Path, preferred_weight: float | None = None) -> Path:
     """``dest`` takes the source's suffix: a hypernetwork ``.pt`` stays a ``.pt``."""
     src, dest = Path(src), Path(dest).with_suffix(Path(src).suffix)
     if src.resolve() == dest.resolve():
-        raise ValueError("the picked checkpoint already has that name")
+        raise PickError("the picked checkpoint already has that name", "pick_same_name")
     if src.suffix.lower() == ".pt":
         return _pick_hypernetwork(src, dest)
     tensors, meta = load_with_metadata(src)
@@ -28,7 +33,7 @@ def pick_checkpoint(src: Path, dest: Path, preferred_weight: float | None = None
         meta["ss_preferred_weight"] = f"{preferred_weight:g}"
     atomic_write(dest, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     if meta.get("sshs_model_hash") and safetensors_file_data_hash(dest) != meta["sshs_model_hash"]:
-        raise RuntimeError(f"{dest}: tensor data changed while copying")  # never silently corrupt
+        raise PickError(f"{dest}: tensor data changed while copying", "pick_changed", path=dest)  # never corrupt
     return dest
 
 
@@ -39,6 +44,6 @@ def _pick_hypernetwork(src: Path, dest: Path) -> Path:
 
     data = torch.load(str(src), map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or not any(isinstance(k, int) for k in data):
-        raise ValueError(f"{src.name}: not a hypernetwork file")
+        raise PickError(f"{src.name}: not a hypernetwork file", "hn_not_file", name=src.name)
     data["name"] = dest.stem
     return atomic_write(dest, lambda tmp: torch.save(data, tmp))

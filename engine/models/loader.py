@@ -89,9 +89,9 @@ def detect_family_from_keys(keys: Iterable[str]) -> Family:
                              "model_is_lora")
     if any(k.startswith(("down_blocks.", "model.diffusion_model.")) for k in keys):
         raise ModelLoadError("This file holds only a UNet (no text encoder/VAE); pick a full checkpoint "
-                             "or a diffusers folder.")
+                             "or a diffusers folder.", "model_unet_only")
     raise ModelLoadError("Not a Stable Diffusion checkpoint: no known text encoder keys "
-                         "(cond_stage_model.* or conditioner.embedders.*).")
+                         "(cond_stage_model.* or conditioner.embedders.*).", "model_not_sd")
 
 
 def _read_json(path: Path) -> dict:
@@ -100,7 +100,8 @@ def _read_json(path: Path) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{path} is unreadable: {err}") from err
+        raise ModelLoadError(f"{path} is unreadable: {err}", "model_config_unreadable", path=path,
+                             error=err) from err
 
 
 def detect_family_from_folder(path: Path) -> Family:
@@ -108,8 +109,9 @@ def detect_family_from_folder(path: Path) -> Family:
     path = Path(path)
     index = _read_json(path / "model_index.json")
     if index and "unet" not in index:
-        raise ModelLoadError(f"{path} is a {index.get('_class_name', 'non-UNet')} model; only Stable Diffusion "
-                             "1.x/2.x/XL models are supported.")
+        kind = index.get("_class_name", "non-UNet")
+        raise ModelLoadError(f"{path} is a {kind} model; only Stable Diffusion 1.x/2.x/XL models are supported.",
+                             "model_other_pipeline", path=path, kind=kind)
     unet = _read_json(path / "unet" / "config.json")
     if "text_encoder_2" in index or (path / "text_encoder_2").is_dir() or unet.get("addition_embed_type") == "text_time":
         return "sdxl"
@@ -146,14 +148,15 @@ def _hub_error(repo_id: str, err: Exception) -> ModelLoadError:
     if isinstance(err, (errors.LocalEntryNotFoundError, getattr(errors, "IncompleteSnapshotError", ()))):
         return ModelLoadError(
             f"{repo_id} is not in the local Hugging Face cache (or only partly) and the network is "
-            "unavailable/offline; download it first or point to a local folder or .safetensors file.")
+            "unavailable/offline; download it first or point to a local folder or .safetensors file.",
+            "hub_offline", repo=repo_id)
     if isinstance(err, errors.GatedRepoError):
         return ModelLoadError(f"{repo_id} is gated on Hugging Face: accept its license on the website and log "
-                              "in (`hf auth login`), or point to a local copy.")
+                              "in (`hf auth login`), or point to a local copy.", "hub_gated", repo=repo_id)
     if isinstance(err, errors.RepositoryNotFoundError):
         return ModelLoadError(f"{repo_id} was not found on Hugging Face (check the spelling; private repos "
-                              "need a login).")
-    return ModelLoadError(f"Could not fetch {repo_id} from Hugging Face: {err}")
+                              "need a login).", "hub_not_found", repo=repo_id)
+    return ModelLoadError(f"Could not fetch {repo_id} from Hugging Face: {err}", "hub_failed", repo=repo_id, error=err)
 
 
 def _snapshot(repo_id: str, local_files_only: bool, cache_dir: Path | None, patterns: list[str]) -> Path:
@@ -178,7 +181,8 @@ def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | 
     if base in EMBEDDED_NAMES:
         if not (EMBEDDED_DIR / "model_index.json").is_file():
             raise ModelLoadError(f"The embedded default model is missing from {EMBEDDED_DIR}; rebuild it with "
-                                 "`python -m engine.demo.pretrain` or reinstall LoRA Forge.")
+                                 "`python -m engine.demo.pretrain` or reinstall LoRA Forge.", "model_embedded_missing",
+                                 path=EMBEDDED_DIR)
         return ResolvedSource("diffusers", EMBEDDED_DIR, detect_family_from_folder(EMBEDDED_DIR), "shapes-base")
     path = Path(base).expanduser()
     if path.is_dir():
@@ -194,7 +198,7 @@ def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | 
             try:
                 copy = converted_copy(path)
             except UnsafePickleError as err:
-                raise ModelLoadError(str(err)) from None
+                raise ModelLoadError.wrapping(err) from None
             return ResolvedSource("single_file", copy, detect_family_from_keys(single_file_keys(copy)), path.name)
         if suffix in PICKLE_SUFFIXES:
             raise ModelLoadError(
@@ -210,7 +214,8 @@ def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | 
         raise ModelLoadError(f"Model file or folder not found: {path}", "model_not_found", path=path)
     folder = _snapshot(base, local_files_only, cache_dir, HUB_ALLOW_PATTERNS)
     if not (folder / "model_index.json").is_file():
-        raise ModelLoadError(f"{base} is not a diffusers model repo (no model_index.json).")
+        raise ModelLoadError(f"{base} is not a diffusers model repo (no model_index.json).", "hub_not_diffusers",
+                             repo=base)
     return ResolvedSource("hub", folder, detect_family_from_folder(folder), base)
 
 
@@ -220,7 +225,8 @@ def _single_file_config(family: Family, explicit: Path | None, local_files_only:
     if explicit is not None:
         explicit = Path(explicit).expanduser()
         if not (explicit / "model_index.json").is_file():
-            raise ModelLoadError(f"Single-file config {explicit} is not a diffusers folder (no model_index.json).")
+            raise ModelLoadError(f"Single-file config {explicit} is not a diffusers folder (no model_index.json).",
+                                 "config_not_diffusers", path=explicit)
         return explicit
     for repo in REFERENCE_CONFIG_REPOS.get(family, []):
         for offline in (True, False) if not local_files_only else (True,):
@@ -230,25 +236,29 @@ def _single_file_config(family: Family, explicit: Path | None, local_files_only:
                 continue
             if (folder / "model_index.json").is_file():
                 return folder
+    need = "Loading a single .safetensors file needs a diffusers config folder; "
     if family == "sd2":
-        why = ("SD 2.x files do not say whether they are 512px epsilon or 768px v-prediction models, so pick the "
-               "matching diffusers folder (stabilityai/stable-diffusion-2-1 or -2-1-base) as the config.")
-    else:
-        repos = " or ".join(REFERENCE_CONFIG_REPOS.get(family, ["a matching diffusers model"]))
-        why = (f"none was found offline: download the config files of {repos} once (a few KB), or set a "
-               "local diffusers folder of the same architecture as the single-file config.")
-    raise ModelLoadError(f"Loading a single .safetensors file needs a diffusers config folder; {why}")
+        raise ModelLoadError(need + "SD 2.x files do not say whether they are 512px epsilon or 768px v-prediction "
+                             "models, so pick the matching diffusers folder (stabilityai/stable-diffusion-2-1 or "
+                             "-2-1-base) as the config.", "config_sd2")
+    repos = " or ".join(REFERENCE_CONFIG_REPOS.get(family, ["a matching diffusers model"]))
+    raise ModelLoadError(need + f"none was found offline: download the config files of {repos} once (a few KB), "
+                         "or set a local diffusers folder of the same architecture as the single-file config.",
+                         "config_missing", repos=repos)
 
 
 def _check_family(source: ResolvedSource, family: str) -> None:
     if family not in ("auto", *FAMILY_LABELS):
-        raise ModelLoadError(f"Unknown model family {family!r}; use auto, sd15, sd2 or sdxl.")
+        raise ModelLoadError(f"Unknown model family {family!r}; use auto, sd15, sd2 or sdxl.", "family_unknown",
+                             family=family)
     if family != "auto" and family != source.family:
         raise ModelLoadError(f"{source.name} is an {FAMILY_LABELS[source.family]} model but the job is set to "
-                             f"{FAMILY_LABELS[family]}; change the model family (or use auto).")
+                             f"{FAMILY_LABELS[family]}; change the model family (or use auto).", "family_mismatch",
+                             name=source.name, found=FAMILY_LABELS[source.family], wanted=FAMILY_LABELS[family])
     if source.family not in TRAINABLE_FAMILIES:
         raise ModelLoadError(f"{source.name}: {FAMILY_LABELS[source.family]} models are not supported by this "
-                             "trainer yet")
+                             "trainer yet", "family_untrainable", name=source.name,
+                             family=FAMILY_LABELS[source.family])
 
 
 def _load_folder(folder: Path, family: Family, dtype: torch.dtype) -> dict[str, Any]:
@@ -268,10 +278,11 @@ def _load_folder(folder: Path, family: Family, dtype: torch.dtype) -> dict[str, 
 
         parts["tokenizer"] = load_clip_tokenizer()
     else:
-        raise ModelLoadError(f"{folder} has no tokenizer/ folder.")
+        raise ModelLoadError(f"{folder} has no tokenizer/ folder.", "folder_no_tokenizer", path=folder)
     if family == "sdxl":
         if not (folder / "text_encoder_2").is_dir() or not (folder / "tokenizer_2").is_dir():
-            raise ModelLoadError(f"{folder} is an SDXL folder without text_encoder_2/ and tokenizer_2/.")
+            raise ModelLoadError(f"{folder} is an SDXL folder without text_encoder_2/ and tokenizer_2/.",
+                                 "sdxl_folder_incomplete", path=folder)
         parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
             folder, subfolder="text_encoder_2", dtype=dtype, **safe)
         parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
@@ -309,7 +320,8 @@ def load_sd_components(base: str, family: str = "auto", local_files_only: bool =
     except ModelLoadError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise ModelLoadError(f"Could not load {source.name}: {err}") from err
+        raise ModelLoadError(f"Could not load {source.name}: {err}", "model_load_failed", name=source.name,
+                             error=err) from err
     noise_scheduler = DDPMScheduler.from_config(scheduler_config)
     return LoadedModel(**parts, noise_scheduler=noise_scheduler, family=source.family,
                        prediction_type=noise_scheduler.config.prediction_type, source_kind=source.kind,

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from engine.fileio import atomic_write
+from engine.i18n import Explained
 from engine.paths import cache_dir
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(Explained, ValueError):
     pass
 
 
@@ -38,14 +39,16 @@ def converted_copy(path: Path, cache: Path | None = None) -> Path:
         raise UnsafePickleError(
             f"{path.name} contains more than tensors (it names code to run when loaded: "
             f"{str(err).splitlines()[0][:200]}); refused even with allow_pickle. Ask for a "
-            ".safetensors version of this model.") from None
+            ".safetensors version of this model.", "pickle_code", name=path.name) from None
     except (OSError, RuntimeError, EOFError) as err:
-        raise UnsafePickleError(f"{path.name} is not a readable PyTorch checkpoint: {err}") from None
+        raise UnsafePickleError(f"{path.name} is not a readable PyTorch checkpoint: {err}", "pickle_unreadable",
+                                name=path.name, error=err) from None
     state = data.get("state_dict", data) if isinstance(data, dict) else None
     tensors = {k: v.contiguous() for k, v in (state or {}).items()
                if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
-        raise UnsafePickleError(f"{path.name} holds no model weights (no tensors in its state dict)")
+        raise UnsafePickleError(f"{path.name} holds no model weights (no tensors in its state dict)",
+                                "pickle_no_tensors", name=path.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: save_file(tensors, str(tmp), {"converted_from": path.name}))
     return out

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from engine.fileio import atomic_write
+from engine.i18n import Explained
 
 # A1111's names; note its "swish" is Hardswish.
 ACTIVATIONS: dict[str, type[nn.Module] | None] = {
@@ -33,7 +34,7 @@ ACTIVATIONS: dict[str, type[nn.Module] | None] = {
 WEIGHT_INITS = ("Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal")
 
 
-class HypernetworkFileError(ValueError):
+class HypernetworkFileError(Explained, ValueError):
     pass
 
 
@@ -55,7 +56,8 @@ class HypernetworkModule(nn.Module):
         super().__init__()
         act = ACTIVATIONS.get(activation or "linear", "unknown")
         if act == "unknown":
-            raise HypernetworkFileError(f"unsupported activation {activation!r}")
+            raise HypernetworkFileError(f"unsupported activation {activation!r}", "hn_activation",
+                                        name=activation)
         layers: list[nn.Module] = []
         last = len(layer_structure) - 2
         for i in range(len(layer_structure) - 1):
@@ -90,7 +92,8 @@ class HypernetworkModule(nn.Module):
             elif weight_init == "KaimingNormal":
                 nn.init.kaiming_normal_(w, nonlinearity=nonlin)
             else:
-                raise HypernetworkFileError(f"unknown weight initialization {weight_init!r}")
+                raise HypernetworkFileError(f"unknown weight initialization {weight_init!r}", "hn_init",
+                                            name=weight_init)
             nn.init.zeros_(b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,13 +183,15 @@ def load_hypernetwork(path: Path) -> tuple[Hypernetwork, dict[str, Any]]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # pickles with code, truncated files
-        raise HypernetworkFileError(f"{Path(path).name}: not a loadable hypernetwork file "
-                                    f"({type(err).__name__}: {str(err)[:200]})") from None
+        detail = f"{type(err).__name__}: {str(err)[:200]}"
+        raise HypernetworkFileError(f"{Path(path).name}: not a loadable hypernetwork file ({detail})",
+                                    "hn_unloadable", name=Path(path).name, error=detail) from None
     if not isinstance(data, dict):
-        raise HypernetworkFileError(f"{Path(path).name}: not a hypernetwork file")
+        raise HypernetworkFileError(f"{Path(path).name}: not a hypernetwork file", "hn_not_file", name=Path(path).name)
     widths = [k for k in data if isinstance(k, int)]
     if not widths:
-        raise HypernetworkFileError(f"{Path(path).name}: no hypernetwork layers in the file")
+        raise HypernetworkFileError(f"{Path(path).name}: no hypernetwork layers in the file", "hn_no_layers",
+                                    name=Path(path).name)
     structure = [float(v) for v in data.get("layer_structure") or [1, 2, 1]]
     dropout = data.get("dropout_structure") or default_dropout_structure(
         structure, bool(data.get("use_dropout")), bool(data.get("last_layer_dropout")))
@@ -204,5 +209,6 @@ def load_hypernetwork(path: Path) -> tuple[Hypernetwork, dict[str, Any]]:
                 module.load_state_dict(state)
             except RuntimeError as err:
                 raise HypernetworkFileError(f"{Path(path).name}: layers do not match its settings "
-                                            f"({str(err)[:200]})") from None
+                                            f"({str(err)[:200]})", "hn_layers", name=Path(path).name,
+                                            error=str(err)[:200]) from None
     return net, {k: v for k, v in data.items() if not isinstance(k, int)}

@@ -16,6 +16,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from engine.config import LoraNetworkConfig
+from engine.i18n import UserInputError
 
 ADAPTER = "default"
 UNET_PREFIX, TE_PREFIX = "lora_unet", "lora_te"
@@ -61,7 +62,8 @@ def inject_lora(model: nn.Module, targets: list[Target], dropout: float = 0.0,
                 adapter_name: str = ADAPTER) -> list[nn.Parameter]:
     """Wrap every target with a peft LoRA layer (up weights start at zero: no change at step 0)."""
     if not targets:
-        raise ValueError(f"no LoRA target modules found in {type(model).__name__}")
+        raise UserInputError(f"no LoRA target modules found in {type(model).__name__}", "lora_no_targets",
+                             model=type(model).__name__)
     base = targets[0]
     config = LoraConfig(
         r=base.rank, lora_alpha=base.alpha, lora_dropout=dropout, init_lora_weights=True,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.config import LycorisNetworkConfig
+from engine.i18n import UserInputError
 from engine.networks import lora
 
 if TYPE_CHECKING:
@@ -82,7 +83,8 @@ def create_network(unet: torch.nn.Module, text_encoders: list | None,
             network_module=ALGO[cfg.type], factor=cfg.factor, decompose_both=cfg.decompose_both,
             warn_on_unmatched=False)
     if not net.unet_loras:
-        raise ValueError(f"network.preset {cfg.preset!r} found no modules to train in this UNet")
+        raise UserInputError(f"network.preset {cfg.preset!r} found no modules to train in this UNet",
+                             "lycoris_no_modules", preset=cfg.preset)
     net.apply_to(te, unet, apply_text_encoder=te is not None, apply_unet=True)
     return net
 
@@ -161,8 +163,9 @@ def network_from_file_state(state: dict[str, torch.Tensor], unet: torch.nn.Modul
     found = {lora.lora_name for lora in net.unet_loras + net.text_encoder_loras}
     missing = sorted({k.split(".")[0] for k in inner} - found)
     if missing:
-        raise ValueError(f"{missing[0]}: no such module in this base model (wrong base model?)"
-                         + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        raise UserInputError(f"{missing[0]}: no such module in this base model (wrong base model?)"
+                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""),
+                             "file_wrong_base", module=missing[0], count=len(missing))
     net.apply_to(te, unet, apply_text_encoder=has_te, apply_unet=True)
     net.load_state_dict(inner, strict=False)
     return net
@@ -174,7 +177,7 @@ def load_file_state(net: LycorisNetworkKohya, state: dict[str, torch.Tensor],
     inner = from_file_keys(state, text_encoders)
     own = net.state_dict()
     if set(own) != set(inner) or any(own[k].shape != inner[k].shape for k in own):
-        raise ValueError("the file's modules differ from the loaded network")
+        raise UserInputError("the file's modules differ from the loaded network", "file_modules_differ")
     net.load_state_dict(inner, strict=True)
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from engine.fileio import atomic_write
+from engine.i18n import Explained, UserInputError
 from engine.networks.ti_templates import TEMPLATES
 
 _LR_ITEM = re.compile(r"^\s*([0-9.eE+-]+)\s*(?::\s*(\d+)\s*)?$")
 
 
-class LrScheduleError(ValueError):
+class LrScheduleError(Explained, ValueError):
     pass
 
 
@@ -32,23 +33,27 @@ def parse_lr_schedule(text: str) -> list[tuple[float, int | None]]:
     items = []
     parts = [p for p in text.split(",") if p.strip()]
     if not parts:
-        raise LrScheduleError("empty learning-rate schedule")
+        raise LrScheduleError("empty learning-rate schedule", "lr_schedule_empty")
     last_step = 0
     for i, part in enumerate(parts):
         m = _LR_ITEM.match(part)
         if not m:
-            raise LrScheduleError(f"cannot read {part.strip()!r}: write rate:step, e.g. 0.005:100")
+            raise LrScheduleError(f"cannot read {part.strip()!r}: write rate:step, e.g. 0.005:100",
+                                  "lr_schedule_item", item=part.strip())
         try:
             lr = float(m.group(1))
         except ValueError:
-            raise LrScheduleError(f"{m.group(1)!r} is not a number") from None
+            raise LrScheduleError(f"{m.group(1)!r} is not a number", "lr_schedule_number",
+                                  value=m.group(1)) from None
         step = int(m.group(2)) if m.group(2) else None
         if lr <= 0:
-            raise LrScheduleError(f"learning rate must be > 0 (got {lr:g})")
+            raise LrScheduleError(f"learning rate must be > 0 (got {lr:g})", "lr_schedule_positive", value=f"{lr:g}")
         if step is None and i != len(parts) - 1:
-            raise LrScheduleError(f"only the last item may leave out its step (item {i + 1})")
+            raise LrScheduleError(f"only the last item may leave out its step (item {i + 1})", "lr_schedule_last",
+                                  item=i + 1)
         if step is not None and step <= last_step:
-            raise LrScheduleError(f"steps must increase (got {step} after {last_step})")
+            raise LrScheduleError(f"steps must increase (got {step} after {last_step})", "lr_schedule_increase",
+                                  step=step, last=last_step)
         last_step = step or last_step
         items.append((lr, step))
     return items
@@ -124,8 +129,8 @@ class TextualInversion:
         for tok, _ in pairs:
             clash = [n for n in self.names + self.neg_names if n in tok.get_vocab()]
             if clash:
-                raise ValueError(f"the token {clash[0]!r} is already a word in the tokenizer; pick a "
-                                 "made-up name (e.g. 'zkzstar')")
+                raise UserInputError(f"the token {clash[0]!r} is already a word in the tokenizer; pick a "
+                                     "made-up name (e.g. 'zkzstar')", "ti_token_clash", token=clash[0])
         self.tables = [_Table(tok, te, groups) for tok, te in pairs]
         self.ids = self.tables[0].ids[:len(self.names)]
         self.templates = custom_templates or TEMPLATES[template]
