@@ -3,6 +3,7 @@ base model -> dataset upload + trigger word -> settings -> training -> grid + pi
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -116,6 +117,18 @@ def test_the_whole_flow_through_the_api(wizard, tmp_path, tiny_model_dir):
     assert "A purple star." in readme and (out / "export" / "zkz_best" / "zkz_best.safetensors").is_file()
     preset, code = client.predict(job_text, "purple star", "me", "demo", api_name="/export_preset")
     assert code.startswith("LFP1.") and "[metadata]" in preset and str(tmp_path) not in preset
+    # ... which someone else loads in step 3 with their own base model and dataset
+    other = tmp_path / "friend_set"
+    shutil.copytree(ROOT / "presets" / "demo" / "zkz_star", other)
+    loaded, note = client.predict(code, "embedded", str(other), api_name="/use_preset")
+    job = tomllib.loads(loaded)
+    sent = tomllib.loads(job_text)
+    assert job["dataset"]["path"] == str(other) and job["model"]["base"] == "embedded", note
+    assert job["network"] | sent["network"] == job["network"] and job["network"]["dim"] == 4
+    assert job["training"]["epochs"] == sent["training"]["epochs"]
+    assert client.predict(loaded, api_name="/check_job").startswith("ready: lora on shapes-base"), note
+    _, note = client.predict("LFP1.AAAA", "embedded", str(other), api_name="/use_preset")
+    assert note.startswith("this preset cannot be used: not a valid preset code"), note
 
 
 def test_stop_then_resume_in_the_wizard(wizard, tmp_path):

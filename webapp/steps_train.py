@@ -3,10 +3,11 @@ the runner's background thread (the page only reads snapshots, so closing it nev
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 from engine.i18n import Translator, describe_error
 from webapp.wizard_logic import (BEGINNER_FIELDS, METHODS, build_job, demo_job,
-                                 field_help, fields_from_job, preflight,
+                                 field_help, fields_from_job, job_from_shared_preset, preflight,
                                  steps_text)
 
 
@@ -49,8 +50,28 @@ def build_method_step(t: Translator, base, dataset, per_epoch, tier_name: str, t
     with gr.Accordion(t("method.expert"), open=False):
         job_text = gr.Code(tomli_w.dumps(build_job(base.value, dataset.value, "lora", tier_name, values)),
                            language=None, label=t("method.job"), elem_id="job-toml")
+    with gr.Accordion(t("method.preset_title"), open=False):
+        preset_text = gr.Textbox(label=t("method.preset_paste"), lines=3, elem_id="preset-in")
+        preset_file = gr.File(label=t("method.preset_file"), file_types=[".toml"], type="filepath",
+                              elem_id="preset-file")
+        use_preset = gr.Button(t("method.preset_use"), elem_id="use-preset")
     verdict = gr.Textbox(label=t("method.verdict"), interactive=False, elem_id="job-check")
     keys = list(boxes)
+
+    def load_preset_file(path):
+        from engine.preset_share import MAX_PRESET_BYTES
+
+        if not path:
+            return gr.skip()
+        raw = Path(path).read_bytes()[:MAX_PRESET_BYTES + 1]  # parse_preset refuses anything longer
+        return raw.decode("utf-8", errors="replace")
+
+    def apply_preset(text, b, d):
+        job, message = job_from_shared_preset(text, b, d, t)
+        return (job or gr.skip()), message
+
+    preset_file.upload(load_preset_file, preset_file, preset_text, api_visibility="private")
+    use_preset.click(apply_preset, [preset_text, base, dataset], [job_text, verdict], api_name="use_preset")
 
     def make(b, d, m, tier_choice, *vals):
         job = build_job(b, d, m, tier_choice, dict(zip(keys, vals)))

@@ -157,6 +157,29 @@ def build_job(base: str, dataset: str, method: str, tier: str, fields: dict[str,
     return deep_merge(job, apply_tier({}, tier, user)) if tier else deep_merge(job, user)
 
 
+def job_from_shared_preset(text: str, base: str, dataset: str, t: Translator = EN) -> tuple[str, str]:
+    """(job TOML, message) from a pasted preset TOML or share code, with this page's base model,
+    dataset and output folder; on a bad preset ("", the reason in the page's language). Nothing in
+    a preset is executed: it is TOML, checked field by field (engine.preset_share)."""
+    import tomli_w
+
+    from engine.config import config_to_dict
+    from engine.preset_share import CODE_PREFIX, PresetError, from_code, job_from_preset
+
+    text = (text or "").strip()
+    if not text:
+        return "", t("method.preset_empty")
+    try:
+        preset = from_code(text) if text.startswith(CODE_PREFIX) else text
+        cfg = job_from_preset(preset, base or "embedded", dataset, str(output_root() / "runs"))
+    except PresetError as err:
+        return "", t("method.preset_bad", error=describe_error(err, t))
+    job = config_to_dict(cfg)
+    if job["model"]["base"] == "embedded":
+        job["model"]["local_files_only"] = True
+    return tomli_w.dumps(job), t("method.preset_used", method=cfg.network.type, epochs=cfg.training.epochs)
+
+
 def fields_from_job(job: dict[str, Any]) -> dict[str, Any]:
     values = {key: job.get(section, {}).get(name) for key, section, name in BEGINNER_FIELDS}
     prompts = values.get("sample_prompt") or []
