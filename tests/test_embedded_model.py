@@ -86,9 +86,10 @@ def test_shape_measure_is_right_on_ground_truth():
         assert shape_class(im) == {"square": "square", "circle": "circle"}.get(spec.shape, "pointy"), spec
 
 
-@pytest.fixture(scope="module")
-def demo_purple(tmp_path_factory, base):
-    """Train the demo job, then the mean share of purple pixels at LoRA weights 0, 0.5, 1."""
+@pytest.fixture(scope="module", params=[42, 7], ids=["seed42", "seed7"])
+def demo_purple(request, tmp_path_factory, base):
+    """Train the demo job (with its own seed, 42, and with another, so the result is not one
+    lucky random stream), then the mean share of purple pixels at LoRA weights 0, 0.5, 1."""
     from engine.config import parse_config
     from engine.networks import lora
     from engine.trainer import train
@@ -97,6 +98,7 @@ def demo_purple(tmp_path_factory, base):
     job = tomllib.loads((ROOT / "presets/jobs/demo_lora.toml").read_text())
     job["dataset"]["path"] = str(ROOT / job["dataset"]["path"])
     job["output"]["dir"] = str(tmp_path_factory.mktemp("demo"))
+    job["training"]["seed"] = request.param
     cfg = parse_config(job)
     result = train(cfg)
 
@@ -117,8 +119,8 @@ def demo_purple(tmp_path_factory, base):
 
 
 def test_demo_lora_moves_generation_toward_the_concept(demo_purple):
-    """At weight 1 the trigger prompt draws purple (measured ~12% of all pixels, the star being
-    ~25% of the image); at weight 0 essentially none."""
+    """At weight 1 the trigger prompt draws purple (measured 12.6% of all pixels with seed 42,
+    8.7% with seed 7, the star being ~25% of the image); at weight 0 essentially none (0.02%)."""
     assert demo_purple[1.0] > 0.05 and demo_purple[0.0] < 0.01, demo_purple
 
 
