@@ -68,9 +68,11 @@ def test_the_whole_flow_through_the_api(wizard, tmp_path, tiny_model_dir):
 
     # 2. dataset: upload 4 images, 3 repeats, put the trigger word first in every caption
     pics = draw_shape_images(tmp_path / "pics", 4, caption="a star, purple")
-    files = [handle_file(str(p)) for p in sorted(pics.glob("*.png"))]
+    (tmp_path / "notes.pdf").write_bytes(b"%PDF-1.4")
+    files = [handle_file(str(p)) for p in [*sorted(pics.glob("*.png")), tmp_path / "notes.pdf"]]
     folder, report, gallery, per_epoch, _ = client.predict(files, "zkz star", 3, api_name="/import_dataset")
     assert Path(folder) == out / "datasets" / "zkz star" and len(gallery) == 4
+    assert "1 skipped" in report and "skipped notes.pdf: not an image or caption file" in report, report
     assert per_epoch == 12 and "4 images, 12 per epoch" in report
     assert "4 captions" in client.predict(folder, "zkz", api_name="/add_trigger")
     first = sorted((Path(folder) / "3_zkz star").glob("*.txt"))[0]

@@ -88,6 +88,8 @@ def build_dataset_step(t: Translator):
                  skipped=len(rep.skipped), renamed=len(rep.renamed))
         note += "".join("\n" + t("dataset.skipped_file", name=n, why=t(f"dataset.skip_{why}"))
                         for n, why in rep.skipped[:20])
+        if len(rep.skipped) > 20:
+            note += "\n" + t("dataset.skipped_more", n=len(rep.skipped) - 20)
         return folder, note + "\n" + s.text, s.images, s.num_per_epoch, gr.Dropdown(choices=s.images)
 
     def do_add_trigger(folder, word):

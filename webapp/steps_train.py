@@ -3,7 +3,6 @@ the runner's background thread (the page only reads snapshots, so closing it nev
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 from engine.i18n import Translator, describe_error
 from webapp.wizard_logic import (BEGINNER_FIELDS, METHODS, build_job, demo_job,
@@ -63,8 +62,8 @@ def build_method_step(t: Translator, base, dataset, per_epoch, tier_name: str, t
 
         if not path:
             return gr.skip()
-        raw = Path(path).read_bytes()[:MAX_PRESET_BYTES + 1]  # parse_preset refuses anything longer
-        return raw.decode("utf-8", errors="replace")
+        with open(path, "rb") as fh:  # parse_preset refuses anything longer; never read a huge file whole
+            return fh.read(MAX_PRESET_BYTES + 1).decode("utf-8", errors="replace")
 
     def apply_preset(text, b, d):
         job, message = job_from_shared_preset(text, b, d, t)
