@@ -50,6 +50,9 @@ class Translator:
         return text.format(**values) if values else text
 
 
+EN = Translator(DEFAULT_LANGUAGE)  # the engine's own language (CLI, logs, default of the web app)
+
+
 def pick_language(accept_language: str | None, forced: str | None = None) -> str:
     """``forced`` (``--lang``) wins; else the first of the browser's languages we have."""
     if forced:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from engine.i18n import Translator, describe_error
+from engine.i18n import EN, Translator, describe_error
 from webapp.wizard_logic import output_root
-
-EN = Translator("en")
 
 ROOT = Path(__file__).resolve().parent.parent
 

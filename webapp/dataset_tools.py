@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.i18n import Translator, describe_error
-
-EN = Translator("en")
+from engine.i18n import EN, Translator, describe_error
 
 
 def preprocess_copy(path: str, resolution: float, crop: str, flip: bool, progress=None,

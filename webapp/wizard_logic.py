@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.i18n import Translator, describe_error
-
-EN = Translator("en")
+from engine.i18n import EN, Translator, describe_error
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_JOB = ROOT / "presets" / "jobs" / "demo_lora.toml"

@@ -13,9 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.export.card_facts import CardFacts
-from engine.i18n import Translator
-
-EN = Translator("en")
+from engine.i18n import EN, Translator
 
 CommercialUse = Literal["None", "Image", "RentCivit", "Rent", "Sell"]
 
