@@ -12,10 +12,10 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional
 
+from engine.i18n import EN, Translator
+
 GIB = 1024 ** 3
 NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"]
-CUDA_INSTALL_HINT = ("install the CUDA build of PyTorch, e.g. `pip install torch --index-url "
-                     "https://download.pytorch.org/whl/cu124` (pick the CUDA version on pytorch.org)")
 
 # (tier, lowest reported GiB, size class in words). Drivers report a little less than the size
 # printed on the box (an "8 GB" card shows 7.6-8.0 GiB, a "16 GB" T4 about 14.6 GiB, a 10 GB 3080
@@ -55,31 +55,32 @@ class HardwareInfo:
     torch_cuda_version: Optional[str] = None  # CUDA (or HIP) version the wheel was built with
 
 
+# A text of the ``tier.`` catalogue section: (key, values); a value may itself be such a pair.
+Words = tuple[str, dict[str, Any]]
+
+
+def _say(t: Translator, words: Words) -> str:
+    key, values = words
+    return t(f"tier.{key}", **{k: _say(t, v) if isinstance(v, tuple) else v for k, v in values.items()})
+
+
 @dataclass
 class TierChoice:
     name: str
-    reason: str
+    # why, as catalogue texts (engine/locales, section [tier]) said one after the other, so the web
+    # app can say it in its own language; ``reason`` is the English sentence
+    why: list[Words]
     # Hardware-specific corrections layered over the tier file (still under the user's own values),
     # e.g. fp16 instead of bf16 on a 24 GB card without bf16.
     overrides: dict[str, Any] = field(default_factory=dict)
-    # the reason as catalogue keys under ``tier.`` (with values) so the web app can say it in its language
-    key: str = ""
-    params: dict[str, Any] = field(default_factory=dict)
-    fix_key: str = ""
 
-    def describe(self, t) -> str:
-        """The reason in ``t``'s language (engine.i18n.Translator)."""
-        if not self.key:
-            return self.reason
-        params = dict(self.params)
-        if params.get("gpu_vram") is not None:
-            params["gpu"] = t("tier.gpu_with_vram", name=params["gpu"], vram=params["gpu_vram"])
-        params.pop("gpu_vram", None)
-        if self.fix_key:
-            params["fix"] = t(f"tier.{self.fix_key}")
-        text = t(f"tier.{self.key}", **params)
-        return text + t("tier.reason_fp16") if self.overrides.get("training", {}).get("mixed_precision") == "fp16" \
-            and self.key == "reason_gpu" else text
+    def describe(self, t: Translator = EN) -> str:
+        """The reason in ``t``'s language."""
+        return "".join(_say(t, words) for words in self.why)
+
+    @property
+    def reason(self) -> str:
+        return self.describe(EN)
 
 
 def parse_nvidia_smi(text: str) -> list[GpuRow]:
@@ -181,13 +182,8 @@ def _describe_torch(torch: Any, info: HardwareInfo) -> None:
     info.torch_cuda_version = str(hip or cuda) if (hip or cuda) else None
 
 
-def _gpu_fix(info: HardwareInfo) -> str:
-    return CUDA_INSTALL_HINT if _gpu_fix_key(info) == "fix_cuda" else \
-        "update the NVIDIA driver to one that supports this PyTorch's CUDA version"
-
-
-def _gpu_fix_key(info: HardwareInfo) -> str:
-    return "fix_cuda" if info.torch_build in ("missing", "cpu") else "fix_driver"
+def _gpu_fix(info: HardwareInfo) -> Words:
+    return ("fix_cuda" if info.torch_build in ("missing", "cpu") else "fix_driver"), {}
 
 
 def probe(torch_module: Any = "import", run: Callable[..., Any] = subprocess.run) -> HardwareInfo:
@@ -210,7 +206,7 @@ def probe(torch_module: Any = "import", run: Callable[..., Any] = subprocess.run
         build = {"missing": "not installed", "cpu": "a CPU-only build"}.get(
             info.torch_build, "a GPU build that cannot reach this GPU")
         info.notes.append(f"nvidia-smi sees {gpus[0].name} but PyTorch is {build}, so training "
-                          f"would run on the CPU. To use the GPU, {_gpu_fix(info)}")
+                          f"would run on the CPU. To use the GPU, {_say(EN, _gpu_fix(info))}")
         if len(gpus) > 1:
             info.notes.append(f"{len(gpus)} GPUs listed by nvidia-smi; GPU 0 is used")
     elif why and why != "nvidia-smi not found":
@@ -218,39 +214,30 @@ def probe(torch_module: Any = "import", run: Callable[..., Any] = subprocess.run
     return info
 
 
-def _describe_gpu(info: HardwareInfo) -> str:
+def _gpu(info: HardwareInfo) -> str | Words:
     name = info.gpu_name or "GPU"
-    return f"{name} with {info.vram_gib:.1f} GiB VRAM" if info.vram_gib is not None else name
+    return ("gpu_with_vram", {"name": name, "vram": f"{info.vram_gib:.1f}"}) if info.vram_gib is not None else name
 
 
 def pick_tier(info: HardwareInfo) -> TierChoice:
     """Choose a preset tier from what the probe found; the reason is one plain sentence."""
-    gpu = {"gpu": info.gpu_name or "GPU",
-           "gpu_vram": f"{info.vram_gib:.1f}" if info.vram_gib is not None else None}
+    gpu = _gpu(info)
     if info.backend == "mps":
-        return TierChoice("8gb", f"{_describe_gpu(info)} (Apple, shared memory) → tier 8gb, "
-                          "with plain AdamW and full precision because 8-bit Adam and fp16 "
-                          "training need an NVIDIA GPU",
-                          {"optimizer": {"type": "AdamW"}, "training": {"mixed_precision": "no"}},
-                          "reason_mps", gpu)
+        return TierChoice("8gb", [("reason_mps", {"gpu": gpu})],
+                          {"optimizer": {"type": "AdamW"}, "training": {"mixed_precision": "no"}})
     if info.backend != "cuda":
         if info.gpu_name and info.source == "nvidia-smi":
-            return TierChoice("cpu", f"{_describe_gpu(info)} found by nvidia-smi, but PyTorch "
-                              "cannot use it, so training would run on the CPU → tier cpu. To use "
-                              f"the GPU, {_gpu_fix(info)}", key="reason_cpu_unusable", params=gpu,
-                              fix_key=_gpu_fix_key(info))
-        return TierChoice("cpu", "no usable GPU found → tier cpu (small, slow, full precision)", key="reason_cpu")
+            return TierChoice("cpu", [("reason_cpu_unusable", {"gpu": gpu, "fix": _gpu_fix(info)})])
+        return TierChoice("cpu", [("reason_cpu", {})])
     vram = info.vram_gib or 0.0
     for name, low, size_class in VRAM_TIERS:
         if vram >= low:
             break
     else:
-        return TierChoice("cpu", f"{_describe_gpu(info)} has too little VRAM for LoRA training "
-                          f"(needs about 4 GB, reported ≥ {MIN_GPU_GIB:g} GiB) → tier cpu",
-                          key="reason_low_vram", params={**gpu, "min": f"{MIN_GPU_GIB:g}"})
-    reason = f"{_describe_gpu(info)} → tier {name} ({size_class} class)"
+        return TierChoice("cpu", [("reason_low_vram", {"gpu": gpu, "min": f"{MIN_GPU_GIB:g}"})])
+    why: list[Words] = [("reason_gpu", {"gpu": gpu, "tier": name, "size": size_class})]
     overrides: dict[str, Any] = {}
     if name == "24gb+" and not info.bf16_supported:
         overrides = {"training": {"mixed_precision": "fp16"}}
-        reason += "; fp16 instead of bf16, since this GPU has no native bf16"
-    return TierChoice(name, reason, overrides, "reason_gpu", {**gpu, "tier": name, "size": size_class})
+        why.append(("reason_fp16", {}))
+    return TierChoice(name, why, overrides)
