@@ -38,11 +38,12 @@ def chromium_path() -> str:
 @pytest.fixture()
 def app_url(tmp_path, monkeypatch):
     """Both languages on one server, as `launcher.py` serves them."""
+    from engine.hardware import HardwareInfo, pick_tier
     from webapp.server import build_server, find_free_port, run_server
 
     monkeypatch.setenv("LORAFORGE_OUTPUT", str(tmp_path / "out"))
     port = find_free_port("127.0.0.1", 7980)
-    server = run_server(build_server(tier=("cpu", "test machine")), "127.0.0.1", port, block=False)
+    server = run_server(build_server(tier=pick_tier(HardwareInfo())), "127.0.0.1", port, block=False)
     yield f"http://127.0.0.1:{port}/"
     server.should_exit = True
 

@@ -152,11 +152,12 @@ def test_guidance_names_the_tier_value():
 def test_server_redirects_by_browser_language_and_speaks_it(tmp_path, monkeypatch):
     from gradio_client import Client
 
+    from engine.hardware import HardwareInfo, pick_tier
     from webapp.server import build_server, find_free_port, run_server
 
     monkeypatch.setenv("LORAFORGE_OUTPUT", str(tmp_path))
     port = find_free_port("127.0.0.1", 7960)
-    server = run_server(build_server(tier=("cpu", "test")), "127.0.0.1", port, block=False)
+    server = run_server(build_server(tier=pick_tier(HardwareInfo())), "127.0.0.1", port, block=False)
     try:
         base = f"http://127.0.0.1:{port}/"
 
@@ -183,7 +184,7 @@ def test_server_redirects_by_browser_language_and_speaks_it(tmp_path, monkeypatc
         server.should_exit = True
 
     port = find_free_port("127.0.0.1", port + 1)
-    forced = run_server(build_server(lang="en", tier=("cpu", "test")), "127.0.0.1", port, block=False)
+    forced = run_server(build_server(lang="en", tier=pick_tier(HardwareInfo())), "127.0.0.1", port, block=False)
     try:
         req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Accept-Language": "zh-CN"})
         with urllib.request.urlopen(req) as resp:
@@ -326,3 +327,27 @@ def test_rarer_engine_errors_in_chinese(tmp_path):
     Image.new("RGB", (64, 64), "red").save(src / "a.png")
     rep = import_concept(src, tmp_path / "ws", "c", 1)
     assert [(n, zh(f"dataset.skip_{why}")) for n, why in rep.skipped] == [("notes.pdf", "不是图片或标注文件")]
+
+
+def test_serve_shows_the_tier_reason_in_each_language(tmp_path, monkeypatch, capsys):
+    """What `python launcher.py` runs: it probes the machine once, prints the tier, and each
+    language's page explains the tier in its own words."""
+    import json
+
+    from engine.hardware import pick_tier, probe
+    from engine.i18n import LANGUAGES, Translator
+    from webapp.server import find_free_port, serve
+
+    monkeypatch.setenv("LORAFORGE_OUTPUT", str(tmp_path / "out"))
+    choice = pick_tier(probe())
+    port = find_free_port("127.0.0.1", 7990)
+    server = serve(port=port, open_browser=False, block=False)
+    try:
+        assert f"preset tier: {choice.name}" in capsys.readouterr().out
+        for lang in LANGUAGES:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/{lang}/config") as resp:
+                config = json.loads(resp.read())
+            infos = [c.get("props", {}).get("info") for c in config["components"]]
+            assert choice.describe(Translator(lang)) in infos, lang
+    finally:
+        server.should_exit = True

@@ -17,10 +17,11 @@ from conftest import ROOT, draw_shape_images
 def wizard(tmp_path, monkeypatch):
     from gradio_client import Client
 
+    from engine.hardware import HardwareInfo, pick_tier
     from webapp.server import build_app, find_free_port
 
     monkeypatch.setenv("LORAFORGE_OUTPUT", str(tmp_path / "out"))
-    app = build_app(tier=("cpu", "test machine"))
+    app = build_app(tier=pick_tier(HardwareInfo()))
     port = find_free_port("127.0.0.1", 7950)
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield Client(f"http://127.0.0.1:{port}/", verbose=False), tmp_path / "out"

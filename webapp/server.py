@@ -47,20 +47,28 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
     return user, password
 
 
-def build_app(runner=None, tier: tuple[str, str] | None = None, lang: str = DEFAULT_LANGUAGE):
+def hardware_tier():
+    """The preset tier for this machine (engine.hardware.TierChoice)."""
+    from engine.hardware import pick_tier, probe
+
+    return pick_tier(probe())
+
+
+def build_app(runner=None, tier=None, lang: str = DEFAULT_LANGUAGE):
     """The wizard in one language: six steps as tabs, each a thin layer over the engine.
-    ``tier``: (name, reason) of the hardware tier to preselect (default: probe this machine)."""
+    ``tier``: the engine.hardware.TierChoice to preselect (default: probe this machine); its
+    reason is shown in the page's language."""
     import gradio as gr
 
     from engine.jobs import JobRunner
     from webapp.compare import build_compare_tab
     from webapp.steps_export import build_export_step
     from webapp.steps_prepare import build_base_step, build_dataset_step
-    from webapp.steps_train import build_method_step, build_train_step, hardware_tier
+    from webapp.steps_train import build_method_step, build_train_step
 
     t = Translator(lang)
     runner = runner or JobRunner()
-    tier_name, tier_reason = tier or hardware_tier(t)
+    tier = tier or hardware_tier()
     # plain links in this tab (Markdown links open a new one); relative, so a proxy prefix works
     switch = " · ".join(f"<b>{name}</b>" if code == lang else f"<a href='../{code}/' target='_self'>{name}</a>"
                         for code, name in LANGUAGES.items())
@@ -73,7 +81,7 @@ def build_app(runner=None, tier: tuple[str, str] | None = None, lang: str = DEFA
             with gr.Tab(t("app.tab_dataset"), elem_id="tab-dataset"):
                 dataset, per_epoch, _ = build_dataset_step(t)
             with gr.Tab(t("app.tab_method"), elem_id="tab-method"):
-                job_text = build_method_step(t, base, dataset, per_epoch, tier_name, tier_reason)
+                job_text = build_method_step(t, base, dataset, per_epoch, tier.name, tier.describe(t))
             with gr.Tab(t("app.tab_train"), elem_id="tab-train"):
                 saved = build_train_step(t, runner, job_text)
             with gr.Tab(t("app.tab_compare"), elem_id="tab-compare"):
@@ -85,7 +93,7 @@ def build_app(runner=None, tier: tuple[str, str] | None = None, lang: str = DEFA
     return app
 
 
-def build_server(lang: str | None = None, tier: tuple[str, str] | None = None,
+def build_server(lang: str | None = None, tier=None,
                  credentials: tuple[str, str] | None = None, runner=None):
     """One web server with the wizard in every language at /<lang>/ (all sharing one job
     runner, so a job started in one language shows in the other); / sends the browser to its own
@@ -99,6 +107,7 @@ def build_server(lang: str | None = None, tier: tuple[str, str] | None = None,
     if lang is not None and lang not in LANGUAGES:
         raise ValueError(f"--lang must be one of {', '.join(LANGUAGES)}")
     runner = runner or JobRunner()
+    tier = tier or hardware_tier()  # probed once for every language
     api = FastAPI()
 
     def root(request):
@@ -148,10 +157,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, open_browser: bool = True,
             return 2
         host = "0.0.0.0"
     port = find_free_port(host, port)
-    from webapp.steps_train import hardware_tier
-
     tier = hardware_tier()
-    print(f"hardware: {tier[1]}\npreset tier: {tier[0]}")
+    print(f"hardware: {tier.reason}\npreset tier: {tier.name}")
     api = build_server(lang, tier, credentials)
     url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
     print(f"LoRA Forge running at {url}")

@@ -10,14 +10,6 @@ from webapp.wizard_logic import (BEGINNER_FIELDS, METHODS, build_job, demo_job,
                                  steps_text)
 
 
-def hardware_tier(t: Translator) -> tuple[str, str]:
-    """(tier name, why) for this machine, the why in the page's language."""
-    from engine.hardware import pick_tier, probe
-
-    choice = pick_tier(probe())
-    return choice.name, choice.describe(t)
-
-
 def build_method_step(t: Translator, base, dataset, per_epoch, tier_name: str, tier_reason: str):
     """Returns the job TOML textbox (what step 4 trains)."""
     import gradio as gr
