@@ -351,3 +351,36 @@ def test_serve_shows_the_tier_reason_in_each_language(tmp_path, monkeypatch, cap
             assert choice.describe(Translator(lang)) in infos, lang
     finally:
         server.should_exit = True
+
+
+def test_an_unexpected_training_failure_is_prefixed_in_the_pages_language(tmp_path, monkeypatch):
+    """A crash with no catalogue key (here an OSError from the training thread) still reads
+    "训练失败：..." on the Chinese page, with the error's own text inside."""
+    import time
+
+    import tomli_w
+    from gradio_client import Client
+
+    from engine.hardware import HardwareInfo, pick_tier
+    from engine.jobs import JobRunner
+    from webapp.server import build_server, find_free_port, run_server
+    from webapp.wizard_logic import demo_job
+
+    def crash(cfg, callbacks, stop, **kw):
+        raise OSError("No space left on device")
+
+    monkeypatch.setenv("LORAFORGE_OUTPUT", str(tmp_path))
+    port = find_free_port("127.0.0.1", 7930)
+    server = run_server(build_server(tier=pick_tier(HardwareInfo()), runner=JobRunner(train_fn=crash)),
+                        "127.0.0.1", port, block=False)
+    try:
+        zh = Client(f"http://127.0.0.1:{port}/zh/", verbose=False)
+        job = demo_job()
+        job["output"]["dir"] = str(tmp_path / "runs")
+        assert zh.predict(tomli_w.dumps(job), api_name="/start_training") == "已开始"
+        deadline = time.time() + 30
+        while not (head := zh.predict(api_name="/status")[0]).startswith("失败") and time.time() < deadline:
+            time.sleep(0.3)
+        assert head.splitlines()[-1] == "训练失败：OSError: No space left on device", head
+    finally:
+        server.should_exit = True

@@ -124,8 +124,8 @@ def build_train_step(t: Translator, runner, job_text):
         head = t("train.status", status=t(f"train.status_{s.status}"), step=s.step, total=s.total_steps,
                  epoch=s.epoch, eta=eta)
         if s.error:
-            head += "\n" + (t("errors.failed", error=describe_error(s.exception, t))
-                            if getattr(s.exception, "key", None) else s.error)
+            keyed = getattr(s.exception, "key", None)
+            head += "\n" + t("errors.failed", error=describe_error(s.exception, t) if keyed else s.error)
         pct = 100.0 * s.step / s.total_steps if s.total_steps else 0.0
         frame = pd.DataFrame({"step": list(range(1, len(s.losses) + 1)), "loss": s.losses})
         return head, pct, "\n".join(s.log[-40:]), frame, s.samples[-12:], "\n".join(s.saved)
