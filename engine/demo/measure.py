@@ -41,9 +41,36 @@ def background_name(im: Image.Image) -> str:
     return min(BACKGROUNDS, key=lambda c: np.linalg.norm(bg - np.array(BACKGROUNDS[c])))
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected region of a boolean mask: the shape, without stray specks (a VAE
+    can leave a dark pixel in an image corner, which would stretch the bounding box to it)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    best: list[tuple[int, int]] = []
+    h, w = mask.shape
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        seen[y0, x0] = True
+        region, stack = [], [(int(y0), int(x0))]
+        while stack:
+            y, x = stack.pop()
+            region.append((y, x))
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        if len(region) > len(best):
+            best = region
+    out = np.zeros_like(mask, dtype=bool)
+    if best:
+        ys, xs = zip(*best)
+        out[list(ys), list(xs)] = True
+    return out
+
+
 def fill_ratio(im: Image.Image) -> float | None:
-    """Foreground pixels / bounding-box area: square ~1.0, circle ~0.79, triangle ~0.5, star ~0.4."""
-    mask = foreground_mask(im)
+    """Shape pixels / bounding-box area: square ~1.0, circle ~0.79, triangle ~0.5, star ~0.4."""
+    mask = largest_component(foreground_mask(im))
     if mask.sum() < 20:
         return None
     ys, xs = np.nonzero(mask)
@@ -51,16 +78,31 @@ def fill_ratio(im: Image.Image) -> float | None:
     return float(mask.sum() / box)
 
 
+def corner_fill(im: Image.Image) -> float | None:
+    """How much of the shape's bounding-box corners it fills (each corner a quarter of the box's
+    width and height): a square fills them (1.0), a circle leaves most of them empty (0.23-0.34
+    on the drawn shapes). Sharper than the overall fill for telling a square from a circle: a
+    generated square with slightly concave sides fills less of its box but still reaches into
+    the corners, and a rounded blob does not."""
+    mask = largest_component(foreground_mask(im))
+    if mask.sum() < 20:
+        return None
+    ys, xs = np.nonzero(mask)
+    box = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    ch, cw = max(1, round(box.shape[0] / 4)), max(1, round(box.shape[1] / 4))
+    return float(np.mean([box[:ch, :cw].mean(), box[:ch, -cw:].mean(),
+                          box[-ch:, :cw].mean(), box[-ch:, -cw:].mean()]))
+
+
 def shape_class(im: Image.Image) -> str | None:
-    """Coarse shape from the fill ratio: 'square', 'circle' or 'pointy' (triangle or star)."""
+    """Coarse shape: 'pointy' (triangle or star: fill below 0.66), else 'square' when it fills its
+    box's corners (0.67: halfway between the drawn circles' 0.34 and squares' 1.0), else 'circle'."""
     r = fill_ratio(im)
     if r is None:
         return None
-    if r >= 0.88:
-        return "square"
-    if r >= 0.66:
-        return "circle"
-    return "pointy"
+    if r < 0.66:
+        return "pointy"
+    return "square" if corner_fill(im) >= 0.67 else "circle"
 
 
 def mean_hue(im: Image.Image) -> float | None:
@@ -97,3 +139,24 @@ def purple_fraction(im: Image.Image, hue_range: tuple[float, float] = (255.0, 32
     hue, sat, val = hsv[..., 0] * 360 / 255, hsv[..., 1] / 255, hsv[..., 2] / 255
     mask = (hue >= hue_range[0]) & (hue <= hue_range[1]) & (sat >= min_saturation) & (val >= 0.25)
     return float(mask.mean())
+
+def coloured_hue(images: list[Image.Image], min_saturation: float = 0.2) -> float | None:
+    """Circular mean hue (degrees) of the coloured pixels of several images together (saturation
+    and brightness at least 0.2 / 0.25, weighted by saturation; white, gray and black count for
+    nothing). Unlike a share of pixels in a hue range it moves smoothly as a colour blends into
+    another, so it can say whether a LoRA at half weight lies between its ends."""
+    hsv = np.concatenate([np.asarray(im.convert("RGB").convert("HSV"), dtype=np.float32).reshape(-1, 3)
+                          for im in images]) / 255.0
+    hue, sat, val = hsv.T
+    keep = (sat >= min_saturation) & (val >= 0.25)
+    if not keep.any():
+        return None
+    ang, w = hue[keep] * 2 * np.pi, sat[keep]
+    return float(np.rad2deg(np.arctan2((w * np.sin(ang)).sum(), (w * np.cos(ang)).sum())) % 360)
+
+
+def demo_hue() -> float:
+    """The demo concept's purple as a hue (281 degrees)."""
+    from colorsys import rgb_to_hsv
+
+    return rgb_to_hsv(*(v / 255 for v in DEMO_COLOUR))[0] * 360

@@ -1,12 +1,13 @@
 """Pretrain the embedded default base model from scratch on the synthetic shapes world.
 
-    python -m engine.demo.pretrain --out presets/base        # about 25 minutes on 2 CPU cores
+    python -m engine.demo.pretrain --out presets/base        # about 20 minutes on 2 CPU cores
 
 Steps: (1) draw the shapes dataset, (2) train a tiny AutoencoderKL (f=8 like SD: 64 px -> 8x8x4
 latents) with its own short loop, (3) write a model folder with that VAE plus a randomly
 initialised SD-architecture UNet and a small CLIP text encoder (real CLIP tokenizer), (4) train
-UNet + text encoder with the engine's own full fine-tune path (``network.type = "dreambooth"``),
-(5) store the result in fp16 as a diffusers folder and as a single-file checkpoint.
+the UNet with the engine's own full fine-tune path (``network.type = "dreambooth"``; the text
+encoder stays frozen, see job_dict), (5) store the result in fp16 as a diffusers folder and as a
+single-file checkpoint.
 Deterministic for a given seed on the same machine and thread count.
 """
 from __future__ import annotations
@@ -86,9 +87,22 @@ def foreground_weights(images: torch.Tensor) -> torch.Tensor:
     return 1.0 + 3.0 * fg
 
 
-def train_vae(vae, images: torch.Tensor, steps: int, seed: int, log=print) -> float:
-    """Foreground-weighted reconstruction (MSE) + a tiny KL term; returns the latent scaling
-    factor (1 / latent std)."""
+# Latent channels 0-2 are pulled toward the image's 8x8-pooled RGB (x4, near the latent scale).
+COLOUR_ALIGN_SCALE = 4.0
+
+
+def colour_align_loss(latent_mean: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Why: without it the VAE's latent path between two colours bends through other hues (the
+    midpoint of a black and a purple star decoded green), so a LoRA at weight 0.5, which lands
+    between the two latents, drew a green star. Tying three latent channels to the pooled colour
+    makes colour (nearly) linear in latent space, as it is in SD's own VAE."""
+    target = torch.nn.functional.avg_pool2d(images, 8) * COLOUR_ALIGN_SCALE
+    return torch.nn.functional.mse_loss(latent_mean[:, :3], target)
+
+
+def train_vae(vae, images: torch.Tensor, steps: int, seed: int, log=print, align_weight: float = 0.0) -> float:
+    """Foreground-weighted reconstruction (MSE) + a tiny KL term + the colour alignment term;
+    returns the latent scaling factor (1 / latent std)."""
     g = torch.Generator().manual_seed(seed)
     weights = foreground_weights(images)
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
@@ -100,6 +114,8 @@ def train_vae(vae, images: torch.Tensor, steps: int, seed: int, log=print) -> fl
         dist = vae.encode(batch).latent_dist
         recon = vae.decode(dist.sample(generator=g)).sample
         loss = (w * (recon - batch) ** 2).mean() / w.mean() + 1e-6 * dist.kl().mean()
+        if align_weight:
+            loss = loss + align_weight * colour_align_loss(dist.mean, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -135,6 +151,26 @@ def vae_colour_report(vae, seed: int) -> dict:
     return report
 
 
+def vae_blend_report(vae, seed: int) -> list[float]:
+    """Share of purple pixels when decoding latents blended from a black star (0) to the demo's
+    purple star (1) at 0, 0.25, 0.5, 0.75, 1: a LoRA at a weight between 0 and 1 lands between
+    those latents, so this should rise steadily (it went through green before the alignment term)."""
+    import random
+
+    from engine.data.images import to_pil, to_tensor
+    from engine.demo.measure import purple_fraction
+    from engine.demo.shapes import COLOURS, DEMO_COLOUR, draw_shape
+
+    def latent(rgb):
+        im = draw_shape("star", rgb, (250, 250, 250), IMAGE_SIZE, random.Random(seed + 9))
+        return vae.encode(to_tensor(im)[None]).latent_dist.mean
+
+    with torch.no_grad():
+        a, b = latent(COLOURS["black"]), latent(DEMO_COLOUR)
+        return [round(purple_fraction(to_pil(vae.decode((1 - t) * a + t * b).sample[0])), 3)
+                for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
+
+
 def write_initial_model(folder: Path, vae, seed: int) -> Path:
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
@@ -155,7 +191,11 @@ def job_dict(init: Path, data: Path, out: Path, epochs: int, seed: int) -> dict:
     return {
         "model": {"base": str(init), "local_files_only": True},
         "dataset": {"path": str(data), "resolution": IMAGE_SIZE, "caption_dropout_rate": 0.1},
-        "network": {"type": "dreambooth", "train_text_encoder": True, "save_diffusers": True},
+        # The text encoder stays as initialised (frozen, as SD keeps its CLIP frozen): trained
+        # jointly, it pulled "circle"/"square" and "triangle"/"star" together (their prompt
+        # embeddings 3.2 and 2.6 apart, colours ~30 apart), and the UNet then drew one rounded
+        # blob for both; a random CLIP keeps every word distinct and the UNet learns to read it.
+        "network": {"type": "dreambooth", "train_text_encoder": False, "save_diffusers": True},
         "optimizer": {"type": "AdamW", "lr": 1e-3, "weight_decay": 0.01, "max_grad_norm": 1.0},
         "scheduler": {"type": "cosine", "warmup_steps": 100},
         "training": {"epochs": epochs, "batch_size": 32, "seed": seed, "cache_latents": True,
@@ -186,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-spec", type=int, default=12, help="images per (shape, colour, background)")
     ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--vae-extra", type=int, default=3000, help="arbitrary-colour images for the VAE")
-    ap.add_argument("--epochs", type=int, default=43)
+    ap.add_argument("--vae-align", type=float, default=0.02,
+                    help="weight of the VAE's colour alignment term (0 = the earlier recipe without it)")
+    ap.add_argument("--epochs", type=int, default=50)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
@@ -197,10 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(images)} training images")
         vae = build_vae(args.seed)
         vae_images = vae_training_images(images, args.vae_extra, args.seed)
-        scale = train_vae(vae, vae_images, args.vae_steps, args.seed)
+        scale = train_vae(vae, vae_images, args.vae_steps, args.seed, align_weight=args.vae_align)
         vae.register_to_config(scaling_factor=scale)
         hue_errors = vae_colour_report(vae, args.seed)
-        print(f"vae done in {time.time() - t0:.0f}s, scaling_factor {scale:.4f}, hue error (deg) {hue_errors}")
+        blend = vae_blend_report(vae, args.seed)
+        print(f"vae done in {time.time() - t0:.0f}s, scaling_factor {scale:.4f}, hue error (deg) {hue_errors}, "
+              f"purple share black->purple {blend}")
         init = write_initial_model(tmp / "init", vae, args.seed)
         cfg = parse_config(job_dict(init, data.parent, tmp / "out", args.epochs, args.seed))
         result = train(cfg, TqdmProgress(print_every=50))
@@ -215,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                          metadata={"modelspec.title": NAME, "modelspec.architecture": "stable-diffusion-v1"})
         info = {"seed": args.seed, "per_spec": args.per_spec, "images": len(images),
                 "vae_steps": args.vae_steps, "vae_extra_images": args.vae_extra,
-                "vae_hue_error_deg": hue_errors, "epochs": args.epochs, "steps": result.steps,
+                "vae_colour_align": args.vae_align, "vae_hue_error_deg": hue_errors,
+                "vae_black_to_purple_purple_share": blend, "epochs": args.epochs, "steps": result.steps,
                 "final_loss_mean_last_50": sum(result.losses[-50:]) / max(1, len(result.losses[-50:])),
                 "seconds": round(time.time() - t0), "torch_threads": torch.get_num_threads(),
                 "command": " ".join(["python -m engine.demo.pretrain", *(sys.argv[1:] if argv is None else argv)])}
