@@ -95,7 +95,8 @@ def colour_align_loss(latent_mean: torch.Tensor, images: torch.Tensor) -> torch.
     """Why: without it the VAE's latent path between two colours bends through other hues (the
     midpoint of a black and a purple star decoded green), so a LoRA at weight 0.5, which lands
     between the two latents, drew a green star. Tying three latent channels to the pooled colour
-    makes colour (nearly) linear in latent space, as it is in SD's own VAE."""
+    makes colour (nearly) linear in latent space, as SD's own VAE roughly is (its latents map
+    to RGB nearly linearly, which is what cheap latent previews rely on)."""
     target = torch.nn.functional.avg_pool2d(images, 8) * COLOUR_ALIGN_SCALE
     return torch.nn.functional.mse_loss(latent_mean[:, :3], target)
 
