@@ -68,14 +68,25 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def fill_ratio(im: Image.Image) -> float | None:
-    """Shape pixels / bounding-box area: square ~1.0, circle ~0.79, triangle ~0.5, star ~0.4."""
+def _shape_box(im: Image.Image) -> np.ndarray | None:
+    """The shape's mask cropped to its bounding box (None: no shape)."""
     mask = largest_component(foreground_mask(im))
     if mask.sum() < 20:
         return None
     ys, xs = np.nonzero(mask)
-    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-    return float(mask.sum() / box)
+    return mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+
+
+def _corner_fill(box: np.ndarray) -> float:
+    ch, cw = max(1, round(box.shape[0] / 4)), max(1, round(box.shape[1] / 4))
+    return float(np.mean([box[:ch, :cw].mean(), box[:ch, -cw:].mean(),
+                          box[-ch:, :cw].mean(), box[-ch:, -cw:].mean()]))
+
+
+def fill_ratio(im: Image.Image) -> float | None:
+    """Shape pixels / bounding-box area: square ~1.0, circle ~0.79, triangle ~0.5, star ~0.4."""
+    box = _shape_box(im)
+    return None if box is None else float(box.mean())
 
 
 def corner_fill(im: Image.Image) -> float | None:
@@ -84,25 +95,19 @@ def corner_fill(im: Image.Image) -> float | None:
     on the drawn shapes). Sharper than the overall fill for telling a square from a circle: a
     generated square with slightly concave sides fills less of its box but still reaches into
     the corners, and a rounded blob does not."""
-    mask = largest_component(foreground_mask(im))
-    if mask.sum() < 20:
-        return None
-    ys, xs = np.nonzero(mask)
-    box = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    ch, cw = max(1, round(box.shape[0] / 4)), max(1, round(box.shape[1] / 4))
-    return float(np.mean([box[:ch, :cw].mean(), box[:ch, -cw:].mean(),
-                          box[-ch:, :cw].mean(), box[-ch:, -cw:].mean()]))
+    box = _shape_box(im)
+    return None if box is None else _corner_fill(box)
 
 
 def shape_class(im: Image.Image) -> str | None:
     """Coarse shape: 'pointy' (triangle or star: fill below 0.66), else 'square' when it fills its
     box's corners (0.67: halfway between the drawn circles' 0.34 and squares' 1.0), else 'circle'."""
-    r = fill_ratio(im)
-    if r is None:
+    box = _shape_box(im)
+    if box is None:
         return None
-    if r < 0.66:
+    if box.mean() < 0.66:
         return "pointy"
-    return "square" if corner_fill(im) >= 0.67 else "circle"
+    return "square" if _corner_fill(box) >= 0.67 else "circle"
 
 
 def mean_hue(im: Image.Image) -> float | None:
@@ -115,9 +120,13 @@ def mean_hue(im: Image.Image) -> float | None:
     delta = np.where(mx - mn == 0, 1e-9, mx - mn)
     r, g, b = rgb.T
     h = np.select([mx == r, mx == g], [((g - b) / delta) % 6, (b - r) / delta + 2], (r - g) / delta + 4)
-    ang = np.deg2rad(h * 60)
-    sat = (mx - mn) / np.where(mx == 0, 1, mx)
-    return float(np.rad2deg(np.arctan2((sat * np.sin(ang)).sum(), (sat * np.cos(ang)).sum())) % 360)
+    return _circular_mean(h * 60, (mx - mn) / np.where(mx == 0, 1, mx))
+
+
+def _circular_mean(hue_deg: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted mean of angles (degrees): hue wraps, 350 and 10 average to 0, not 180."""
+    ang = np.deg2rad(hue_deg)
+    return float(np.rad2deg(np.arctan2((weights * np.sin(ang)).sum(), (weights * np.cos(ang)).sum())) % 360)
 
 
 def hue_distance(a: float, b: float) -> float:
@@ -125,38 +134,41 @@ def hue_distance(a: float, b: float) -> float:
     return min(d, 360 - d)
 
 
-def palette_hue(name: str) -> float:
+def rgb_hue(rgb: tuple[int, int, int]) -> float:
     from colorsys import rgb_to_hsv
 
-    return rgb_to_hsv(*(v / 255 for v in COLOURS[name]))[0] * 360
+    return rgb_to_hsv(*(v / 255 for v in rgb))[0] * 360
+
+
+def palette_hue(name: str) -> float:
+    return rgb_hue(COLOURS[name])
+
+
+def _hsv(im: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pixel hue (degrees), saturation and value (0-1), as PIL's HSV conversion gives them."""
+    hsv = np.asarray(im.convert("RGB").convert("HSV"), dtype=np.float32)
+    return hsv[..., 0] * 360 / 255, hsv[..., 1] / 255, hsv[..., 2] / 255
 
 
 def purple_fraction(im: Image.Image, hue_range: tuple[float, float] = (255.0, 320.0),
                     min_saturation: float = 0.2) -> float:
     """Share of pixels with a purple/violet hue (the demo concept's colour is at 281 degrees;
     the nearest palette colours, blue at 228 and pink at 328, fall outside), ignoring grays."""
-    hsv = np.asarray(im.convert("RGB").convert("HSV"), dtype=np.float32)
-    hue, sat, val = hsv[..., 0] * 360 / 255, hsv[..., 1] / 255, hsv[..., 2] / 255
+    hue, sat, val = _hsv(im)
     mask = (hue >= hue_range[0]) & (hue <= hue_range[1]) & (sat >= min_saturation) & (val >= 0.25)
     return float(mask.mean())
+
 
 def coloured_hue(images: list[Image.Image], min_saturation: float = 0.2) -> float | None:
     """Circular mean hue (degrees) of the coloured pixels of several images together (saturation
     and brightness at least 0.2 / 0.25, weighted by saturation; white, gray and black count for
     nothing). Unlike a share of pixels in a hue range it moves smoothly as a colour blends into
     another, so it can say whether a LoRA at half weight lies between its ends."""
-    hsv = np.concatenate([np.asarray(im.convert("RGB").convert("HSV"), dtype=np.float32).reshape(-1, 3)
-                          for im in images]) / 255.0
-    hue, sat, val = hsv.T
+    hue, sat, val = (np.concatenate([c.ravel() for c in channel]) for channel in zip(*map(_hsv, images)))
     keep = (sat >= min_saturation) & (val >= 0.25)
-    if not keep.any():
-        return None
-    ang, w = hue[keep] * 2 * np.pi, sat[keep]
-    return float(np.rad2deg(np.arctan2((w * np.sin(ang)).sum(), (w * np.cos(ang)).sum())) % 360)
+    return _circular_mean(hue[keep], sat[keep]) if keep.any() else None
 
 
 def demo_hue() -> float:
     """The demo concept's purple as a hue (281 degrees)."""
-    from colorsys import rgb_to_hsv
-
-    return rgb_to_hsv(*(v / 255 for v in DEMO_COLOUR))[0] * 360
+    return rgb_hue(DEMO_COLOUR)
