@@ -23,13 +23,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import tomllib
-
-    from engine.config import ConfigError, parse_config
+    from engine.config import ConfigError, parse_config, read_toml_file
 
     tier = None
     try:
-        user_job = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+        user_job = read_toml_file(args.config)
         data = user_job
         if args.tier:
             from engine.hardware import pick_tier, probe
@@ -42,10 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"preset tier: {name} (values in {args.config} take precedence)")
             data = apply_tier({}, tier, user_job)
         cfg = parse_config(data)
-    except FileNotFoundError:
-        print(f"error: config file not found: {args.config}", file=sys.stderr)
-        return 2
-    except (ConfigError, tomllib.TOMLDecodeError, ValueError) as err:
+    except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -85,15 +80,15 @@ def cmd_grid(args: argparse.Namespace) -> int:
         missing = [p for p in args.checkpoints if not Path(p).is_file()]
         if missing:
             raise GridError(f"checkpoint not found: {missing[0]}")
+        size = 512 if args.size is None else args.size
+        job = GridJob(checkpoints=[Path(p) for p in args.checkpoints], prompts=args.prompt, weights=weights,
+                      seeds=seeds, z_axis="seed" if args.seeds else "prompt", negative=args.negative,
+                      steps=args.steps, cfg_scale=args.cfg, width=size, height=size,
+                      aesthetic=aesthetic, local_files_only=args.offline)
         model = load_sd_components(args.base, local_files_only=args.offline)
     except (GridError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    size = args.size or 512
-    job = GridJob(checkpoints=[Path(p) for p in args.checkpoints], prompts=args.prompt, weights=weights,
-                  seeds=seeds, z_axis="seed" if args.seeds else "prompt", negative=args.negative,
-                  steps=args.steps, cfg_scale=args.cfg, width=size, height=size,
-                  aesthetic=aesthetic, local_files_only=args.offline)
     bar = tqdm(total=len(job.checkpoints) * len(weights), unit="cell-group")
     try:
         result = run_grid(model, job, Path(args.out), lambda done, total: bar.update(1))
@@ -113,7 +108,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
     dest = Path(args.out) / f"{args.name}{Path(args.checkpoint).suffix or '.safetensors'}"
     try:
         pick_checkpoint(Path(args.checkpoint), dest, args.weight)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # PickError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"picked {args.checkpoint} -> {dest}")
@@ -131,7 +126,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from webapp.server import serve
 
     return serve(host=args.host, port=args.port, open_browser=not args.no_browser,
-                 listen=args.listen, auth=args.auth, lang=args.lang)
+                 listen=args.listen, auth=args.auth, lang=args.lang, workspace=args.workspace,
+                 allowed_host=args.allowed_host)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=7860)
     serve.add_argument("--no-browser", action="store_true")
     serve.add_argument("--listen", action="store_true", help="expose on the network (needs --auth)")
-    serve.add_argument("--auth", help="user:password, required with --listen")
+    serve.add_argument("--auth", help="user:password, required with --listen or any non-loopback --host")
+    serve.add_argument("--workspace", action="append", metavar="DIR",
+                       help="when exposed: a folder web users may use besides the app's own (repeatable)")
+    serve.add_argument("--allowed-host", action="append", metavar="NAME",
+                       help="another name this server answers to, e.g. behind a proxy (repeatable)")
     serve.add_argument("--lang", choices=["en", "zh"],
                        help="language of the app (default: the browser's; en = English, zh = 简体中文)")
     serve.set_defaults(func=cmd_serve)

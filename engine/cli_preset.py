@@ -30,15 +30,12 @@ def cmd_preset_export(args: argparse.Namespace) -> int:
 
 def cmd_preset_import(args: argparse.Namespace) -> int:
     from engine.config import ConfigError, save_config
-    from engine.preset_share import CODE_PREFIX, PresetError, job_from_preset
+    from engine.preset_share import CODE_PREFIX, PresetError, job_from_preset, read_preset_file
 
     source = args.preset.strip()
     try:
-        text = source if source.startswith(CODE_PREFIX) else Path(source).read_text(encoding="utf-8")
+        text = source if source.startswith(CODE_PREFIX) else read_preset_file(source)
         cfg = job_from_preset(text, args.base, args.dataset, args.output_dir, args.name)
-    except FileNotFoundError:
-        print(f"error: preset file not found: {source}", file=sys.stderr)
-        return 2
     except (ConfigError, PresetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.i18n import UserInputError, describe_error
+from engine.sample_limits import SAMPLE_LIMITS
 
 SCHEMA_VERSION = 1
 
@@ -23,24 +24,45 @@ class ConfigError(ValueError):
     keeps pydantic's structured errors (field, type, limits, input) so a UI can say the same
     thing in another language."""
 
-    def __init__(self, message: str, problems: list[dict[str, Any]] | None = None):
+    def __init__(self, message: str, problems: list[dict[str, Any]] | None = None,
+                 key: str | None = None, **params: Any):
         super().__init__(message)
         self.problems = problems or []
+        self.key, self.params = key, params  # as engine.i18n.Explained: said in the page's language
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an inf alpha or a NaN cfg scale is refused here, not found hours later
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def path_field(kind: Literal["model", "file", "folder"], **kwargs: Any) -> Any:
+    """A field that names a place on disk (``model``: a file, folder or hub id). Marked so the
+    web app can check every path of a job (engine.config.path_values) without listing them."""
+    return Field(json_schema_extra={"path": kind}, **kwargs)
+
+
+def path_values(cfg: BaseModel) -> list[tuple[str, str]]:
+    """(kind, value) of every set path field of ``cfg`` and its sections."""
+    out: list[tuple[str, str]] = []
+    for name, info in type(cfg).model_fields.items():
+        value = getattr(cfg, name)
+        if isinstance(value, BaseModel):
+            out += path_values(value)
+        elif isinstance(info.json_schema_extra, dict) and "path" in info.json_schema_extra and value:
+            out.append((str(info.json_schema_extra["path"]), str(value)))
+    return out
 
 
 class ModelConfig(_Section):
-    base: str = Field(description="Diffusers folder, single-file .safetensors, or hub id.")
+    base: str = path_field("model", description="Diffusers folder, single-file .safetensors, or hub id.")
     family: Literal["auto", "sd15", "sd2", "sdxl"] = "auto"
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
     local_files_only: bool = Field(
         default=False, description="Never touch the network; hub ids must already be cached."
     )
-    config_dir: Optional[str] = Field(
-        default=None, description="Diffusers folder describing a single-file model's architecture "
+    config_dir: Optional[str] = path_field(
+        "folder", default=None, description="Diffusers folder describing a single-file model's architecture "
         "(needed offline; online, the SD 1.5 reference config is fetched once).")
     allow_pickle: bool = Field(
         default=False, description="Accept a .ckpt/.pt/.pth/.bin base model. Pickles can run code "
@@ -49,18 +71,20 @@ class ModelConfig(_Section):
 
 
 class DatasetConfig(_Section):
-    path: str
+    path: str = path_field("folder")
     resolution: int = Field(default=512, ge=64, le=4096, multiple_of=64)
     default_repeats: int = Field(default=1, ge=1, le=10000,
                                  description="Repeats for folders without an N_ prefix.")
-    caption_extension: str = ".txt"
+    caption_extension: str = Field(default=".txt", pattern=r"^\.[A-Za-z0-9_-]{1,16}$",
+                                   description="Suffix of the caption files beside the images "
+                                   "(a suffix, never a path).")
     shuffle_caption: bool = False
     keep_tokens: int = Field(default=0, ge=0)
     caption_dropout_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     tag_dropout_rate: float = Field(default=0.0, ge=0.0, lt=1.0,
                                     description="Drop each tag (after keep_tokens) with this chance.")
     flip_aug: bool = False
-    reg_path: Optional[str] = Field(default=None, description="Regularization / class images "
+    reg_path: Optional[str] = path_field("folder", default=None, description="Regularization / class images "
                                     "(kohya N_class folders); used as many times as training images.")
     prior_loss_weight: float = Field(default=1.0, ge=0.0, le=10.0)
     class_prompt: Optional[str] = Field(default=None, description="DreamBooth class prompt, e.g. "
@@ -261,7 +285,7 @@ class TrainingConfig(_Section):
 
 
 class OutputConfig(_Section):
-    dir: str = "output"
+    dir: str = path_field("folder", default="output")
     name: str = Field(default="my_lora", min_length=1, max_length=128,
                       pattern=r"^[^/\\:*?\"<>|\x00-\x1f]+$")
     save_every_n_epochs: int = Field(default=1, ge=0, description="0 = only the final file.")
@@ -277,7 +301,7 @@ class OutputConfig(_Section):
     trigger_phrase: str = ""
     log_with: Literal["none", "tensorboard"] = Field(
         default="none", description="Also log loss, lr and samples for TensorBoard.")
-    logging_dir: Optional[str] = Field(default=None, description="TensorBoard logs; empty = "
+    logging_dir: Optional[str] = path_field("folder", default=None, description="TensorBoard logs; empty = "
                                        "<output dir>/logs (one <name>_<date-time> folder per run).")
 
 
@@ -288,9 +312,9 @@ class SampleConfig(_Section):
     every_n_epochs: int = Field(default=0, ge=0, description="0 = never")
     every_n_steps: int = Field(default=0, ge=0, description="0 = never")
     sampler: Literal["euler_a", "euler", "ddim"] = "euler_a"
-    steps: int = Field(default=20, ge=1, le=150)
-    cfg_scale: float = Field(default=7.0, ge=1.0, le=30.0)
-    seed: int = Field(default=42, ge=0)
+    steps: int = Field(default=20, ge=SAMPLE_LIMITS["steps"][0], le=SAMPLE_LIMITS["steps"][1])
+    cfg_scale: float = Field(default=7.0, ge=SAMPLE_LIMITS["cfg_scale"][0], le=SAMPLE_LIMITS["cfg_scale"][1])
+    seed: int = Field(default=42, ge=SAMPLE_LIMITS["seed"][0], le=SAMPLE_LIMITS["seed"][1])
 
     @field_validator("prompts")
     @classmethod
@@ -427,7 +451,8 @@ def describe_problems(problems: list[dict[str, Any]], t=None) -> str:
             msg = t(f"errors.{p['type']}", **p["ctx"])
         got = p["input"]
         if p["type"] != "missing" and not isinstance(got, dict):
-            msg += t("errors.got", value=repr(got)) if t else f" (got {got!r})"
+            shown = repr(got) if len(repr(got)) <= 200 else repr(got)[:200] + "..."
+            msg += t("errors.got", value=shown) if t else f" (got {shown})"
         lines.append(f"{p['loc']}: {msg}" if p["loc"] else msg)
     head = t("errors.invalid_job") if t else "invalid job config:"
     return head + "\n  " + "\n  ".join(lines)
@@ -441,15 +466,61 @@ def parse_config(data: dict[str, Any]) -> JobConfig:
         raise ConfigError(describe_problems(problems), problems) from None
 
 
-def load_config(path: str | Path) -> JobConfig:
+MAX_JOB_BYTES = 1 << 20  # a job or preset is a few KB; a larger "job" is a mistake
+
+
+def read_toml(text: str, path: str | Path | None = None) -> dict[str, Any]:
+    """TOML text (of the file ``path``, if it came from one) as a dict. Bad TOML, and nesting too
+    deep for the parser (it recurses: ``a = [[[[...]]]]`` a thousand deep), become one
+    ConfigError, never a traceback."""
+    where = f"{path}: " if path else ""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        if path:
+            raise ConfigError(f"{where}not valid TOML: {err}", key="toml_file_invalid", path=path,
+                              error=err) from None
+        raise ConfigError(f"not valid TOML: {err}", key="toml_invalid", error=err) from None
+    except RecursionError:
+        message = f"{where}arrays or tables nested too deeply to be a job"
+        if path:
+            raise ConfigError(message, key="toml_file_too_deep", path=path) from None
+        raise ConfigError(message, key="toml_too_deep") from None
+
+
+def read_toml_file(path: str | Path) -> dict[str, Any]:
+    """A TOML file (UTF-8, a BOM allowed) as a dict; every way it can fail is a ConfigError."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_JOB_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return parse_config(data)
+        raise ConfigError(f"config file not found: {path}", key="config_not_found", path=path) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder; give the job's .toml file", key="config_is_folder",
+                          path=path) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}", key="config_unreadable", path=path,
+                          error=err.strerror or err) from None
+    if len(data) > MAX_JOB_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_JOB_BYTES >> 10} KB: not a job file", key="config_too_big",
+                          path=path, kb=MAX_JOB_BYTES >> 10)
+    from engine.fileio import decode_user_text
+
+    text = decode_user_text(data)
+    if text is None:
+        raise ConfigError(f"{path} is not UTF-8 text (save it as UTF-8)", key="config_not_utf8",
+                          path=path) from None
+    return read_toml(text, path)
+
+
+def parse_job_text(text: str) -> JobConfig:
+    """A job as the web app receives it: TOML text, checked field by field."""
+    return parse_config(read_toml(text))
+
+
+def load_config(path: str | Path) -> JobConfig:
+    return parse_config(read_toml_file(path))
 
 
 def config_to_dict(cfg: JobConfig) -> dict[str, Any]:

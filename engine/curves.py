@@ -2,7 +2,9 @@
 every few steps, because people would rather look at a curve than read numbers."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from engine.callbacks import Callbacks, StepInfo, TrainResult
 from engine.fileio import atomic_write
@@ -58,25 +60,45 @@ class CurveWriter(Callbacks):
         self.csv.parent.mkdir(parents=True, exist_ok=True)
         rows = []
         if self.resume_step is not None and self.csv.is_file():
-            for line in self.csv.read_text(encoding="utf-8").splitlines()[1:]:
-                parts = line.split(",")
-                if len(parts) == 4 and int(parts[0]) <= self.resume_step:
+            for line in self.csv.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
+                try:
+                    step, _, loss, lr = line.split(",")
+                    row = int(step), float(loss), float(lr)
+                except ValueError:  # a line cut short by a crash
+                    continue
+                if row[0] <= self.resume_step:
                     rows.append(line + "\n")
-                    self.steps.append(int(parts[0]))
-                    self.losses.append(float(parts[2]))
-                    self.lrs.append(float(parts[3]))
-        atomic_write(self.csv, lambda tmp: tmp.write_text("step,epoch,loss,lr\n" + "".join(rows),
-                                                          encoding="utf-8"))
+                    self.steps.append(row[0])
+                    self.losses.append(row[1])
+                    self.lrs.append(row[2])
+        with self._disk("the loss curve"):
+            atomic_write(self.csv, lambda tmp: tmp.write_text("step,epoch,loss,lr\n" + "".join(rows),
+                                                              encoding="utf-8"))
 
     def on_step(self, info: StepInfo) -> None:
         self.steps.append(info.step)
         self.losses.append(info.loss)
         self.lrs.append(info.lr)
-        with open(self.csv, "a", encoding="utf-8") as fh:
-            fh.write(f"{info.step},{info.epoch},{info.loss:.6f},{info.lr:.6e}\n")
-        if self.plot_every and info.step % self.plot_every == 0:
-            plot_curves(self.steps, self.losses, self.lrs, self.png)
+        with self._disk("the loss curve"):
+            with open(self.csv, "a", encoding="utf-8") as fh:
+                fh.write(f"{info.step},{info.epoch},{info.loss:.6f},{info.lr:.6e}\n")
+            if self.plot_every and info.step % self.plot_every == 0:
+                plot_curves(self.steps, self.losses, self.lrs, self.png)
 
     def on_end(self, result: TrainResult) -> None:
         if self.steps:
-            plot_curves(self.steps, self.losses, self.lrs, self.png)
+            with self._disk("the loss plot"):
+                plot_curves(self.steps, self.losses, self.lrs, self.png)
+
+    @contextmanager
+    def _disk(self, what: str) -> Iterator[None]:
+        """A full disk while writing the curve is the same clear error as during a model save."""
+        from engine.guards import disk_full
+
+        try:
+            yield
+        except OSError as err:
+            full = disk_full(err, self.csv.parent, what)
+            if full is not None:
+                raise full from None
+            raise

@@ -85,6 +85,25 @@ class GridJob:
     aesthetic: AestheticSettings | None = None  # how aesthetic embeddings are applied
     local_files_only: bool = False  # e.g. the CLIP an aesthetic embedding needs
 
+    def __post_init__(self) -> None:
+        """The same ranges as a sample image of a job (engine.sample_limits): a size of 0 or a
+        NaN scale is refused here, not as a tensor error halfway through the grid."""
+        import math
+
+        from engine.sample_limits import SAMPLE_LIMITS
+
+        values = {"width": [self.width], "height": [self.height], "steps": [self.steps],
+                  "cfg_scale": [self.cfg_scale], "seed": self.seeds}
+        for name, got in values.items():
+            low, high = SAMPLE_LIMITS[name]
+            bad = [v for v in got if not (math.isfinite(v) and low <= v <= high)]
+            if bad:
+                raise GridError(f"{name} must be between {low} and {high} (got {bad[0]})", "grid_range",
+                                name=name, low=low, high=high, value=bad[0])
+        if self.width % 8 or self.height % 8:
+            raise GridError(f"the image size must be a multiple of 8 (got {self.width}x{self.height})",
+                            "grid_size_multiple", width=self.width, height=self.height)
+
 
 @dataclass
 class GridResult:

@@ -41,6 +41,28 @@ def check_loss(value: float, step: int, epoch: int, last_good: Path | None, prec
                            step=step, epoch=epoch, kept=last_good or "-")
 
 
+def check_finite(tensors: list[torch.Tensor], what: str, step: int, epoch: int, last_good: Path | None) -> None:
+    """Refuse to save weights that hold NaN/inf. The loss of the last step can still be finite
+    while its optimizer step (an absurd learning rate or alpha) breaks the weights; such a file
+    would draw noise or black images, so it is never written."""
+    if all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
+        return
+    kept = f"The last good file is kept: {last_good}" if last_good else "No file was saved before this point."
+    raise TrainingDiverged(f"the trained weights became NaN or infinite by step {step} (epoch {epoch}); "
+                           f"{what} was not saved. {kept}. Usual fixes: lower the learning rate, "
+                           "check network.alpha, train in bf16 or fp32.", "diverged_weights", step=step,
+                           epoch=epoch, what=what, kept=last_good or "-")
+
+
+def disk_full(err: OSError, folder: Path, what: str) -> DiskFullError | None:
+    """The clear error for a disk (or quota) that filled up while writing ``what``, else None."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"the disk filled up while saving {what} in {folder} ({err.strerror}); "
+                             "the file was not written and earlier files are kept. Free some "
+                             "space and resume.", "disk_full", folder=folder, what=what)
+    return None
+
+
 def bytes_needed(tensors: list[torch.Tensor], bytes_per_value: int) -> int:
     return sum(t.numel() for t in tensors) * bytes_per_value
 
@@ -66,10 +88,9 @@ def guarded_save(save: Callable[[], Any], folder: Path, needed: int, what: str) 
     try:
         return save()
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"the disk filled up while saving {what} in {folder} ({err.strerror}); "
-                                "the file was not written and earlier files are kept. Free some "
-                                "space and resume.", "disk_full", folder=folder, what=what) from None
+        full = disk_full(err, folder, what)
+        if full is not None:
+            raise full from None
         raise
 
 

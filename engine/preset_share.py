@@ -12,6 +12,7 @@ import base64
 import re
 import tomllib
 import zlib
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import tomli_w
@@ -130,6 +131,29 @@ def from_code(code: str) -> str:
         raise PresetError("not a valid preset code (it may be cut off: copy the whole line)", "preset_bad_code") from None
 
 
+def read_preset_file(path: str | Path) -> str:
+    """A preset file's text: UTF-8 (a BOM allowed) or UTF-16 with its BOM; read only up to the
+    size limit, so a huge file is refused without being read whole."""
+    from engine.fileio import decode_user_text
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PRESET_BYTES + 1)
+    except FileNotFoundError:
+        raise PresetError(f"preset file not found: {path}", "preset_file_missing", path=path) from None
+    except OSError as err:  # a folder, no permission, ...
+        raise PresetError(f"cannot read the preset file {path}: {err.strerror or err}", "preset_file_unreadable",
+                          path=path, error=err.strerror or err) from None
+    if len(data) > MAX_PRESET_BYTES:
+        raise PresetError(f"preset is larger than {MAX_PRESET_BYTES // 1024} KiB; not a preset", "preset_too_big",
+                          kib=MAX_PRESET_BYTES // 1024)
+    text = decode_user_text(data)
+    if text is None:
+        raise PresetError(f"{Path(path).name} is not UTF-8 or UTF-16 text; save the preset as UTF-8",
+                          "preset_not_text", name=Path(path).name)
+    return text
+
+
 def _check_tier(tier: str) -> None:
     if tier != "any" and tier not in list_tiers():
         tiers = ", ".join(["any", *list_tiers()])
@@ -161,6 +185,8 @@ def parse_preset(text: str) -> tuple[PresetMetadata, dict[str, Any]]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise PresetError(f"not valid TOML: {err}", "preset_toml", error=err) from None
+    except RecursionError:  # the parser recurses: a = [[[[...]]]] a thousand deep
+        raise PresetError("arrays or tables nested too deeply to be a preset", "preset_too_deep") from None
     meta_raw = data.get("metadata")
     if not isinstance(meta_raw, dict):
         raise PresetError("a preset needs a [metadata] table (name, schema_version, ...)", "preset_no_metadata")

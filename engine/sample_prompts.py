@@ -6,6 +6,7 @@ optional), the syntax kohya users already keep in their prompt files. Images car
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from engine.fileio import atomic_write
 from engine.i18n import Explained
+from engine.sample_limits import SAMPLE_LIMITS
 from engine.sampler import SampleSpec
 
 _FLAG = re.compile(r"\s--([a-z])\s+")
@@ -46,6 +48,13 @@ def parse_prompt_line(line: str, defaults: SampleSpec) -> SampleSpec:
                                   flag=flag, line=line, value=value.strip()) from None
     if spec.width % 8 or spec.height % 8:
         raise PromptLineError(f"--w/--h must be multiples of 8 in {line!r}", "prompt_size", line=line)
+    flags = {"width": "w", "height": "h", "seed": "d", "steps": "s", "cfg_scale": "l"}
+    for name, (low, high) in SAMPLE_LIMITS.items():
+        value = getattr(spec, name)
+        if not (math.isfinite(value) and low <= value <= high):
+            raise PromptLineError(f"--{flags[name]} must be between {low} and {high} in {line!r} "
+                                  f"(got {value})", "prompt_range", flag=flags[name], low=low,
+                                  high=high, line=line, value=value)
     return spec
 
 

@@ -13,9 +13,10 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class TrainState:
     rng: dict[str, Any]
     losses: list[float]
     meta: dict[str, Any]
+    passed_over: list["StateError"] = field(default_factory=list)  # damaged newer states skipped
 
 
 def _fsync_dir(path: Path) -> None:
@@ -136,37 +138,93 @@ def _complete(path: Path) -> bool:
     return all((path / f).is_file() for f in ("trainable.safetensors", "state.pt", "meta.json"))
 
 
-def find_latest(root: Path) -> Path | None:
-    """The state ``latest`` names, else the newest complete one (``latest`` may be older than a
-    folder renamed just before a crash)."""
-    root = Path(root)
-    candidates = sorted((p for p in root.glob("step-*") if p.is_dir() and _complete(p)), reverse=True)
+_STATE_NAME = re.compile(r"^step-\d{8}$")
+
+
+def _named_latest(root: Path) -> Path | None:
+    """The folder ``root/latest`` names, if it is one of this folder's state names (a pointer
+    edited to aim elsewhere, ``../x`` or an absolute path, is ignored)."""
     try:
-        named = root / (root / "latest").read_text(encoding="utf-8").strip()
-        if _complete(named) and (not candidates or named.name >= candidates[0].name):
-            return named
-    except OSError:
-        pass
+        name = (root / "latest").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return root / name if _STATE_NAME.match(name) else None
+
+
+def state_candidates(root: Path) -> list[Path]:
+    """The complete states in ``root``, the one to try first first: ``latest`` (unless a newer
+    complete folder exists: ``latest`` may be older than a folder renamed just before a crash),
+    then the others, newest first."""
+    root = Path(root)
+    found = sorted((p for p in root.glob("step-*") if p.is_dir() and _STATE_NAME.match(p.name) and _complete(p)),
+                   reverse=True)
+    named = _named_latest(root)
+    if named is not None and named in found and named.name >= found[0].name:
+        found.remove(named)
+        found.insert(0, named)
+    return found
+
+
+def find_latest(root: Path) -> Path | None:
+    """The state a resume starts from (see :func:`state_candidates`); None if there is none."""
+    candidates = state_candidates(root)
     return candidates[0] if candidates else None
 
 
 def load_state(path: Path, fingerprint: str) -> TrainState:
+    """One saved state. A damaged one (cut-off tensors, garbage JSON, a zero-byte file, a .pt
+    that carries code) is a StateError naming the folder and the file, never a traceback."""
     path = Path(path)
     if not _complete(path):
         raise StateError(f"{path}: not a complete training state", "state_incomplete", path=path)
-    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+
+    def damaged(part: str, err: BaseException) -> StateError:
+        detail = f"{type(err).__name__}: {str(err)[:200]}"
+        return StateError(f"{path}: the saved training state is damaged ({part}: {detail})", "state_damaged",
+                          path=path, part=part, error=detail)
+
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        step, epoch, skip, count = (int(meta[k]) for k in ("step", "epoch", "skip_batches", "num_trainable"))
+        losses = [float(v) for v in meta["losses"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+        raise damaged("meta.json", err) from None
     if meta.get("format") != STATE_FORMAT:
         raise StateError(f"{path}: state format {meta.get('format')} is not supported", "state_format", path=path)
-    if meta["fingerprint"] != fingerprint:
+    if meta.get("fingerprint") != fingerprint:
         raise StateError(f"{path} was saved by a different job (model, dataset, network, optimizer, "
                          "scheduler or training settings changed); resume with the job that made it",
                          "state_other_job", path=path)
-    tensors = load_file(str(path / "trainable.safetensors"))
-    blob = torch.load(str(path / "state.pt"), map_location="cpu", weights_only=True)
-    position = Position(meta["step"], meta["epoch"], meta["skip_batches"], blob["sampler_state"])
-    trainable = [tensors[f"p{i:05d}"] for i in range(meta["num_trainable"])]
-    return TrainState(path, position, trainable, blob["optimizer"], blob["scheduler"], blob["rng"],
-                      list(meta["losses"]), meta)
+    try:
+        tensors = load_file(str(path / "trainable.safetensors"))
+        trainable = [tensors[f"p{i:05d}"] for i in range(count)]
+    except Exception as err:  # safetensors raises its own error types for a cut-off file
+        raise damaged("trainable.safetensors", err) from None
+    try:
+        blob = torch.load(str(path / "state.pt"), map_location="cpu", weights_only=True)
+        parts = blob["optimizer"], blob["scheduler"], blob["rng"], blob["sampler_state"]
+    except Exception as err:  # UnpicklingError (code inside), EOFError, a zip cut short, ...
+        raise damaged("state.pt", err) from None
+    position = Position(step, epoch, skip, parts[3])
+    return TrainState(path, position, trainable, parts[0], parts[1], parts[2], losses, meta)
+
+
+def load_newest_good(root: Path, fingerprint: str) -> tuple[TrainState, list[StateError]]:
+    """The newest state of ``root`` that loads, and the damaged newer ones it passed over (the
+    caller says so). A state of another job is not passed over: that is the wrong job, not
+    damage. No loadable state: a StateError that lists what was wrong with each."""
+    damaged: list[StateError] = []
+    for path in state_candidates(root):
+        try:
+            return load_state(path, fingerprint), damaged
+        except StateError as err:
+            if err.key != "state_damaged":
+                raise
+            damaged.append(err)
+    if damaged:
+        raise StateError(f"no usable training state in {root}: " + "; ".join(str(e) for e in damaged),
+                         "state_all_damaged", path=root, count=len(damaged), error=damaged[0])
+    raise StateError(f"no complete training state in {root}", "state_incomplete", path=root)
 
 
 def restore(state: TrainState, trainable: list[torch.Tensor], optimizer, scheduler,

@@ -21,9 +21,11 @@ from engine.config import JOB_SUFFIX, JobConfig, save_config
 from engine.curves import CurveWriter
 from engine.distributed import (average_gradients, check_processes_agree, mean_over_processes,
                                 prepare_for_training)
-from engine.guards import bytes_needed, check_loss, guarded_save
-from engine.train_state import (Position, StateError, find_latest, job_fingerprint, load_state,
-                                restore, restore_torch_rng, save_state, state_root)
+from engine.fileio import remove_stale_temps
+from engine.guards import bytes_needed, check_finite, check_loss, guarded_save
+from engine.train_state import (Position, StateError, TrainState, find_latest, job_fingerprint,
+                                load_newest_good, load_state, restore, restore_torch_rng, save_state,
+                                state_root)
 from engine.export.checkpoint import checkpoint_metadata, save_checkpoint_file, save_diffusers_folder
 from engine.export.metadata import lora_metadata, modelspec_architecture
 from engine.export.safetensors_io import save_with_metadata
@@ -104,25 +106,29 @@ def output_bytes(cfg: JobConfig, s: TrainingSetup) -> int:
     return bytes_needed(s.trainable, per_value)
 
 
-def _find_resume_state(cfg: JobConfig, resume: Path | str | None) -> Path | None:
+def _find_resume_state(cfg: JobConfig, resume: Path | str | None) -> TrainState | None:
+    """The state to continue from, loaded: ``resume`` is "auto" (this job's state folder), a
+    state folder, or one saved state. Damaged newer states are passed over (and logged by the
+    caller from ``TrainState.passed_over``); none usable is a StateError."""
     if resume is None:
         return None
+    fingerprint = job_fingerprint(cfg)
     if str(resume) == "auto":
-        found = find_latest(state_root(cfg))
-        if found is None:
+        if find_latest(state_root(cfg)) is None:
             raise StateError(f"no saved training state in {state_root(cfg)} to resume from (set "
                              "output.save_state or output.save_state_every_n_steps to save one)",
                              "state_none", path=state_root(cfg))
-        return found
-    path = Path(resume)
-    if (path / "latest").is_file() or any(path.glob("step-*")):  # the state folder itself
-        found = find_latest(path)
-        if found is None:
-            raise StateError(f"no complete training state in {path}", "state_incomplete", path=path)
-        return found
-    if not path.is_dir():
-        raise StateError(f"training state not found: {path}", "state_not_found", path=path)
-    return path
+        root = state_root(cfg)
+    else:
+        path = Path(resume)
+        if not path.is_dir():
+            raise StateError(f"training state not found: {path}", "state_not_found", path=path)
+        if not ((path / "latest").is_file() or any(path.glob("step-*"))):  # one state, not a folder of them
+            return load_state(path, fingerprint)
+        root = path
+    state, passed = load_newest_good(root, fingerprint)
+    state.passed_over = passed
+    return state
 
 
 def tensorboard_logger(cfg: JobConfig) -> TensorBoardLogger | None:
@@ -139,7 +145,7 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
           model: LoadedModel | None = None, resume: Path | str | None = None) -> TrainResult:
     """Run the job. ``resume``: a state folder, or "auto" for the newest state of this job."""
     stop = stop or StopToken()
-    resumed = _find_resume_state(cfg, resume)  # before any work: a bad --resume fails at once
+    state = _find_resume_state(cfg, resume)  # before any work: a bad --resume fails at once
     t = cfg.training
     # accelerate keeps its state in a process-wide singleton; a long-running app trains many jobs
     # (with different precisions) in one process, so start each job from a clean state. The
@@ -163,7 +169,10 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     noise_sched, pred_type = s.model.noise_scheduler, s.model.prediction_type
     caption_rng = random.Random(t.seed)
     out_dir = Path(cfg.output.dir)
-    if accelerator.is_main_process:  # the job beside its outputs: model cards and "train again" read it
+    if accelerator.is_main_process:
+        for stale in remove_stale_temps(out_dir, cfg.output.name):  # left by a run killed mid-save
+            cb.on_log(f"removed a half-written file of an interrupted run: {stale.name}")
+        # the job beside its outputs: model cards and "train again" read it
         save_config(cfg, out_dir / f"{cfg.output.name}{JOB_SUFFIX}")
     result = TrainResult(final_path=None)
 
@@ -177,16 +186,20 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
             s.network.train()
         cb.on_sample(paths, epoch, step)
 
+    def last_good() -> Path | None:
+        return result.saved[-1] if result.saved else None
+
     sampler = s.loader.batch_sampler
     fingerprint = job_fingerprint(cfg)
-    step, start_epoch, state = 0, 1, None
-    if resumed is not None:
-        state = load_state(resumed, fingerprint)
+    step, start_epoch = 0, 1
+    if state is not None:
+        for err in state.passed_over:
+            cb.on_log(f"skipped a damaged training state: {err}")
         restore(state, s.trainable, optimizer, scheduler, caption_rng)
         pos = state.position
         sampler.resume(pos.sampler_state, pos.skip_batches)
         step, start_epoch, result.losses = pos.step, pos.epoch, list(state.losses)
-        cb.on_log(f"resumed from {resumed} (step {step}, epoch {start_epoch}, "
+        cb.on_log(f"resumed from {state.path} (step {step}, epoch {start_epoch}, "
                   f"{pos.skip_batches} batches of it done)")
         if curves is not None:  # (only the first process writes curves)
             curves.resume_step = step
@@ -200,6 +213,7 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
             pos = Position(step, epoch + 1, 0, sampler.generator.get_state())
         else:
             pos = Position(step, epoch, batches_done, sampler.epoch_start_state)
+        check_finite(s.trainable, "the training state", step, epoch, last_good())
         path = guarded_save(
             lambda: save_state(state_root(cfg), fingerprint, pos, s.trainable, optimizer, scheduler,
                                caption_rng, result.losses, keep=cfg.output.keep_states,
@@ -265,8 +279,7 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                     weights = weights * min_snr_weights(noise_sched, timesteps, t.min_snr_gamma, pred_type)
                 loss = diffusion_loss(pred, target, weights)
                 loss_value = mean_over_processes(accelerator, loss)
-                check_loss(loss_value, step + 1, epoch, result.saved[-1] if result.saved else None,
-                           t.mixed_precision)
+                check_loss(loss_value, step + 1, epoch, last_good(), t.mixed_precision)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     average_gradients(accelerator, s.trainable)
@@ -300,6 +313,7 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         finished = step >= s.total_steps or stop.stopped or epoch == t.epochs
         n = cfg.output.save_every_n_epochs
         if not finished and n and epoch % n == 0 and accelerator.is_main_process:
+            check_finite(s.trainable, f"the epoch {epoch} file", step, epoch, last_good())
             path = guarded_save(lambda: save_output(cfg, s, accelerator, out_dir / epoch_file_name(
                 cfg.output.name, epoch), epoch, step), out_dir, output_bytes(cfg, s), f"epoch {epoch}")
             result.saved.append(path)
@@ -319,6 +333,7 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     if agreed:
         cb.on_log(agreed)
     if accelerator.is_main_process:
+        check_finite(s.trainable, "the final file", step, epoch, last_good())
         final = guarded_save(lambda: save_output(cfg, s, accelerator, out_dir / f"{cfg.output.name}"
                                                  ".safetensors", epoch, step, final=True),
                              out_dir, output_bytes(cfg, s), "the final file")

@@ -267,3 +267,27 @@ def test_cards_for_embeddings_and_hypernetworks(method, tiny_model_dir, tiny_dat
     assert version["baseModel"] == "SD 1.5" and version["steps"] == 2
     assert version["files"][0]["hashes"]["SHA256"] == hashlib.sha256(file.read_bytes()).hexdigest().upper()
     assert json.loads(out.files["sidecar"].read_text())["preferred weight"] == 0.8
+
+
+@pytest.mark.parametrize("kind", ["lora", "textual_inversion", "hypernetwork", "dreambooth"])
+def test_hostile_trigger_words_and_names_stay_text_in_the_readme(card, kind):
+    """A trigger word with a backtick must not close its code span and leave HTML live: the
+    README is rendered by CommonMark (what Hugging Face and Civitai use) with HTML allowed, and
+    no tag of ours or the user's may come out of it."""
+    from dataclasses import replace
+
+    from markdown_it import MarkdownIt
+
+    from engine.export.card_render import CardInfo, md_code, readme
+
+    word = "zkz`</code><script>alert(1)</script>``x"
+    facts = replace(card.facts, kind=kind, trigger_words=[word], name="<img src=x onerror=alert(2)>",
+                    file=card.facts.file.with_name("a`<script>b.safetensors"))
+    html = MarkdownIt("commonmark").render(readme(facts, CardInfo(), card.samples))
+    assert "<script" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, as text
+    for text in (word, "`", "``a``", "a`", "`a", ""):  # the span shows exactly the text
+        rendered = MarkdownIt("commonmark").render(md_code(text))
+        shown = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+        assert rendered == f"<p><code>{shown}</code></p>\n" or (not text.strip() and "<code>" in rendered), \
+            (text, rendered)

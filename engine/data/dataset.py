@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from engine.data.buckets import BucketAssignment, assign_buckets
-from engine.data.folder import DatasetIndex, ImageItem
-from engine.data.images import cover_and_crop, image_size, load_rgb, resize_center_crop, to_tensor
+from engine.data.folder import DatasetError, DatasetIndex, ImageItem
+from engine.data.images import (MAX_ASPECT, cover_and_crop, image_size, load_rgb, proportions_ok,
+                                resize_center_crop, to_tensor)
 from engine.data.latent_cache import DiskLatentCache
 from engine.data.shards import shard_of
 
@@ -29,6 +30,23 @@ class BucketOptions:
 class Entry:
     unique: int          # index into the unique images
     loss_weight: float   # 1.0, or prior_loss_weight for regularization images
+
+
+def _usable_size(path) -> tuple[int, int]:
+    """The image's size from its header; an unreadable file or an extreme shape is a clear
+    DatasetError now, before any resize tries to allocate it, not a traceback mid-training."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        w, h = image_size(path)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise DatasetError(f"{path}: not a readable image ({err}); remove it from the dataset",
+                           "dataset_unreadable_image", path=path, error=err) from None
+    if not proportions_ok(w, h):
+        raise DatasetError(f"{path}: extreme shape ({w}x{h}, more than {MAX_ASPECT}:1); crop it or remove it "
+                           "from the dataset", "dataset_extreme_shape", path=path, width=w, height=h,
+                           ratio=MAX_ASPECT)
+    return w, h
 
 
 class TrainingSamples(Dataset):
@@ -48,8 +66,8 @@ class TrainingSamples(Dataset):
             reg_epoch = [Entry(pos[it.path], prior_loss_weight) for it in reg_index.epoch_items()]
             self._entries += list(islice(cycle(reg_epoch), len(self._entries)))
         self.num_reg_images = len(reg_items)
+        sizes = {str(i): _usable_size(it.path) for i, it in enumerate(self._unique)}  # headers only
         if buckets:
-            sizes = {str(i): image_size(it.path) for i, it in enumerate(self._unique)}
             self.assignment = assign_buckets(sizes, resolution, buckets.min_size, buckets.max_size,
                                              buckets.no_upscale)
         else:

@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.fileio import decode_user_text
 from engine.i18n import Explained
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -76,7 +77,9 @@ def read_caption(image: Path, extension: str = ".txt") -> str | None:
     for ext in dict.fromkeys((extension, ".txt", ".caption")):
         cap = image.with_suffix(ext)
         if cap.is_file():
-            return cap.read_text(encoding="utf-8", errors="replace").strip()
+            data = cap.read_bytes()
+            text = decode_user_text(data)
+            return (text if text is not None else data.decode("utf-8", errors="replace")).strip()
     return None
 
 

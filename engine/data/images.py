@@ -12,6 +12,13 @@ import torch
 from PIL import Image, ImageOps
 
 Image.MAX_IMAGE_PIXELS = 178_956_970  # PIL's default bomb guard, stated explicitly
+# Longest side / shortest side an image may have. Training scales an image to *cover* its
+# training size, so a 20000x2 strip (a 203-byte PNG) would become 5 million x 512 pixels.
+MAX_ASPECT = 16
+
+
+def proportions_ok(width: int, height: int) -> bool:
+    return min(width, height) >= 1 and max(width, height) <= MAX_ASPECT * min(width, height)
 
 
 def load_rgb(path: Path, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:

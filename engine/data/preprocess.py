@@ -112,6 +112,17 @@ def _fit(im: Image.Image, opts: PreprocessOptions) -> Image.Image:
     return resize_center_crop(im, w, h)
 
 
+def _unused(folder: Path, stem: str, taken: set[Path]) -> Path:
+    """``folder/stem.png``, or ``stem_2.png``, ... when this run already wrote that name
+    (case-insensitively, for Windows and macOS)."""
+    path, k = folder / f"{stem}.png", 1
+    while Path(str(path).lower()) in taken:
+        k += 1
+        path = folder / f"{stem}_{k}.png"
+    taken.add(Path(str(path).lower()))
+    return path
+
+
 def preprocess_items(items: list[ImageItem], dest: Path, opts: PreprocessOptions,
                      progress: Callable[[int, int], None] | None = None,
                      layout: Callable[[ImageItem], Path] | None = None) -> PreprocessReport:
@@ -119,6 +130,7 @@ def preprocess_items(items: list[ImageItem], dest: Path, opts: PreprocessOptions
     files are reported and skipped. ``layout`` maps an item to its sub-folder (default: keep
     the item's subset folder, so repeats survive)."""
     report = PreprocessReport(sources=len(items))
+    taken: set[Path] = set()  # names written in this run: a.jpg and a.png must not both be a.png
     t0 = time.perf_counter()
     for k, item in enumerate(items):
         check = check_image(item.path, opts.resolution)
@@ -134,7 +146,7 @@ def preprocess_items(items: list[ImageItem], dest: Path, opts: PreprocessOptions
                 stem = item.path.stem + (f"_tile{t}" if len(tiles) > 1 else "")
                 variants = [(stem, out)] + ([(stem + "_flip", ImageOps.mirror(out))] if opts.flip_copies else [])
                 for name, variant in variants:
-                    path = folder / f"{name}.png"
+                    path = _unused(folder, name, taken)
                     variant.save(path)
                     path.with_suffix(".txt").write_text(item.caption, encoding="utf-8")
                     report.written.append(path)

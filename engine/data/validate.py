@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from engine.data.folder import IMAGE_EXTENSIONS
+from engine.data.images import MAX_ASPECT, proportions_ok
 
 MAX_PIXELS = 178_956_970  # PIL's decompression-bomb limit (about 13k x 13k)
 
@@ -72,8 +73,11 @@ def _check_name(path: Path, rep: FileReport) -> None:
 def check_image(path: Path, resolution: int) -> FileReport:
     rep = FileReport(path)
     _check_name(path, rep)
-    data = path.read_bytes()
-    rep.sha256 = hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:  # streamed: a 1.5 GiB "image" must not sit in memory
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    rep.sha256 = digest.hexdigest()
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         rep.error(f"not an image file type ({path.suffix or 'no extension'})")
         return rep
@@ -85,6 +89,10 @@ def check_image(path: Path, resolution: int) -> FileReport:
                 if im.size[0] * im.size[1] > MAX_PIXELS:
                     rep.error(f"image too large ({im.size[0]}x{im.size[1]}): refused as a possible "
                               "decompression bomb")
+                    return rep
+                if not proportions_ok(*im.size):
+                    rep.error(f"extreme shape ({im.size[0]}x{im.size[1]}, more than {MAX_ASPECT}:1): "
+                              "resizing it for training would need huge amounts of memory")
                     return rep
                 if getattr(im, "is_animated", False):
                     rep.notes.append(f"animated ({getattr(im, 'n_frames', '?')} frames): the first frame is used")

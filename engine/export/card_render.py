@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -138,12 +139,30 @@ def _md_text(text: str) -> str:
     return html.escape(str(text), quote=False)
 
 
-def _code(text: str) -> str:
-    return str(text).replace("`", "'")
+def md_code(text: str) -> str:
+    """``text`` as a Markdown code span that shows it exactly: the fence is one backtick longer
+    than any run inside, so a backtick in a trigger word cannot close the span and turn what
+    follows (``<script>``...) into live HTML."""
+    text = " ".join(str(text).splitlines())
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _plain(text: str) -> str:
+    return str(text)
 
 
 def _md_cell(text: str) -> str:
     return _md_text(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _yaml(value: Any) -> str:
+    """A front-matter value as JSON (valid YAML) with ``<``, ``>`` and ``&`` as \\u escapes: the
+    same value for a YAML reader, and no HTML for a renderer that shows front matter as text."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _md_table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("", "")) -> str:
@@ -155,11 +174,11 @@ def _md_table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("", "")) -> 
 def readme(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Translator = EN) -> str:
     """Civitai-style card; the front matter makes it a Hugging Face model card too."""
     tags = ["stable-diffusion", "text-to-image", facts.kind.replace("_", "-"), *info.tags]
-    front = ["---", f"license: {json.dumps(info.license)}", f"tags: {json.dumps(tags, ensure_ascii=False)}"]
+    front = ["---", f"license: {_yaml(info.license)}", f"tags: {_yaml(tags)}"]
     if facts.trigger_words:
-        front.append(f"instance_prompt: {json.dumps(', '.join(facts.trigger_words), ensure_ascii=False)}")
+        front.append(f"instance_prompt: {_yaml(', '.join(facts.trigger_words))}")
     front.append("---")
-    out = [*front, "", f"# {facts.name}", ""]
+    out = [*front, "", f"# {_md_text(facts.name)}", ""]
     if info.description:
         out += [_md_text(info.description), ""]
     out += [_md_table(_rows(facts, info, t)), ""]
@@ -167,8 +186,9 @@ def readme(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Trans
         out += [f"## {t('card.samples')}", ""]
         for s in samples:
             line = t("card.sample_line", seed=s.seed, steps=s.steps, cfg=f"{s.cfg_scale:g}")
-            out += [f"![{_md_cell(s.prompt)}]({s.path.as_posix()})", "", f"`{_code(s.prompt)}` ({line})", ""]
-    out += [f"## {t('card.how_to_use')}", "", *usage_lines(facts, t), ""]
+            alt = re.sub(r"([\[\]\\])", r"\\\1", _md_cell(s.prompt))
+            out += [f"![{alt}]({s.path.as_posix()})", "", f"{md_code(s.prompt)} ({line})", ""]
+    out += [f"## {t('card.how_to_use')}", "", *usage_lines(facts, t, md_code), ""]
     if facts.params:
         out += [f"## {t('card.training_parameters')}", "",
                 _md_table(sorted(facts.params.items()), (t("card.parameter"), t("card.value"))), ""]
@@ -182,20 +202,25 @@ def readme(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Trans
     return "\n".join(out)
 
 
-def usage_lines(facts: CardFacts, t: Translator = EN) -> list[str]:
+def usage_lines(facts: CardFacts, t: Translator = EN, code=_plain) -> list[str]:
+    """How to use the file in each program, one line each; ``code`` formats what is typed
+    (names, tags, Python calls): md_code for Markdown, as is for HTML (escaped there)."""
     tag, f, words = usage_tag(facts), facts.file.name, ", ".join(facts.trigger_words)
     weight = f"{facts.preferred_weight:g}"
     if facts.kind in ("lora", "locon", "loha", "lokr"):
-        return [t("card.use_lora_a1111", file=f, tag=tag,
-                  words=t("card.use_with_words", words=words) if words else ""),
-                t("card.use_lora_comfy", weight=weight), t("card.use_lora_diffusers", file=f, weight=weight)]
+        return [t("card.use_lora_a1111", file=code(f), tag=code(tag),
+                  words=t("card.use_with_words", words=code(words)) if words else ""),
+                t("card.use_lora_comfy", weight=weight),
+                t("card.use_lora_diffusers", load=code(f"pipe.load_lora_weights({json.dumps(f)})"),
+                  call=code(f'pipe(prompt, cross_attention_kwargs={{"scale": {weight}}})'))]
     if facts.kind in ("textual_inversion", "dreamartist"):
-        return [t("card.use_ti", file=f, tag=tag), t("card.use_ti_diffusers", file=f, words=words)]
+        load = f"pipe.load_textual_inversion({json.dumps(f)}, token={json.dumps(words, ensure_ascii=False)})"
+        return [t("card.use_ti", file=code(f), tag=code(tag)), t("card.use_ti_diffusers", load=code(load))]
     if facts.kind == "hypernetwork":
-        return [t("card.use_hypernetwork", file=f, tag=tag)]
+        return [t("card.use_hypernetwork", file=code(f), tag=code(tag))]
     if facts.kind == "aesthetic":
         return [t("card.use_aesthetic")]
-    return [t("card.use_checkpoint", file=f)]
+    return [t("card.use_checkpoint", file=code(f))]
 
 
 def _html_table(rows: list[tuple[str, Any]], head: tuple[str, str] | None = None) -> str:

@@ -26,7 +26,12 @@ def pick_checkpoint(src: Path, dest: Path, preferred_weight: float | None = None
         raise PickError("the picked checkpoint already has that name", "pick_same_name")
     if src.suffix.lower() == ".pt":
         return _pick_hypernetwork(src, dest)
-    tensors, meta = load_with_metadata(src)
+    try:
+        tensors, meta = load_with_metadata(src)
+    except Exception as err:  # safetensors raises its own error types for a damaged header
+        raise PickError(f"{src.name} is not a readable .safetensors file ({err})", "pick_unreadable",
+                        name=src.name, error=err) from None
+    _refuse_non_finite(src, tensors.values())
     name = dest.stem
     meta.update({"ss_output_name": name, "modelspec.title": name, "ss_picked_from": src.name})
     if preferred_weight is not None:
@@ -37,13 +42,29 @@ def pick_checkpoint(src: Path, dest: Path, preferred_weight: float | None = None
     return dest
 
 
+def _refuse_non_finite(src: Path, tensors) -> None:
+    """A file with NaN/inf weights draws noise or black images: never published."""
+    import torch
+
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
+        raise PickError(f"{src.name} holds NaN or infinite weights (training diverged); pick an earlier file",
+                        "pick_non_finite", name=src.name)
+
+
 def _pick_hypernetwork(src: Path, dest: Path) -> Path:
     """A1111 hypernetwork: same layers, the file's ``name`` follows the new file name (the
     file has no slot for a preferred strength)."""
     import torch
 
-    data = torch.load(str(src), map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(str(src), map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError for a file that carries code, or a damaged archive
+        raise PickError(f"{src.name} is refused: it is not a plain tensors-only .pt file ({err})",
+                        "pick_unsafe_pt", name=src.name) from None
     if not isinstance(data, dict) or not any(isinstance(k, int) for k in data):
         raise PickError(f"{src.name}: not a hypernetwork file", "hn_not_file", name=src.name)
+    _refuse_non_finite(src, (t for v in data.values() if isinstance(v, (list, tuple))
+                             for layer in v if isinstance(layer, dict)
+                             for t in layer.values() if isinstance(t, torch.Tensor)))
     data["name"] = dest.stem
     return atomic_write(dest, lambda tmp: torch.save(data, tmp))
