@@ -8,16 +8,22 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from engine.callbacks import Callbacks, CallbackList, StepInfo, StopToken, TrainResult
 from engine.config import JobConfig
 
 
 class JobBusy(RuntimeError):
-    """A job is already running; only one fits on one GPU."""
+    """A job is already running; only one fits on one GPU. ``work`` says which: "training" or
+    "grid"."""
+
+    def __init__(self, message: str, work: str = "training") -> None:
+        super().__init__(message)
+        self.work = work
 
 
 @dataclass
@@ -75,6 +81,7 @@ class JobRunner:
         self._state = JobState()
         self._stop: StopToken | None = None
         self._thread: threading.Thread | None = None
+        self._busy: str | None = None  # "training" or "grid" while one runs (set under the lock)
 
     def _update(self, fn: Callable[[JobState], object]) -> None:
         with self._lock:
@@ -88,20 +95,51 @@ class JobRunner:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """A training job runs (or is starting)."""
+        return self._busy == "training"
+
+    @property
+    def busy(self) -> str | None:
+        """What holds the machine now: "training", "grid" or None."""
+        return self._busy
+
+    def _claim(self, work: str) -> None:
+        """Check and take the machine in one locked step (two clicks at once start one job)."""
+        with self._lock:
+            if self._busy is not None:
+                raise JobBusy(f"a {self._busy} job is already running; stop it or wait for it to finish",
+                              self._busy)
+            self._busy = work
+
+    def _release(self) -> None:
+        with self._lock:
+            self._busy = None
+
+    @contextmanager
+    def exclusive(self, work: str = "grid") -> Iterator[None]:
+        """Hold the machine for other heavy work (the comparison grid): training cannot start
+        meanwhile, and this raises JobBusy while training runs."""
+        self._claim(work)
+        try:
+            yield
+        finally:
+            self._release()
 
     def start(self, cfg: JobConfig, extra: Callbacks | None = None, resume: str | None = None) -> None:
         """Train ``cfg`` in the background; ``resume``: a state folder or "auto" (newest)."""
+        self._claim("training")
         with self._lock:
-            if self.running:
-                raise JobBusy("a training job is already running; stop it or wait for it to finish")
             self._state = JobState(status="running", started_at=time.time())
             self._stop = StopToken()
             stop = self._stop
         callbacks = CallbackList(_Recorder(self), extra)
         self._thread = threading.Thread(target=self._run, args=(cfg, callbacks, stop, resume),
                                         name="loraforge-train", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except BaseException:
+            self._release()
+            raise
 
     def _run(self, cfg: JobConfig, callbacks: Callbacks, stop: StopToken, resume: str | None) -> None:
         try:
@@ -117,6 +155,7 @@ class JobRunner:
                                     s.log.append(detail), s.log.append(traceback.format_exc())))
         finally:
             self._update(lambda s: setattr(s, "finished_at", time.time()))
+            self._release()
 
     def stop(self) -> None:
         if self._stop is not None:

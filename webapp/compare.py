@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from engine.i18n import EN, Translator, describe_error
+from webapp.security import LOCAL, PathNotAllowed, Workspace
 from webapp.wizard_logic import output_root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,18 +19,30 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: float, size: float,
               steps: float, cfg: float, out_dir: str, a_steps: float, a_lr: float, a_slerp: bool,
-              a_text: str, a_clip: str, progress=None, t: Translator = EN):
-    """(grid image path, cell image paths, message)."""
+              a_text: str, a_clip: str, progress=None, t: Translator = EN, ws: Workspace = LOCAL):
+    """(grid image path, cell image paths, message). Holds the runner while it draws, so
+    training cannot start meanwhile (and the grid waits for no training)."""
+    from engine.jobs import JobBusy
+
+    try:
+        with runner.exclusive("grid"):
+            return _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a_steps,
+                              a_lr, a_slerp, a_text, a_clip, progress, t, ws)
+    except JobBusy as err:
+        return None, [], t("compare.busy") if err.work == "training" else t("compare.busy_grid")
+
+
+def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a_steps, a_lr, a_slerp,
+               a_text, a_clip, progress, t: Translator, ws: Workspace):
     from pydantic import ValidationError
 
     from engine.aesthetic import AestheticSettings
     from engine.grid import GridError, GridJob, parse_weights, run_grid
     from engine.models.loader import ModelLoadError, load_sd_components
 
-    if runner.running:
-        return None, [], t("compare.busy")
     try:
-        paths = [Path(line.strip()) for line in files.splitlines() if line.strip()]
+        out = ws.path(out_dir.strip() or output_root() / "grid") / time.strftime("%Y%m%d-%H%M%S")
+        paths = [ws.path(line) for line in files.splitlines() if line.strip()]
         if not paths:
             raise GridError(t("compare.no_files"))
         missing = [p for p in paths if not p.is_file()]
@@ -39,14 +52,14 @@ def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: f
         if not prompt_list:
             raise GridError(t("compare.no_prompt"))
         aesthetic = AestheticSettings(steps=int(a_steps), lr=float(a_lr), slerp=bool(a_slerp),
-                                      text=a_text or "", clip=a_clip.strip() or None)
+                                      text=a_text or "", clip=ws.model(a_clip) or None)
         job = GridJob(checkpoints=paths, prompts=prompt_list, weights=parse_weights(weights),
                       seeds=[int(seed)], steps=int(steps), cfg_scale=float(cfg), width=int(size),
                       height=int(size), aesthetic=aesthetic)
-        model = load_sd_components(base.strip() or "embedded")
-        out = Path(out_dir.strip() or output_root() / "grid") / time.strftime("%Y%m%d-%H%M%S")
+        model = load_sd_components(ws.model(base) or "embedded")
         tick = (lambda done, total: progress((done, total), desc="grid")) if progress else None
         result = run_grid(model, job, out, tick)
+        ws.serve(out)
     except (GridError, ModelLoadError, ValidationError, ValueError, OSError) as err:
         return None, [], t("compare.error", error=describe_error(err, t))
     cells = [str(result.cells[key]) for key in sorted(result.cells)]
@@ -67,12 +80,19 @@ def cell_choice(files: str, weights: str, prompts: str, index: float, t: Transla
     return paths[i // (len(ws) * nz)], ws[(i // nz) % len(ws)]
 
 
-def keep_pick(file: str, weight: float, name: str, out_dir: str, t: Translator = EN) -> tuple[str, str]:
+def keep_pick(file: str, weight: float, name: str, out_dir: str, t: Translator = EN,
+              ws: Workspace = LOCAL) -> tuple[str, str]:
     """Copy the chosen file as ``<name>`` with its preferred weight recorded; (path, message)."""
     from engine.data.importer import safe_filename
     from engine.export.pick import pick_checkpoint
 
-    if not file or not Path(file).is_file():
+    if not file:
+        return "", t("compare.click_first")
+    try:
+        ws.path(file)
+    except PathNotAllowed as err:
+        return "", t("compare.error", error=describe_error(err, t))
+    if not Path(file).is_file():
         return "", t("compare.click_first")
     name = safe_filename(name.strip() or Path(file).stem + "-picked")
     dest = Path(out_dir.strip() or output_root() / "picked") / f"{name}{Path(file).suffix}"
@@ -84,7 +104,7 @@ def keep_pick(file: str, weight: float, name: str, out_dir: str, t: Translator =
     return str(path), t("compare.kept", name=Path(file).name, weight=f"{float(weight):g}", path=path)
 
 
-def build_compare_tab(t: Translator, runner, saved_files=None):
+def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None):
     """Widgets + events of the compare step; call inside a ``gr.Blocks`` context. Returns the
     picked-file textbox (the export step starts from it)."""
     import gradio as gr
@@ -119,7 +139,7 @@ def build_compare_tab(t: Translator, runner, saved_files=None):
     cells = gr.Gallery(label=t("compare.cells"), columns=6, elem_id="grid-cells")
 
     def run(b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, progress=gr.Progress()):
-        return make_grid(runner, b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, progress, t)
+        return make_grid(runner, b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, progress, t, ws)
 
     go.click(run, [base, files, prompts, weights, seed, size, steps, cfg, out_dir,
                    a_steps, a_lr, a_slerp, a_text, a_clip], [grid, cells, message], api_name="make_grid")
@@ -149,6 +169,6 @@ def build_compare_tab(t: Translator, runner, saved_files=None):
                  api_visibility="private")
     gr.Button("Choose cell", visible=False).click(
         choose, [files, weights, prompts, cell], [pick_file, pick_weight, pick_msg], api_name="choose_cell")
-    keep.click(lambda f, w, n: keep_pick(f, w, n, str(output_root() / "picked"), t),
+    keep.click(lambda f, w, n: keep_pick(f, w, n, str(output_root() / "picked"), t, ws),
                [pick_file, pick_weight, pick_name], [picked, pick_msg], api_name="keep_pick")
     return picked

@@ -5,21 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.i18n import EN, Translator, describe_error
+from webapp.security import LOCAL, PathNotAllowed, Workspace
 
 
 def preprocess_copy(path: str, resolution: float, crop: str, flip: bool, progress=None,
-                    t: Translator = EN) -> tuple[str, str]:
+                    t: Translator = EN, ws: Workspace = LOCAL) -> tuple[str, str]:
     """(new dataset folder or "", message). The copy goes beside the source: ``<name>-<res>px``."""
     from engine.data.folder import DatasetError, scan_dataset
     from engine.data.preprocess import PreprocessOptions, preprocess_dataset
 
-    src = Path(path.strip())
     res = int(resolution)
     if res < 64 or res % 64:
         return "", t("tools.bad_size")
-    dest = src.parent / f"{src.name}-{res}px"
     tick = (lambda done, total: progress((done, total), desc="preprocess")) if progress else None
     try:
+        src = ws.path(path)
+        dest = ws.path(src.parent / f"{src.name}-{res}px")
         report = preprocess_dataset(scan_dataset(src), dest, PreprocessOptions(
             resolution=res, crop=crop, flip_copies=bool(flip)), tick)
     except (DatasetError, OSError, ValueError) as err:
@@ -28,16 +29,20 @@ def preprocess_copy(path: str, resolution: float, crop: str, flip: bool, progres
 
 
 def auto_caption(path: str, method: str, model: str, threshold: float, mode: str, trigger: str,
-                 progress=None, t: Translator = EN) -> str:
+                 progress=None, t: Translator = EN, ws: Workspace = LOCAL) -> str:
     """Caption every image of the folder; ``model``: hub id or local folder (empty = default)."""
     from engine.captioning.run import caption_images, dataset_images, load_captioner
     from engine.captioning.sources import CaptionModelError
 
-    images = dataset_images(Path(path.strip()))
+    try:
+        images = dataset_images(ws.path(path))
+        model = ws.model(model)
+    except PathNotAllowed as err:
+        return t("tools.error", error=describe_error(err, t))
     if not images:
         return t("tools.error", error=t("tools.no_images", folder=path))
     try:
-        captioner, opts = load_captioner(method, model.strip(), threshold=float(threshold))
+        captioner, opts = load_captioner(method, model, threshold=float(threshold))
     except CaptionModelError as err:
         return t("tools.error", error=describe_error(err, t))
     tick = (lambda done, total: progress((done, total), desc="captions")) if progress else None
@@ -45,7 +50,7 @@ def auto_caption(path: str, method: str, model: str, threshold: float, mode: str
     return t("tools.captions_done", written=len(report.written), kept=len(report.kept))
 
 
-def build_dataset_tools(t: Translator, path, trigger, refresh, refresh_outputs: list) -> None:
+def build_dataset_tools(t: Translator, ws: Workspace, path, trigger, refresh, refresh_outputs: list) -> None:
     """Widgets for both tools; ``refresh(folder)`` gives the new values of ``refresh_outputs``
     (the step's report, gallery, ...) after a tool changed the dataset."""
     import gradio as gr
@@ -68,13 +73,13 @@ def build_dataset_tools(t: Translator, path, trigger, refresh, refresh_outputs: 
         message = gr.Textbox(label=t("tools.message"), interactive=False, elem_id="prep-message")
 
     def do_prep(folder, r, c, f, progress=gr.Progress()):
-        new, note = preprocess_copy(folder, r, c, f, progress, t)
+        new, note = preprocess_copy(folder, r, c, f, progress, t, ws)
         if not new:
             return (gr.skip(), note) + tuple(gr.skip() for _ in refresh_outputs)
         return (new, note) + tuple(refresh(new))
 
     def do_caption(folder, meth, mdl, th, md, trig, progress=gr.Progress()):
-        return (auto_caption(folder, meth, mdl, th, md, trig, progress, t),) + tuple(refresh(folder))
+        return (auto_caption(folder, meth, mdl, th, md, trig, progress, t, ws),) + tuple(refresh(folder))
 
     prep.click(do_prep, [path, res, crop, flip], [path, message, *refresh_outputs], api_name="preprocess")
     run.click(do_caption, [path, method, model, threshold, mode, trigger], [message, *refresh_outputs],

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from engine.i18n import DEFAULT_LANGUAGE, LANGUAGES, Translator, pick_language
-from webapp.wizard_logic import output_root
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,10 +53,11 @@ def hardware_tier():
     return pick_tier(probe())
 
 
-def build_app(runner=None, tier=None, lang: str = DEFAULT_LANGUAGE):
+def build_app(runner=None, tier=None, lang: str = DEFAULT_LANGUAGE, workspace=None):
     """The wizard in one language: six steps as tabs, each a thin layer over the engine.
     ``tier``: the engine.hardware.TierChoice to preselect (default: probe this machine); its
-    reason is shown in the page's language."""
+    reason is shown in the page's language. ``workspace``: webapp.security.Workspace, which
+    paths a request may use (default: a local server's, any)."""
     import gradio as gr
 
     from engine.jobs import JobRunner
@@ -66,9 +66,12 @@ def build_app(runner=None, tier=None, lang: str = DEFAULT_LANGUAGE):
     from webapp.steps_prepare import build_base_step, build_dataset_step
     from webapp.steps_train import build_method_step, build_train_step
 
+    from webapp.security import Workspace
+
     t = Translator(lang)
     runner = runner or JobRunner()
     tier = tier or hardware_tier()
+    ws = workspace or Workspace.for_app()
     # plain links in this tab (Markdown links open a new one); relative, so a proxy prefix works
     switch = " · ".join(f"<b>{name}</b>" if code == lang else f"<a href='../{code}/' target='_self'>{name}</a>"
                         for code, name in LANGUAGES.items())
@@ -77,38 +80,52 @@ def build_app(runner=None, tier=None, lang: str = DEFAULT_LANGUAGE):
         gr.HTML(f"<p>{t('app.language')}: {switch}</p>", elem_id="lang-switch")
         with gr.Tabs():
             with gr.Tab(t("app.tab_base"), elem_id="tab-base"):
-                base = build_base_step(t)
+                base = build_base_step(t, ws)
             with gr.Tab(t("app.tab_dataset"), elem_id="tab-dataset"):
-                dataset, per_epoch, _ = build_dataset_step(t)
+                dataset, per_epoch, _ = build_dataset_step(t, ws)
             with gr.Tab(t("app.tab_method"), elem_id="tab-method"):
-                job_text = build_method_step(t, base, dataset, per_epoch, tier.name, tier.describe(t))
+                job_text = build_method_step(t, ws, base, dataset, per_epoch, tier.name, tier.describe(t))
             with gr.Tab(t("app.tab_train"), elem_id="tab-train"):
-                saved = build_train_step(t, runner, job_text)
+                saved = build_train_step(t, ws, runner, job_text)
             with gr.Tab(t("app.tab_compare"), elem_id="tab-compare"):
-                picked = build_compare_tab(t, runner, saved)
+                picked = build_compare_tab(t, ws, runner, saved)
             with gr.Tab(t("app.tab_export"), elem_id="tab-export"):
-                build_export_step(t, picked, job_text)
+                build_export_step(t, ws, picked, job_text)
         demo_text = gr.Textbox(visible=False)
         gr.Button("Default job", visible=False).click(default_job_text, None, demo_text, api_name="default_job")
     return app
 
 
 def build_server(lang: str | None = None, tier=None,
-                 credentials: tuple[str, str] | None = None, runner=None):
+                 credentials: tuple[str, str] | None = None, runner=None,
+                 workspace=None, allowed_hosts: set[str] | None = None):
     """One web server with the wizard in every language at /<lang>/ (all sharing one job
     runner, so a job started in one language shows in the other); / sends the browser to its own
-    language, or to ``lang`` (--lang) when given."""
+    language, or to ``lang`` (--lang) when given.
+
+    Every request passes webapp.security.RequestGuard (Host and Origin must be this server's:
+    ``allowed_hosts``, default the loopback names); no CORS headers are sent; uploads count only
+    when Gradio itself received them; paths are checked by ``workspace``."""
     import gradio as gr
     from fastapi import FastAPI, Request
     from fastapi.responses import RedirectResponse
+    from starlette.middleware.cors import CORSMiddleware
 
     from engine.jobs import JobRunner
+    from webapp.security import LOOPBACK_NAMES, RequestGuard, Workspace
 
     if lang is not None and lang not in LANGUAGES:
         raise ValueError(f"--lang must be one of {', '.join(LANGUAGES)}")
     runner = runner or JobRunner()
     tier = tier or hardware_tier()  # probed once for every language
+    ws = workspace or Workspace.for_app()
+    if ws.exposed and credentials is None:
+        raise ValueError("an exposed server needs credentials (--auth user:password)")
     api = FastAPI()
+    # A CORS middleware of our own that allows no other origin: Gradio then adds none of its own
+    # (it would echo any Origin for a request whose Host is not a loopback name)
+    api.add_middleware(CORSMiddleware, allow_origins=[])
+    api.add_middleware(RequestGuard, allowed_hosts=set(allowed_hosts or LOOPBACK_NAMES))
 
     def root(request):
         return RedirectResponse(f"./{pick_language(request.headers.get('accept-language'), lang)}/")
@@ -116,9 +133,12 @@ def build_server(lang: str | None = None, tier=None,
     api.get("/")(root)
 
     for code in LANGUAGES:
-        api = gr.mount_gradio_app(api, build_app(runner, tier, code), path=f"/{code}",
-                                  auth=credentials, show_error=True,
-                                  allowed_paths=[str(output_root())])  # grids and samples
+        blocks = build_app(runner, tier, code, ws)
+        api = gr.mount_gradio_app(api, blocks, path=f"/{code}", auth=credentials, show_error=True,
+                                  allowed_paths=ws.served)  # the live list: grows as folders are used
+        # mount_gradio_app leaves this False (only launch() sets it), and while it is False
+        # Gradio skips its own check that a file argument was really uploaded
+        blocks.has_launched = True
     return api
 
 
@@ -141,7 +161,13 @@ def run_server(api, host: str, port: int, block: bool = True):
 
 
 def serve(host: str = "127.0.0.1", port: int = 7860, open_browser: bool = True,
-          listen: bool = False, auth: str | None = None, block: bool = True, lang: str | None = None):
+          listen: bool = False, auth: str | None = None, block: bool = True, lang: str | None = None,
+          workspace: list[str] | None = None, allowed_host: list[str] | None = None):
+    """Start the app. Beyond 127.0.0.1 (``listen``, or a non-loopback ``host``) ``auth`` is
+    required and web requests may only use paths inside the workspace roots (``workspace``
+    adds folders to the app's own)."""
+    from webapp.security import Workspace, allowed_host_names, is_loopback
+
     try:
         credentials = parse_auth(auth)
     except ValueError as err:
@@ -151,16 +177,23 @@ def serve(host: str = "127.0.0.1", port: int = 7860, open_browser: bool = True,
         print(f"error: --lang must be one of {', '.join(LANGUAGES)}", file=sys.stderr)
         return 2
     if listen:
-        if credentials is None:
-            print("error: --listen exposes the app to your network; add --auth user:password",
-                  file=sys.stderr)
-            return 2
         host = "0.0.0.0"
+    exposed = not is_loopback(host)
+    if exposed and credentials is None:
+        print(f"error: serving on {host} exposes the app to your network; add --auth user:password",
+              file=sys.stderr)
+        return 2
     port = find_free_port(host, port)
     tier = hardware_tier()
     print(f"hardware: {tier.reason}\npreset tier: {tier.name}")
-    api = build_server(lang, tier, credentials)
-    url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
+    ws = Workspace.for_app(exposed, workspace or ())
+    if exposed:
+        print("exposed mode: web requests may use these folders only: "
+              + ", ".join(str(r) for r in ws.roots))
+    api = build_server(lang, tier, credentials, workspace=ws,
+                       allowed_hosts=allowed_host_names(host, allowed_host or ()))
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
     print(f"LoRA Forge running at {url}")
     if open_browser:
         import threading

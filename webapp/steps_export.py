@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.i18n import EN, Translator, describe_error
+from webapp.security import LOCAL, PathNotAllowed, Workspace
 from webapp.wizard_logic import output_root
 
 
-
 def export_card_files(model: str, out_dir: str, description: str, license_id: str,
-                      sample_count: float, progress=None, t: Translator = EN):
+                      sample_count: float, progress=None, t: Translator = EN, ws: Workspace = LOCAL):
     """(message, card README text, sidecar JSON text)."""
     from pydantic import ValidationError
 
@@ -18,13 +18,17 @@ def export_card_files(model: str, out_dir: str, description: str, license_id: st
     from engine.export.card_render import CardInfo
     from engine.models.loader import ModelLoadError
 
-    path = Path(model.strip())
+    try:
+        path = ws.path(model) if model.strip() else Path("")
+        folder = ws.path(out_dir.strip() or output_root() / "export")
+    except PathNotAllowed as err:
+        return t("export.error", error=describe_error(err, t)), "", ""
     if not path.is_file():
         return t("export.missing", path=path), "", ""
     try:
         info = CardInfo(description=description.strip(), license=license_id.strip() or "creativeml-openrail-m")
         tick = (lambda done, total: progress((done, total), desc="samples")) if progress else None
-        out = export_card(path, Path(out_dir.strip() or output_root() / "export"), info,
+        out = export_card(path, folder, info,
                           samples=SampleSettings(count=int(sample_count)), local_files_only=True,
                           progress=tick, lang=t.lang)
     except (ValidationError, ModelLoadError, ValueError, OSError) as err:
@@ -38,20 +42,18 @@ def export_card_files(model: str, out_dir: str, description: str, license_id: st
 
 def preset_from_job(job_text: str, name: str, author: str, description: str, t: Translator = EN):
     """(preset TOML, one-line share code) or an error in the first field."""
-    import tomllib
-
-    from engine.config import ConfigError, parse_config
+    from engine.config import ConfigError, parse_job_text
     from engine.preset_share import PresetError, export_preset, to_code
 
     try:
-        cfg = parse_config(tomllib.loads(job_text))
+        cfg = parse_job_text(job_text)
         text = export_preset(cfg, name.strip() or cfg.output.name, author.strip(), description.strip())
-    except (tomllib.TOMLDecodeError, ConfigError, PresetError) as err:
+    except (ConfigError, PresetError) as err:
         return t("export.error", error=describe_error(err, t)), ""
     return text, to_code(text)
 
 
-def build_export_step(t: Translator, picked, job_text):
+def build_export_step(t: Translator, ws: Workspace, picked, job_text):
     import gradio as gr
 
     gr.Markdown(t("export.title"))
@@ -69,7 +71,7 @@ def build_export_step(t: Translator, picked, job_text):
         sidecar = gr.Code(label=t("export.sidecar"), language="json", elem_id="card-sidecar")
 
     def run(m, o, d, lic, c, progress=gr.Progress()):
-        return export_card_files(m, o, d, lic, c, progress, t)
+        return export_card_files(m, o, d, lic, c, progress, t, ws)
 
     go.click(run, [model, out_dir, description, license_id, count], [message, readme, sidecar],
              api_name="export_card")

@@ -5,11 +5,12 @@ from pathlib import Path
 
 from webapp.dataset_tools import build_dataset_tools
 from engine.i18n import Translator, describe_error
-from webapp.wizard_logic import demo_job, output_root, describe_base, scan_models, summarize_dataset
+from webapp.security import PathNotAllowed, Workspace
+from webapp.wizard_logic import (DatasetSummary, demo_job, describe_base, output_root, scan_models,
+                                 summarize_dataset)
 
 
-
-def build_base_step(t: Translator):
+def build_base_step(t: Translator, ws: Workspace):
     """Returns the base-model textbox (later steps read it)."""
     import gradio as gr
 
@@ -26,17 +27,26 @@ def build_base_step(t: Translator):
                       elem_id="base-kind")
 
     def do_scan(path):
-        models = scan_models(path)
+        try:
+            models = scan_models(str(ws.path(path)))
+        except PathNotAllowed as err:
+            return gr.Dropdown(choices=[], value=None), describe_error(err, t)
         note = t("base.n_found", n=len(models)) if models else t("base.none_found")
         return gr.Dropdown(choices=models, value=models[0] if models else None), note
 
+    def do_detect(b):
+        try:
+            return describe_base(ws.model(b), t)
+        except PathNotAllowed as err:
+            return t("base.cannot_use", error=describe_error(err, t))
+
     scan.click(do_scan, folder, [found, kind], api_name="scan_models")
     found.change(lambda v: v or gr.skip(), found, base, api_visibility="private")
-    detect.click(lambda b: describe_base(b, t), base, kind, api_name="detect_base")
+    detect.click(do_detect, base, kind, api_name="detect_base")
     return base
 
 
-def build_dataset_step(t: Translator):
+def build_dataset_step(t: Translator, ws: Workspace):
     """Returns (dataset path textbox, images-per-epoch number) for the later steps."""
     import gradio as gr
 
@@ -68,8 +78,17 @@ def build_dataset_step(t: Translator):
         save_caption = gr.Button(t("dataset.save_caption"), elem_id="save-caption")
         cap_msg = gr.Textbox(label=t("dataset.caption_message"), interactive=False)
 
+    def view(folder: str):
+        """The dataset's summary, its folder now served (the gallery shows its images)."""
+        try:
+            ws.path(folder)
+        except PathNotAllowed as err:
+            return DatasetSummary(t("dataset.cannot_use", error=describe_error(err, t)), [], 0, 0)
+        ws.serve(folder)
+        return summarize_dataset(folder, t)
+
     def do_check(folder):
-        s = summarize_dataset(folder, t)
+        s = view(folder)
         return s.text, s.images, s.num_per_epoch, gr.Dropdown(choices=s.images, value=None)
 
     def do_import(files, name, reps):
@@ -83,7 +102,7 @@ def build_dataset_step(t: Translator):
         except (OSError, ValueError) as err:
             return gr.skip(), t("dataset.import_failed", error=describe_error(err, t)), gr.skip(), gr.skip(), gr.skip()
         folder = str(output_root() / "datasets" / name)
-        s = summarize_dataset(folder, t)
+        s = view(folder)
         note = t("dataset.imported", images=len(rep.copied), captions=rep.captions, folder=rep.folder,
                  skipped=len(rep.skipped), renamed=len(rep.renamed))
         note += "".join("\n" + t("dataset.skipped_file", name=n, why=t(f"dataset.skip_{why}"))
@@ -100,8 +119,8 @@ def build_dataset_step(t: Translator):
         if not word.strip():
             return t("dataset.trigger_first")
         try:
-            index = scan_dataset(Path(folder))
-        except (DatasetError, OSError) as err:
+            index = scan_dataset(ws.path(folder))
+        except (DatasetError, OSError, PathNotAllowed) as err:
             return describe_error(err, t)
         files = []
         for it in index.items:
@@ -113,20 +132,27 @@ def build_dataset_step(t: Translator):
         return t("dataset.trigger_done", word=word.strip(), n=len(files), changed=changed)
 
     def load_caption(img):
-        txt = Path(img).with_suffix(".txt") if img else None
-        return txt.read_text(encoding="utf-8") if txt and txt.is_file() else ""
+        from engine.data.folder import read_caption
+
+        try:
+            return (read_caption(ws.path(img)) or "") if img else ""
+        except PathNotAllowed:
+            return ""
 
     def store_caption(img, text):
         from engine.fileio import atomic_write
 
         if not img:
             return t("dataset.choose_image")
-        txt = Path(img).with_suffix(".txt")
+        try:
+            txt = ws.path(img).with_suffix(".txt")
+        except PathNotAllowed as err:
+            return describe_error(err, t)
         atomic_write(txt, lambda tmp: tmp.write_text(text.strip(), encoding="utf-8"))
         return t("dataset.caption_saved", name=txt.name)
 
     check.click(do_check, path, [report, gallery, per_epoch, image], api_name="check_dataset")
-    build_dataset_tools(t, path, trigger, do_check, [report, gallery, per_epoch, image])
+    build_dataset_tools(t, ws, path, trigger, do_check, [report, gallery, per_epoch, image])
     make.click(do_import, [uploads, concept, repeats], [path, report, gallery, per_epoch, image],
                api_name="import_dataset")
     add_trigger.click(do_add_trigger, [path, trigger], cap_msg, api_name="add_trigger")

@@ -2,15 +2,13 @@
 the runner's background thread (the page only reads snapshots, so closing it never stops a job)."""
 from __future__ import annotations
 
-import tomllib
-
 from engine.i18n import Translator, describe_error
 from webapp.wizard_logic import (BEGINNER_FIELDS, METHODS, build_job, demo_job,
                                  field_help, fields_from_job, job_from_shared_preset, preflight,
                                  steps_text)
 
 
-def build_method_step(t: Translator, base, dataset, per_epoch, tier_name: str, tier_reason: str):
+def build_method_step(t: Translator, ws, base, dataset, per_epoch, tier_name: str, tier_reason: str):
     """Returns the job TOML textbox (what step 4 trains)."""
     import gradio as gr
     import tomli_w
@@ -50,42 +48,48 @@ def build_method_step(t: Translator, base, dataset, per_epoch, tier_name: str, t
     keys = list(boxes)
 
     def load_preset_file(path):
-        from engine.preset_share import MAX_PRESET_BYTES
+        from engine.preset_share import PresetError, read_preset_file
 
-        if not path:
-            return gr.skip()
-        with open(path, "rb") as fh:  # parse_preset refuses anything longer; never read a huge file whole
-            return fh.read(MAX_PRESET_BYTES + 1).decode("utf-8", errors="replace")
+        if not path:  # (Gradio accepts only a file it received itself: see build_server)
+            return gr.skip(), gr.skip()
+        try:
+            return read_preset_file(path), gr.skip()
+        except PresetError as err:
+            return gr.skip(), t("method.preset_bad", error=describe_error(err, t))
 
     def apply_preset(text, b, d):
+        try:
+            ws.model(b), ws.path(d)
+        except ValueError as err:  # PathNotAllowed
+            return gr.skip(), t("method.preset_bad", error=describe_error(err, t))
         job, message = job_from_shared_preset(text, b, d, t)
         return (job or gr.skip()), message
 
-    preset_file.upload(load_preset_file, preset_file, preset_text, api_visibility="private")
+    preset_file.upload(load_preset_file, preset_file, [preset_text, verdict], api_visibility="private")
     use_preset.click(apply_preset, [preset_text, base, dataset], [job_text, verdict], api_name="use_preset")
 
     def make(b, d, m, tier_choice, *vals):
         job = build_job(b, d, m, tier_choice, dict(zip(keys, vals)))
         text = tomli_w.dumps(job)
-        return text, preflight(text, t)[1]
+        return text, preflight(text, t, ws)[1]
 
     def arith(n, epochs, batch):
         return steps_text(int(n or 0), epochs, batch, t=t)
 
     build.click(make, [base, dataset, method, tier, *boxes.values()], [job_text, verdict],
                 api_name="build_job")
-    check.click(lambda text: preflight(text, t)[1], job_text, verdict, api_name="check_job")
+    check.click(lambda text: preflight(text, t, ws)[1], job_text, verdict, api_name="check_job")
     for src in (per_epoch, boxes["epochs"], boxes["batch_size"]):
         src.change(arith, [per_epoch, boxes["epochs"], boxes["batch_size"]], arithmetic, api_visibility="private")
     return job_text
 
 
-def build_train_step(t: Translator, runner, job_text):
+def build_train_step(t: Translator, ws, runner, job_text):
     """Returns the saved-files textbox (the compare step offers them)."""
     import gradio as gr
     import pandas as pd
 
-    from engine.config import ConfigError, parse_config
+    from engine.config import ConfigError, parse_job_text
     from engine.jobs import JobBusy
 
     gr.Markdown(t("train.title"))
@@ -103,13 +107,13 @@ def build_train_step(t: Translator, runner, job_text):
     files = gr.Textbox(label=t("train.saved"), lines=3, interactive=False, elem_id="saved")
 
     def launch(text: str, resume: str | None = None) -> str:
-        ok, why = preflight(text, t)
+        ok, why = preflight(text, t, ws)  # (also serves the job's output folder: samples)
         if not ok:
             return why
         try:
-            runner.start(parse_config(tomllib.loads(text)), resume=resume)
-        except JobBusy:
-            return t("train.busy")
+            runner.start(parse_job_text(text), resume=resume)
+        except JobBusy as err:
+            return t("train.busy") if err.work == "training" else t("train.busy_grid")
         except ConfigError as err:
             return describe_error(err, t)
         return t("train.resuming") if resume else t("train.started")

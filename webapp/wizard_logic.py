@@ -187,17 +187,18 @@ def fields_from_job(job: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def preflight(job_text: str, t: Translator = EN) -> tuple[bool, str]:
-    """Everything we can check before launching: TOML, every field, the dataset, the base model."""
-    from engine.config import ConfigError, parse_config
+def preflight(job_text: str, t: Translator = EN, ws=None) -> tuple[bool, str]:
+    """Everything we can check before launching: TOML, every field, the paths (``ws``: a
+    webapp.security.Workspace), the dataset, the base model."""
+    from engine.config import ConfigError, parse_job_text
     from engine.data.folder import DatasetError, scan_dataset
     from engine.models.loader import ModelLoadError, resolve_source
 
     try:
-        cfg = parse_config(tomllib.loads(job_text))
-    except tomllib.TOMLDecodeError as err:
-        return False, t("method.not_toml", error=err)
-    except ConfigError as err:
+        cfg = parse_job_text(job_text)
+        if ws is not None:
+            ws.job(cfg)
+    except ValueError as err:  # ConfigError, PathNotAllowed
         return False, describe_error(err, t)
     try:
         index = scan_dataset(Path(cfg.dataset.path))
