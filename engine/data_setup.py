@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from engine.callbacks import Callbacks
 from engine.config import JobConfig
 from engine.data.dataset import BucketBatchSampler, BucketOptions, TrainingSamples, collate
-from engine.data.folder import DatasetIndex, scan_dataset
+from engine.data.folder import DatasetError, DatasetIndex, scan_dataset
 from engine.data.latent_cache import DiskLatentCache, vae_fingerprint
 from engine.models.loader import LoadedModel
 from engine.te_cache import TextEncoderCache, caption_encoder
@@ -26,15 +26,34 @@ class DataSetup:
     te_cache: TextEncoderCache | None
 
 
-def scan_job_dataset(cfg: JobConfig) -> DatasetIndex:
+def _usable(index: DatasetIndex, resolution: int, cb: Callbacks | None) -> DatasetIndex:
+    """Leave out what cannot be trained on (a truncated file, a text file named .png, a 16 px
+    image, an exact duplicate), saying so; never touch the files. Nothing usable: DatasetError."""
+    from engine.data.validate import excluded, usable_index
+
+    usable, report = usable_index(index, resolution)
+    left_out = excluded(report)
+    for path, why in left_out:
+        if cb is not None:
+            cb.on_log(f"left out {path}: {why}")
+    if not usable.subsets:
+        raise DatasetError(f"no usable images in {index.root}: " + "; ".join(f"{p.name}: {w}" for p, w in left_out[:5]),
+                           "dataset_none_usable", path=index.root, first=f"{left_out[0][0].name}: {left_out[0][1]}")
+    return usable
+
+
+def scan_job_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetIndex:
+    """The job's images that training can use (see _usable)."""
     d = cfg.dataset
-    return scan_dataset(d.path, d.default_repeats, d.caption_extension)
+    return _usable(scan_dataset(d.path, d.default_repeats, d.caption_extension), d.resolution, cb)
 
 
-def scan_reg_dataset(cfg: JobConfig) -> DatasetIndex | None:
+def scan_reg_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetIndex | None:
     """The regularization images, if any (scanned after missing class images were generated)."""
     d = cfg.dataset
-    return scan_dataset(d.reg_path, 1, d.caption_extension) if d.reg_path else None
+    if not d.reg_path:
+        return None
+    return _usable(scan_dataset(d.reg_path, 1, d.caption_extension), d.resolution, cb)
 
 
 @torch.no_grad()

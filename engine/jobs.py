@@ -40,13 +40,22 @@ class JobState:
     exception: BaseException | None = None  # the error itself, for a message in the page's language
     started_at: float = 0.0
     finished_at: float = 0.0
+    run_dir: str = ""          # the job's output folder (the wizard: one per run)
+    resumed_from_step: int = 0  # steps done before this start (0: a fresh run)
+
+    @property
+    def steps_per_second(self) -> float | None:
+        """Speed of this start (a resumed run's earlier steps do not count)."""
+        done = self.step - self.resumed_from_step
+        end = self.finished_at or time.time()
+        return done / (end - self.started_at) if done > 0 and end > self.started_at else None
 
     @property
     def eta_seconds(self) -> float | None:
-        if self.status != "running" or self.step == 0:
+        speed = self.steps_per_second
+        if self.status != "running" or not speed:
             return None
-        elapsed = time.time() - self.started_at
-        return elapsed / self.step * (self.total_steps - self.step)
+        return (self.total_steps - self.step) / speed
 
 
 class _Recorder(Callbacks):
@@ -58,6 +67,12 @@ class _Recorder(Callbacks):
 
     def on_start(self, total_steps: int) -> None:
         self.runner._update(lambda s: setattr(s, "total_steps", total_steps))
+
+    def on_resume(self, step: int, losses: list[float]) -> None:
+        def apply(s: JobState) -> None:
+            s.step, s.resumed_from_step, s.losses = step, step, list(losses)
+            s.started_at = time.time()  # the speed and ETA count from here
+        self.runner._update(apply)
 
     def on_step(self, info: StepInfo) -> None:
         def apply(s: JobState) -> None:
@@ -129,7 +144,11 @@ class JobRunner:
         """Train ``cfg`` in the background; ``resume``: a state folder or "auto" (newest)."""
         self._claim("training")
         with self._lock:
-            self._state = JobState(status="running", started_at=time.time())
+            before = self._state
+            self._state = JobState(status="running", started_at=time.time(),
+                                   run_dir=str(getattr(getattr(cfg, "output", None), "dir", "")))
+            if resume and before.run_dir == self._state.run_dir:  # continuing: keep what it made
+                self._state.saved, self._state.samples = list(before.saved), list(before.samples)
             self._stop = StopToken()
             stop = self._stop
         callbacks = CallbackList(_Recorder(self), extra)
@@ -150,9 +169,9 @@ class JobRunner:
                                     f"{result.steps} steps, final file {result.final_path}")))
         except Exception as err:  # surfaced to the user, never swallowed
             detail = f"{type(err).__name__}: {err}"
+            traceback.print_exc()  # for a bug report: on the server's terminal, not in the page
             self._update(lambda s: (setattr(s, "status", "failed"), setattr(s, "error", detail),
-                                    setattr(s, "exception", err),
-                                    s.log.append(detail), s.log.append(traceback.format_exc())))
+                                    setattr(s, "exception", err), s.log.append(detail)))
         finally:
             self._update(lambda s: setattr(s, "finished_at", time.time()))
             self._release()

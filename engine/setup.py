@@ -82,7 +82,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     """``model`` lets a caller that already holds the base in memory (benchmarks, the app's
     cached base) skip loading it again; it is modified in place (LoRA layers are injected)."""
     t = cfg.training
-    index = scan_job_dataset(cfg)  # before loading the model: a bad dataset fails fast
+    index = scan_job_dataset(cfg, cb)  # before loading the model: a bad dataset fails fast
     if model is None:
         model = load_sd_components(cfg.model.base, family=cfg.model.family,
                                    local_files_only=cfg.model.local_files_only,
@@ -100,7 +100,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                                    device=accelerator.device)
         if made:
             cb.on_log(f"generated {made} class images for '{d.class_prompt}' in {d.reg_path}")
-    reg_index = scan_reg_dataset(cfg)
+    reg_index = scan_reg_dataset(cfg, cb)
     cb.on_log(f"base model: {model.name} ({model.family}, {prediction_type}); "
               f"{index.num_images} images, {index.num_train_images} per epoch with repeats"
               + (f"; {reg_index.num_images} regularization images" if reg_index else ""))

@@ -45,6 +45,12 @@ def epoch_file_name(name: str, epoch: int) -> str:
     return f"{name}-{epoch:06d}.safetensors"
 
 
+def final_file_name(name: str, step: int, stopped: bool) -> str:
+    """``name.safetensors`` for a finished run; a run stopped early is named for what it is
+    (``name-stopped-step000061``), so it is never taken for, or overwrites, a finished result."""
+    return f"{name}-stopped-step{step:06d}.safetensors" if stopped else f"{name}.safetensors"
+
+
 def lora_state(s: TrainingSetup, accelerator: Accelerator) -> dict[str, torch.Tensor]:
     state = lora.kohya_state_dict(accelerator.unwrap_model(s.model.unet), lora.UNET_PREFIX)
     if s.train_te:
@@ -201,6 +207,7 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         step, start_epoch, result.losses = pos.step, pos.epoch, list(state.losses)
         cb.on_log(f"resumed from {state.path} (step {step}, epoch {start_epoch}, "
                   f"{pos.skip_batches} batches of it done)")
+        cb.on_resume(step, list(state.losses))
         if curves is not None:  # (only the first process writes curves)
             curves.resume_step = step
     cb.on_start(s.total_steps)
@@ -334,8 +341,9 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         cb.on_log(agreed)
     if accelerator.is_main_process:
         check_finite(s.trainable, "the final file", step, epoch, last_good())
-        final = guarded_save(lambda: save_output(cfg, s, accelerator, out_dir / f"{cfg.output.name}"
-                                                 ".safetensors", epoch, step, final=True),
+        final_name = final_file_name(cfg.output.name, step, stop.stopped)
+        final = guarded_save(lambda: save_output(cfg, s, accelerator, out_dir / final_name, epoch, step,
+                                                 final=True),
                              out_dir, output_bytes(cfg, s), "the final file")
         result.final_path = final
         result.saved.append(final)

@@ -264,9 +264,22 @@ def test_an_aspect_ratio_bomb_is_refused_before_any_resize(tmp_path, tiny_model_
     # ... that would have asked for ~10 GB when resized: skipped with its reason
     out = preprocess_dataset(scan_dataset(tmp_path / "data"), tmp_path / "prep", PreprocessOptions(resolution=512))
     assert [p.name for p in out.written] == ["ok.png"] and out.skipped[0][0] == strip
-    job = lora_job(tiny_model_dir, tmp_path / "data", tmp_path / "out")
-    with pytest.raises(DatasetError, match="extreme shape"):
-        train(parse_config(job))
+    # training leaves it out before any resize (and says so); the rest trains
+    from engine.callbacks import Callbacks
+    from engine.data.dataset import TrainingSamples
+
+    class Log(Callbacks):
+        lines: list[str] = []
+
+        def on_log(self, message):
+            self.lines.append(message)
+
+    result = train(parse_config(lora_job(tiny_model_dir, tmp_path / "data", tmp_path / "out",
+                                         training={"epochs": 1})), Log())
+    assert any("left out" in line and "strip.png" in line and "extreme shape" in line for line in Log.lines)
+    assert result.final_path.is_file()
+    with pytest.raises(DatasetError, match="extreme shape"):  # and the dataset itself refuses it too
+        TrainingSamples(scan_dataset(tmp_path / "data"), 64)
 
 
 def test_working_copy_names_never_collide(tmp_path):

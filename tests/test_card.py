@@ -132,6 +132,11 @@ def test_picked_weight_becomes_the_recommendation(trained_lora, tmp_path):
     # without a job the card still has the run's parameters from the kohya metadata
     assert facts.params["networkDim"] == 4 and facts.params["numRepeats"] == 3
     assert facts.trigger_words == ["zkz star"]
+    # ... the same values as the job gives for every row both know ("AdamW", not "01)")
+    from_job = gather_facts(result.saved[0]).params
+    shared = sorted(set(from_job) & set(facts.params))
+    assert len(shared) >= 15 and "optimizerType" in shared
+    assert {k: facts.params[k] for k in shared} == {k: from_job[k] for k in shared}
     out = export_card(picked, tmp_path / "card", samples=SampleSettings(count=0))
     assert json.loads(out.files["sidecar"].read_text())["preferred weight"] == 0.7
     assert "preview" not in out.files and not out.samples

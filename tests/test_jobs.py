@@ -22,8 +22,8 @@ def test_stop_saves_final_file_and_reports_stopped(tmp_path, tiny_model_dir, tin
     state = runner.wait(timeout=300)
     assert state.status == "stopped", state.log
     assert state.step == 2 and len(state.losses) == 2
-    final = tmp_path / "tiny.safetensors"
-    assert state.saved == [str(final)]
+    final = tmp_path / "tiny-stopped-step000002.safetensors"  # named as stopped: never the finished result
+    assert state.saved == [str(final)] and not (tmp_path / "tiny.safetensors").exists()
     with safe_open(str(final), "pt") as f:
         assert f.metadata()["ss_steps"] == "2"
 

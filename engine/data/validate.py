@@ -6,34 +6,69 @@ because :func:`engine.data.images.load_rgb` handles them when the working copy i
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from engine.data.folder import IMAGE_EXTENSIONS
+from engine.data.folder import IMAGE_EXTENSIONS, DatasetIndex
 from engine.data.images import MAX_ASPECT, proportions_ok
 
 MAX_PIXELS = 178_956_970  # PIL's decompression-bomb limit (about 13k x 13k)
 
 
 @dataclass
+class Issue:
+    """One finding about a file: ``level`` error (not trained on), warning (trained on, worth a
+    look) or note (fixed automatically); ``key`` names its text in the catalogues
+    (``validate.<key>``, filled from ``params``), ``text`` is the engine's English."""
+    level: str
+    key: str
+    text: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
 class FileReport:
     path: Path
     ok: bool = True  # False: cannot be used for training
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # handled automatically, worth knowing
+    issues: list[Issue] = field(default_factory=list)
     size: tuple[int, int] | None = None
     sha256: str = ""
     dhash: int | None = None
 
-    def error(self, msg: str) -> None:
+    def _add(self, level: str, key: str, text: str, params: dict) -> None:
+        self.issues.append(Issue(level, key, text, params))
+
+    def error(self, key: str, text: str, **params) -> None:
         self.ok = False
-        self.errors.append(msg)
+        self._add("error", key, text, params)
+
+    def warn(self, key: str, text: str, **params) -> None:
+        self._add("warning", key, text, params)
+
+    def note(self, key: str, text: str, **params) -> None:
+        self._add("note", key, text, params)
+
+    def _texts(self, level: str) -> list[str]:
+        return [i.text for i in self.issues if i.level == level]
+
+    @property
+    def errors(self) -> list[str]:
+        return self._texts("error")
+
+    @property
+    def warnings(self) -> list[str]:
+        return self._texts("warning")
+
+    @property
+    def notes(self) -> list[str]:  # handled automatically, worth knowing
+        return self._texts("note")
 
 
 @dataclass
@@ -65,9 +100,9 @@ def dhash(im: Image.Image, size: int = 8) -> int:
 def _check_name(path: Path, rep: FileReport) -> None:
     name = path.name
     if any(ord(c) < 32 for c in name) or name != name.strip():
-        rep.warnings.append("odd file name (control characters or leading/trailing spaces)")
+        rep.warn("odd_name", "odd file name (control characters or leading/trailing spaces)")
     if not name.isascii():
-        rep.notes.append("non-ASCII file name (fine here; some older tools mishandle it)")
+        rep.note("non_ascii", "non-ASCII file name (fine here; some older tools mishandle it)")
 
 
 def check_image(path: Path, resolution: int) -> FileReport:
@@ -79,7 +114,8 @@ def check_image(path: Path, resolution: int) -> FileReport:
             digest.update(chunk)
     rep.sha256 = digest.hexdigest()
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
-        rep.error(f"not an image file type ({path.suffix or 'no extension'})")
+        rep.error("not_image_type", f"not an image file type ({path.suffix or 'no extension'})",
+                  suffix=path.suffix or "-")
         return rep
     try:
         with warnings.catch_warnings():
@@ -87,40 +123,53 @@ def check_image(path: Path, resolution: int) -> FileReport:
             with Image.open(path) as im:
                 rep.size = im.size
                 if im.size[0] * im.size[1] > MAX_PIXELS:
-                    rep.error(f"image too large ({im.size[0]}x{im.size[1]}): refused as a possible "
-                              "decompression bomb")
+                    rep.error("too_large", f"image too large ({im.size[0]}x{im.size[1]}): refused as a "
+                              "possible decompression bomb", width=im.size[0], height=im.size[1])
                     return rep
                 if not proportions_ok(*im.size):
-                    rep.error(f"extreme shape ({im.size[0]}x{im.size[1]}, more than {MAX_ASPECT}:1): "
-                              "resizing it for training would need huge amounts of memory")
+                    rep.error("extreme_shape", f"extreme shape ({im.size[0]}x{im.size[1]}, more than "
+                              f"{MAX_ASPECT}:1): resizing it for training would need huge amounts of memory",
+                              width=im.size[0], height=im.size[1], ratio=MAX_ASPECT)
                     return rep
                 if getattr(im, "is_animated", False):
-                    rep.notes.append(f"animated ({getattr(im, 'n_frames', '?')} frames): the first frame is used")
+                    frames = getattr(im, "n_frames", "?")
+                    rep.note("animated", f"animated ({frames} frames): the first frame is used", frames=frames)
                 mode = im.mode
                 orientation = im.getexif().get(0x0112, 1)
                 im.load()  # decodes everything: truncated files fail here
                 if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-                    rep.notes.append("has transparency: composited on a white background")
+                    rep.note("transparency", "has transparency: composited on a white background")
                 elif mode not in ("RGB", "L"):
-                    rep.notes.append(f"colour mode {mode}: converted to RGB")
+                    rep.note("colour_mode", f"colour mode {mode}: converted to RGB", mode=mode)
                 if orientation not in (1, None):
-                    rep.notes.append(f"EXIF orientation {orientation}: rotated upright")
+                    rep.note("rotated", f"EXIF orientation {orientation}: rotated upright", orientation=orientation)
                 rep.dhash = dhash(im)
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        rep.error("not a readable image" if isinstance(err, UnidentifiedImageError)
-                  else f"refused as a possible decompression bomb ({err})")
+        if isinstance(err, UnidentifiedImageError):
+            rep.error("unreadable", "not a readable image")
+        else:
+            rep.error("bomb", f"refused as a possible decompression bomb ({err})", error=err)
         return rep
     except (OSError, SyntaxError, ValueError) as err:
-        rep.error(f"corrupt or truncated image ({err})")
+        rep.error("corrupt", f"corrupt or truncated image ({err})", error=err)
         return rep
-    if rep.size and min(rep.size) < resolution:
-        rep.warnings.append(f"smaller than the training resolution ({rep.size[0]}x{rep.size[1]} < "
-                            f"{resolution}): it will be upscaled and look soft")
+    if rep.size and min(rep.size) * 8 < resolution:
+        rep.error("too_small", f"far too small for {resolution} px training ({rep.size[0]}x{rep.size[1]}): "
+                  "it would be blown up more than 8 times", width=rep.size[0], height=rep.size[1],
+                  resolution=resolution)
+    elif rep.size and min(rep.size) < resolution:
+        rep.warn("small", f"smaller than the training resolution ({rep.size[0]}x{rep.size[1]} < "
+                 f"{resolution}): it will be upscaled and look soft", width=rep.size[0], height=rep.size[1],
+                 resolution=resolution)
     return rep
 
 
-def validate_files(paths: list[Path], resolution: int, near_threshold: int = 4) -> DatasetReport:
-    files = [check_image(Path(p), resolution) for p in sorted(paths)]
+def validate_files(paths: list[Path], resolution: int, near_threshold: int = 4,
+                   check: Callable[[Path, int], FileReport] | None = None) -> DatasetReport:
+    """Every file checked (``check``: check_image, or a caching wrapper of it), then exact and
+    near duplicates across them."""
+    check = check or check_image
+    files = [copy.deepcopy(check(Path(p), resolution)) for p in sorted(paths)]
     dups, near = [], []
     seen: dict[str, Path] = {}
     for f in files:
@@ -135,10 +184,28 @@ def validate_files(paths: list[Path], resolution: int, near_threshold: int = 4) 
             if bin(a.dhash ^ b.dhash).count("1") <= near_threshold:
                 near.append((a.path, b.path))
     for a, b in dups:
-        next(f for f in files if f.path == b).warnings.append(f"exact duplicate of {a.name}")
+        # the same bytes twice would only double that image's weight: the later copy is left out
+        next(f for f in files if f.path == b).error("duplicate", f"exact duplicate of {a.name}", name=a.name)
     for a, b in near:
-        next(f for f in files if f.path == b).warnings.append(f"looks nearly identical to {a.name}")
+        next(f for f in files if f.path == b).warn("near_duplicate", f"looks nearly identical to {a.name}",
+                                                   name=a.name)
     return DatasetReport(files, dups, near)
+
+
+def usable_index(index: DatasetIndex, resolution: int,
+                 check: Callable[[Path, int], FileReport] | None = None) -> tuple[DatasetIndex, DatasetReport]:
+    """``index`` without the files training cannot use (unreadable, not images, bombs, extreme
+    shapes, far too small) and without exact duplicates (the first copy stays). The files are
+    never touched: they are only left out; the report says which and why."""
+    report = validate_files([it.path for it in index.items], resolution, check=check)
+    dropped = {f.path for f in report.files if not f.ok}
+    subsets = [replace(s, items=[it for it in s.items if it.path not in dropped]) for s in index.subsets]
+    return DatasetIndex(index.root, [s for s in subsets if s.items]), report
+
+
+def excluded(report: DatasetReport) -> list[tuple[Path, str]]:
+    """(file, why) for every file :func:`usable_index` leaves out."""
+    return [(f.path, "; ".join(f.errors)) for f in report.files if not f.ok]
 
 
 def validate_folder(root: Path, resolution: int) -> DatasetReport:

@@ -33,6 +33,25 @@ class SampleSettings:
     size: int | None = None  # None: the job's resolution, else 512
     sampler: str = "euler_a"
 
+    @classmethod
+    def from_job(cls, job: JobConfig | None, count: int = 2) -> "SampleSettings":
+        """The run's own sampling settings (its [sample] section: prompts, steps, CFG, sampler,
+        seed, size): the card shows what the user watched during training."""
+        if job is None:
+            return cls(count=count)
+        from engine.sample_prompts import parse_prompt_line
+        from engine.sampler import SampleSpec
+
+        s = job.sample
+        specs = [parse_prompt_line(line, SampleSpec("", seed=s.seed, steps=s.steps, cfg_scale=s.cfg_scale,
+                                                    width=job.dataset.resolution, height=job.dataset.resolution))
+                 for line in s.prompts]
+        first = specs[0] if specs else None
+        return cls(prompts=[p.prompt for p in specs], negative=first.negative if first else "", count=count,
+                   seed=s.seed, steps=first.steps if first else s.steps,
+                   cfg_scale=first.cfg_scale if first else s.cfg_scale,
+                   size=first.width if first else job.dataset.resolution, sampler=s.sampler)
+
 
 @dataclass
 class CardExport:

@@ -201,7 +201,8 @@ def _params(meta: dict[str, str], kind: str, job: JobConfig | None,
         boolean = lambda v: v == "True"  # noqa: E731
         res = re.findall(r"\d+", meta.get("ss_resolution", ""))
         p = {"unetLR": f("ss_unet_lr") or f("ss_learning_rate"), "textEncoderLR": f("ss_text_encoder_lr"),
-             "optimizerType": (meta.get("ss_optimizer") or "").split(".")[-1].split("(")[0] or None,
+             # "torch.optim.adamw.AdamW(weight_decay=0.01)" -> "AdamW" (the arguments hold dots too)
+             "optimizerType": (meta.get("ss_optimizer") or "").split("(")[0].rsplit(".", 1)[-1] or None,
              "networkDim": f("ss_network_dim", int), "networkAlpha": f("ss_network_alpha"),
              "lrScheduler": meta.get("ss_lr_scheduler"), "maxTrainEpochs": f("ss_num_epochs", int),
              "resolution": int(res[0]) if res else None, "enableBucket": f("ss_enable_bucket", boolean),
