@@ -34,14 +34,18 @@ def test_catalogues_have_the_same_keys_and_placeholders():
 def keys_used_in_code() -> set[str]:
     """Literal t("...") keys in the web app, plus the ones it builds from names."""
     from engine.presets import list_tiers  # noqa: F401  (the tier names are not keys)
-    from webapp.wizard_logic import BEGINNER_FIELDS
+    from webapp.job_form import FIELDS, METHODS
 
     keys = set()
     for path in [*(ROOT / "webapp").glob("*.py"), ROOT / "engine" / "export" / "card_render.py",
                  ROOT / "engine" / "config.py"]:
         keys |= set(re.findall(r'\bt\(\s*"([a-z_]+\.[a-z_.]+)"', path.read_text(encoding="utf-8")))
-    keys |= {f"field.{k}.{part}" for k, _, _ in BEGINNER_FIELDS
-             for part in ("label", "why", "range", "high", "low")}
+    keys |= {f"field.{f.path}.{part}" for f in FIELDS for part in ("label", "why")}
+    keys |= {f"field.{f.path}.{part}" for f in FIELDS if not f.advanced for part in ("range", "high", "low")}
+    keys |= {f"method.name_{m}" for m in METHODS}
+    keys |= {f"dataset.check_{level}" for level in ("error", "note", "warning")}
+    validate = (ROOT / "engine" / "data" / "validate.py").read_text(encoding="utf-8")
+    keys |= {f"validate.{k}" for k in re.findall(r'\.(?:error|warn|note)\("([a-z_]+)"', validate)}
     keys |= {f"base.family_{f}" for f in ("sd15", "sd2", "sdxl")}
     keys |= {f"base.kind_{k}" for k in ("diffusers", "single_file", "hub")}
     keys |= {f"train.status_{s}" for s in ("idle", "running", "done", "stopped", "failed")}
@@ -138,15 +142,21 @@ def test_language_from_the_browser_or_forced(header, forced, expected):
     assert pick_language(header, forced) == expected
 
 
-def test_guidance_names_the_tier_value():
+def test_guidance_names_the_tier_value_and_the_schemas_range():
     from engine.i18n import Translator
-    from webapp.wizard_logic import field_help
+    from engine.presets import load_tier
+    from webapp.job_form import BY_KEY, field_help
 
     en, zh = Translator("en"), Translator("zh")
-    assert field_help(en, "resolution", "cpu").endswith("Tier cpu: 256.")
-    assert "Too high:" in field_help(en, "lr", "cpu") and "stuck above ~0.3" in field_help(en, "lr", "cpu")
-    assert field_help(zh, "dim", "8gb").endswith("。") and "档位 8gb" in field_help(zh, "dim", "8gb")
-    assert field_help(en, "seed", "cpu").endswith("Tier cpu: not set (the default).")
+
+    def say(t, key, tier):
+        return field_help(t, BY_KEY[key], "lora", load_tier(tier), tier)
+
+    assert say(en, "dataset-resolution", "cpu").endswith("Allowed: 64 to 4096. Tier cpu: 256.")
+    assert "Too high:" in say(en, "optimizer-lr", "cpu") and "stuck above ~0.3" in say(en, "optimizer-lr", "cpu")
+    assert say(zh, "network-dim", "8gb").endswith("。") and "档位 8gb" in say(zh, "network-dim", "8gb")
+    assert say(en, "training-seed", "cpu").endswith("Tier cpu: not set (the default).")
+    assert "Allowed: 1 to 1024." in say(en, "training-batch_size", "cpu")  # from the job schema
 
 
 def test_server_redirects_by_browser_language_and_speaks_it(tmp_path, monkeypatch):
@@ -172,14 +182,14 @@ def test_server_redirects_by_browser_language_and_speaks_it(tmp_path, monkeypatc
         kind = zh.predict("embedded", api_name="/detect_base")
         assert kind == "shapes-base: Stable Diffusion 1.x (diffusers 文件夹)"
         report = zh.predict(str(ROOT / "presets" / "demo" / "zkz_star"), api_name="/check_dataset")[0]
-        assert report.startswith("12 张图片，算上重复每轮 120 张")
-        assert "不是有效的 TOML" in zh.predict("[[", api_name="/check_job")
+        assert report.startswith("训练会用到 12 张图片，含重复每轮 120 张"), report
+        assert "不是有效的 TOML" in zh.predict("[[", api_name="/set_job_toml")[-3]
         missing = zh.predict(str(tmp_path / "nope"), api_name="/check_dataset")[0]
         assert missing == f"无法使用该数据集：找不到数据集文件夹：{tmp_path / 'nope'}"
         assert zh.predict(str(tmp_path / "m.ckpt"), api_name="/detect_base") == (
             f"无法使用该模型：找不到模型文件或文件夹：{tmp_path / 'm.ckpt'}")
         en = Client(base + "en/", verbose=False)
-        assert en.predict("[[", api_name="/check_job").startswith("not valid TOML")
+        assert "not valid TOML" in en.predict("[[", api_name="/set_job_toml")[-3]
     finally:
         server.should_exit = True
 
@@ -216,22 +226,20 @@ def test_model_card_in_chinese(trained_lora, tmp_path):
 def test_config_errors_in_the_pages_language():
     """Field errors keep the field name and the bad value, and say the rest in Chinese; every
     error type we translate exists in both catalogues (checked with the other keys)."""
-    import tomli_w
-
     from engine.i18n import Translator
-    from webapp.wizard_logic import demo_job, preflight
+    from webapp.wizard_logic import demo_job, plan
 
     job = demo_job()
     job["dataset"]["resolution"] = 65
     job["training"]["epochs"] = 0
     job["network"]["dimm"] = 4
-    ok, zh = preflight(tomli_w.dumps(job), Translator("zh"))
-    assert not ok and zh.startswith("任务配置无效：")
+    checked = plan(job, Translator("zh"))
+    zh = checked.text
+    assert not checked.ok and zh.startswith("任务还不能开始：任务配置无效：")
     assert "dataset.resolution: 必须是 64 的倍数（当前值 65）" in zh
     assert "training.epochs: 不能小于 1（当前值 0）" in zh
     assert "network.dimm: 未知字段（请检查拼写）" in zh
-    ok, en = preflight(tomli_w.dumps(job))
-    assert "dataset.resolution: must be a multiple of 64 (got 65)" in en
+    assert "dataset.resolution: must be a multiple of 64 (got 65)" in plan(job).text
 
 
 def test_engine_errors_in_chinese():
@@ -355,7 +363,8 @@ def test_serve_shows_the_tier_reason_in_each_language(tmp_path, monkeypatch, cap
 
 def test_an_unexpected_training_failure_is_prefixed_in_the_pages_language(tmp_path, monkeypatch):
     """A crash with no catalogue key (here an OSError from the training thread) still reads
-    "训练失败：..." on the Chinese page, with the error's own text inside."""
+    "失败：..." on the Chinese page, with the error's own text inside, and the message that
+    said "started" now says so."""
     import time
 
     import tomli_w
@@ -377,10 +386,11 @@ def test_an_unexpected_training_failure_is_prefixed_in_the_pages_language(tmp_pa
         zh = Client(f"http://127.0.0.1:{port}/zh/", verbose=False)
         job = demo_job()
         job["output"]["dir"] = str(tmp_path / "runs")
-        assert zh.predict(tomli_w.dumps(job), api_name="/start_training") == "已开始"
+        zh.predict(tomli_w.dumps(job), api_name="/set_job_toml")
+        assert zh.predict(api_name="/start_training")[0].startswith("已开始，写入 ")
         deadline = time.time() + 30
         while not (head := zh.predict(api_name="/status")[0]).startswith("失败") and time.time() < deadline:
             time.sleep(0.3)
-        assert head.splitlines()[-1] == "训练失败：OSError: No space left on device", head
+        assert head == "失败：OSError: No space left on device", head
     finally:
         server.should_exit = True

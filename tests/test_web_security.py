@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from PIL import Image
 
 from conftest import draw_shape_images, lora_job
 
@@ -197,21 +196,21 @@ def test_exposed_dataset_routes_stay_inside_the_workspace(client, exposed, priva
     _, root = exposed
     photos = private / "photos"
     captions = {p: p.read_text(encoding="utf-8") for p in photos.rglob("*.txt")}
-    report, gallery, _, _ = client.predict(str(photos), api_name="/check_dataset")
+    report, gallery, _ = client.predict(str(photos), api_name="/check_dataset")
     assert outside(report) and not gallery
     # a link inside the workspace that leads out of it is resolved and refused too
-    report, gallery, _, _ = client.predict(str(root / "escape" / "photos"), api_name="/check_dataset")
+    report, gallery, _ = client.predict(str(root / "escape" / "photos"), api_name="/check_dataset")
     assert outside(report) and not gallery
     assert outside(client.predict(str(photos), "zkz", api_name="/add_trigger"))
-    _, message, *_ = client.predict(str(photos), 64, "center", False, api_name="/preprocess")
+    message, *_ = client.predict(str(photos), 64, "center", False, api_name="/preprocess")
     assert outside(message)
     message, *_ = client.predict(str(photos), "wd14", "", 0.35, "overwrite", "", api_name="/auto_caption")
     assert outside(message)
     assert {p: p.read_text(encoding="utf-8") for p in photos.rglob("*.txt")} == captions
     assert sorted(p.name for p in private.iterdir()) == ["mine.toml", "model.safetensors", "notes.txt", "photos"]
     # inside the workspace the same routes work
-    report, gallery, per_epoch, _ = client.predict(str(root / "data"), api_name="/check_dataset")
-    assert len(gallery) == 2 and per_epoch == 6, report
+    report, gallery, _ = client.predict(str(root / "data"), api_name="/check_dataset")
+    assert len(gallery) == 2 and "2 images used for training, 6 per epoch" in report, report
 
 
 def test_exposed_caption_editing_cannot_read_or_write_outside(client, exposed, private):
@@ -243,25 +242,30 @@ def job_text(exposed, **paths) -> str:
     return tomli_w.dumps(job)
 
 
+def checked(client, text: str) -> str:
+    """Paste a job into the expert view, press Check job: the verdict."""
+    client.predict(text, api_name="/set_job_toml")
+    return client.predict(api_name="/check_job")[0]
+
+
 def test_exposed_jobs_name_no_path_outside(client, exposed, private):
     _, root = exposed
-    assert "ready" in client.predict(job_text(exposed), api_name="/check_job")
+    assert checked(client, job_text(exposed)).startswith("Ready to train.")
     for field, value in (("model__base", private / "model.safetensors"), ("dataset__path", private / "photos"),
                          ("dataset__reg_path", private / "photos"), ("output__dir", private / "runs"),
                          ("output__logging_dir", private / "logs"), ("model__config_dir", private),
                          ("output__dir", root / "escape" / "runs")):
         text = job_text(exposed, **{field: value})
-        assert outside(client.predict(text, api_name="/check_job")), field
-        assert outside(client.predict(text, api_name="/start_training")), field
+        assert outside(checked(client, text)), field
+        assert outside(client.predict(api_name="/start_training")[0]), field
     assert not (private / "runs").exists() and not (private / "logs").exists()
     from engine.preset_share import to_code
 
     code = to_code('[metadata]\nname = "p"\nschema_version = 1\n')
-    _, verdict = client.predict(code, "embedded", str(private / "photos"), api_name="/use_preset")
+    verdict = client.predict(code, "embedded", str(private / "photos"), api_name="/use_preset")[0]
     assert outside(verdict)
-    fields = [None] * 11
-    _, verdict = client.predict("embedded", str(private / "photos"), "lora", "cpu", *fields, api_name="/build_job")
-    assert outside(verdict)
+    summary = client.predict(str(private / "photos"), api_name="/set_dataset")[-1]  # typed into step 2
+    assert outside(summary)
 
 
 def test_exposed_compare_and_export_stay_inside_the_workspace(client, exposed, private, tmp_path_factory):
@@ -275,10 +279,10 @@ def test_exposed_compare_and_export_stay_inside_the_workspace(client, exposed, p
     assert outside(client.predict(*args, api_name="/make_grid")[2])
     _, message = client.predict(str(lora), 1.0, "stolen", api_name="/keep_pick")
     assert outside(message)
-    message, readme, _ = client.predict(str(lora), str(root / "card"), "", "", 0, api_name="/export_card")
+    message, readme, *_ = client.predict(str(lora), str(root / "card"), "", "", 0, api_name="/export_card")
     assert outside(message) and not readme
-    message, _, _ = client.predict(str(root / "x.safetensors"), str(private / "card"), "", "", 0,
-                                   api_name="/export_card")
+    message, *_ = client.predict(str(root / "x.safetensors"), str(private / "card"), "", "", 0,
+                                 api_name="/export_card")
     assert outside(message)
     assert not (private / "grid").exists() and not (private / "card").exists()
     assert not list((ROOT / "output").glob("picked/stolen*"))
@@ -308,15 +312,17 @@ def test_real_uploads_still_work_and_bad_jobs_are_explained_in_the_pages_languag
     monkeypatch.setenv("LORAFORGE_OUTPUT", str(tmp_path / "out"))
     draw_shape_images(tmp_path / "mine", 2)
     en = Client(f"http://127.0.0.1:{local}/en/", verbose=False)
-    folder, report, gallery, per_epoch, _ = en.predict(
+    report, gallery, _, *views = en.predict(
         [handle_file(str(tmp_path / "mine" / "img_0.png")), handle_file(str(tmp_path / "mine" / "img_1.png"))],
         "mine", 3, api_name="/import_dataset")
-    assert folder == str(tmp_path / "out" / "datasets" / "mine") and len(gallery) == 2 and per_epoch == 6, report
+    folder = views[1]  # the job's dataset box
+    assert folder == str(tmp_path / "out" / "datasets" / "mine") and len(gallery) == 2, report
+    assert "2 images used for training, 6 per epoch" in report
     deep = "[model]\nbase = " + "[" * 3000 + "]" * 3000
-    assert "nested too deeply" in en.predict(deep, api_name="/check_job")
+    assert "nested too deeply" in en.predict(deep, api_name="/set_job_toml")[-3]  # the expert view says so
     zh = Client(f"http://127.0.0.1:{local}/zh/", verbose=False)
-    assert "嵌套太深" in zh.predict(deep, api_name="/check_job")
-    assert "嵌套太深" in zh.predict(to_code(deep), "embedded", folder, api_name="/use_preset")[1]
+    assert "嵌套太深" in zh.predict(deep, api_name="/set_job_toml")[-3]
+    assert "嵌套太深" in zh.predict(to_code(deep), "embedded", folder, api_name="/use_preset")[0]
     bad = tomli_w.dumps(lora_job(Path("embedded"), Path(folder), tmp_path / "runs",
                                  dataset={"caption_extension": "/../../../etc/passwd"}))
-    assert "dataset.caption_extension" in zh.predict(bad, api_name="/check_job")
+    assert "dataset.caption_extension" in checked(zh, bad)

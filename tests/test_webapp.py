@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import tomli_w
@@ -12,24 +13,22 @@ from conftest import lora_job
 def test_train_through_the_api(server, tmp_path, tiny_model_dir, tiny_dataset):
     from gradio_client import Client
 
-    client = Client(server, verbose=False)
-    job = tomli_w.dumps(lora_job(tiny_model_dir, tiny_dataset, tmp_path / "out",
-                                 training={"epochs": 2, "batch_size": 4}))
-    assert "dataset.resolution" in client.predict(job.replace("resolution = 64", "resolution = 65"),
-                                                  api_name="/check_job")
-    assert client.predict(job, api_name="/start_training") == "started"
-    assert "already running" in client.predict(job, api_name="/start_training")
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        progress, _, log, plot, _, files = client.predict(api_name="/status")
-        if progress.startswith(("done", "failed", "stopped")):
-            break
-        time.sleep(1)
-    assert progress.startswith("done"), (progress, log)
-    assert "step 6/6" in progress
-    assert files.splitlines() == [str(tmp_path / "out" / "tiny-000001.safetensors"),
-                                  str(tmp_path / "out" / "tiny.safetensors")]
-    assert (tmp_path / "out" / "tiny.safetensors").is_file()
+    from wizard_client import Wizard
+
+    wizard = Wizard(Client(server, verbose=False))
+    job = lora_job(tiny_model_dir, tiny_dataset, tmp_path / "out", training={"epochs": 2, "batch_size": 4})
+    wizard.set_job({**job, "dataset": {**job["dataset"], "resolution": 65}})
+    assert "dataset.resolution" in wizard.check()
+    wizard.set_job(job)
+    started = wizard.start()
+    assert started.startswith("started, writing to "), started
+    run = Path(started.split("writing to ")[1])
+    assert run.parent == tmp_path / "out" and run.name.startswith("tiny-")  # its own folder
+    assert "already running" in wizard.start()
+    message, _, progress, log, _, _, files = wizard.wait(300)
+    assert progress.startswith("done") and "step 6/6" in progress, (progress, log)
+    assert message == f"done: {run / 'tiny.safetensors'}"
+    assert files.splitlines() == [str(run / "tiny-000001.safetensors"), str(run / "tiny.safetensors")]
 
 
 def test_default_job_is_the_embedded_demo_and_trains(server, tmp_path):
@@ -38,6 +37,7 @@ def test_default_job_is_the_embedded_demo_and_trains(server, tmp_path):
     from gradio_client import Client
 
     from conftest import ROOT
+    from wizard_client import Wizard
 
     client = Client(server, verbose=False)
     job = tomllib.loads(client.predict(api_name="/default_job"))
@@ -45,15 +45,13 @@ def test_default_job_is_the_embedded_demo_and_trains(server, tmp_path):
     assert job["dataset"]["path"] == str(ROOT / "presets" / "demo" / "zkz_star")
     job["output"]["dir"] = str(tmp_path)
     job["training"]["max_steps"] = 2
-    assert client.predict(tomli_w.dumps(job), api_name="/start_training") == "started"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        progress, _, log, _, _, files = client.predict(api_name="/status")
-        if not progress.startswith("running"):
-            break
-        time.sleep(1)
+    wizard = Wizard(client)
+    wizard.set_job(job)
+    assert wizard.start().startswith("started")
+    _, _, progress, log, _, _, files = wizard.wait(300)
     assert progress.startswith("done") and "shapes-base" in log, (progress, log)
-    assert files.splitlines() == [str(tmp_path / "zkz_star.safetensors")]
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert files.splitlines() == [str(run / "zkz_star.safetensors")]
 
 
 def test_listen_requires_auth():
@@ -82,6 +80,10 @@ def test_compare_grid_through_the_api(server, tmp_path, tiny_model_dir, trained_
                                           api_name="/make_grid")
     assert message.startswith("saved 1 grid(s) and 2 cells"), message
     assert len(cells) == 2
+    from engine.grid import checkpoint_label
+
+    row = checkpoint_label(lora)  # "epoch 3"
+    assert [c["caption"] for c in cells] == [f"{row} · weight 0", f"{row} · weight 1"]  # labelled
     sheet = Image.open(grid)
     assert sheet.width > 2 * 64 and sheet.height > 64
     saved = sorted(tmp_path.glob("*/cells/*.png"))

@@ -57,12 +57,14 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
                       seeds=[int(seed)], steps=int(steps), cfg_scale=float(cfg), width=int(size),
                       height=int(size), aesthetic=aesthetic)
         model = load_sd_components(ws.model(base) or "embedded")
-        tick = (lambda done, total: progress((done, total), desc="grid")) if progress else None
+        tick = (lambda done, total: progress((done, total), desc=t("compare.progress"), unit="cells")
+                ) if progress else None
         result = run_grid(model, job, out, tick)
         ws.serve(out)
     except (GridError, ModelLoadError, ValidationError, ValueError, OSError) as err:
         return None, [], t("compare.error", error=describe_error(err, t))
-    cells = [str(result.cells[key]) for key in sorted(result.cells)]
+    cells = [(str(result.cells[key]), f"{result.row_labels[key[0]]} · {result.col_labels[key[1]]}")
+             for key in sorted(result.cells)]  # labelled: which file (epoch) and which weight
     return str(result.grids[0]), cells, t("compare.saved", grids=len(result.grids), cells=len(cells), folder=out)
 
 
@@ -80,9 +82,11 @@ def cell_choice(files: str, weights: str, prompts: str, index: float, t: Transla
     return paths[i // (len(ws) * nz)], ws[(i // nz) % len(ws)]
 
 
-def keep_pick(file: str, weight: float, name: str, out_dir: str, t: Translator = EN,
+def keep_pick(file: str, weight: float, name: str, out_dir: str = "", t: Translator = EN,
               ws: Workspace = LOCAL) -> tuple[str, str]:
-    """Copy the chosen file as ``<name>`` with its preferred weight recorded; (path, message)."""
+    """Copy the chosen file as ``<name>`` with its preferred weight recorded; (path, message).
+    By default into the run's own folder, beside its job (so the card finds the run's base model
+    and settings); a name that is taken there is refused, never overwritten."""
     from engine.data.importer import safe_filename
     from engine.export.pick import pick_checkpoint
 
@@ -95,28 +99,65 @@ def keep_pick(file: str, weight: float, name: str, out_dir: str, t: Translator =
     if not Path(file).is_file():
         return "", t("compare.click_first")
     name = safe_filename(name.strip() or Path(file).stem + "-picked")
-    dest = Path(out_dir.strip() or output_root() / "picked") / f"{name}{Path(file).suffix}"
+    dest = Path(out_dir.strip() or Path(file).parent) / f"{name}{Path(file).suffix}"
+    if dest.exists():
+        return "", t("compare.name_taken", name=dest.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         path = pick_checkpoint(Path(file), dest, float(weight))
     except (OSError, ValueError, RuntimeError) as err:
         return "", t("compare.error", error=describe_error(err, t))
-    return str(path), t("compare.kept", name=Path(file).name, weight=f"{float(weight):g}", path=path)
+    kept = t("compare.kept", name=Path(file).name, weight=f"{float(weight):g}", path=path)
+    return str(path), kept + ("\n" + t("compare.weight_zero") if float(weight) == 0 else "")
 
 
-def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None):
+def run_choices(parent: Path, t: Translator = EN) -> list[tuple[str, str]]:
+    """The runs on disk, newest first, as (label, folder) for a dropdown."""
+    from engine.runs import list_runs
+
+    return [(t("compare.run_label", folder=r.folder.name, when=time.strftime("%Y-%m-%d %H:%M",
+                                                                           time.localtime(r.started)),
+               status=t(f"train.status_{r.status}") if r.status != "incomplete" else t("compare.incomplete"),
+               n=len(r.files)), str(r.folder))
+            for r in list_runs(parent) if r.files]
+
+
+def files_of_run(folder: str, ws: Workspace = LOCAL) -> dict:
+    """What a grid of that run compares, read from the run's folder (so it works after a reload
+    or a restart): its files, and its base model and sample settings (prompt, size, steps, CFG)."""
+    from engine.config import ConfigError, load_config
+    from engine.export.card import SampleSettings
+    from engine.runs import read_run
+
+    run = read_run(ws.path(folder)) if folder else None
+    if run is None:
+        return {}
+    out = {"files": "\n".join(str(p) for p in run.files)}
+    try:
+        job = load_config(run.job)
+    except ConfigError:
+        return out
+    sample = SampleSettings.from_job(job)
+    return {**out, "base": job.model.base, "prompt": (sample.prompts or [job.output.trigger_phrase])[0],
+            "size": sample.size, "steps": sample.steps, "cfg": sample.cfg_scale}
+
+
+def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, view=None):
     """Widgets + events of the compare step; call inside a ``gr.Blocks`` context. Returns the
     picked-file textbox (the export step starts from it)."""
     import gradio as gr
 
+    from webapp.wizard_logic import runs_root
+
     gr.Markdown(t("compare.title"))
+    with gr.Row():
+        run_list = gr.Dropdown(run_choices(runs_root(), t), label=t("compare.runs"), elem_id="grid-runs",
+                               allow_custom_value=True)
+        use = gr.Button(t("compare.use_run"), elem_id="use-run-files")
     with gr.Row():
         base = gr.Textbox("embedded", label=t("compare.base"), elem_id="grid-base")
         out_dir = gr.Textbox(str(output_root() / "grid"), label=t("compare.out"), elem_id="grid-out")
     files = gr.Textbox(lines=4, label=t("compare.files"), elem_id="grid-files")
-    if saved_files is not None:
-        use = gr.Button(t("compare.use_run"), elem_id="use-run-files")
-        use.click(lambda text: text, saved_files, files, api_name="use_run_files")
     prompts = gr.Textbox("zkz, a star on a white background", lines=2,
                          label=t("compare.prompts"), elem_id="grid-prompts")
     with gr.Row():
@@ -141,8 +182,38 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None):
     def run(b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, progress=gr.Progress()):
         return make_grid(runner, b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, progress, t, ws)
 
+    def listed(job, chosen):
+        """The runs on disk (newest first): the one the user chose stays chosen, else the newest."""
+        parent = Path((job or {}).get("output", {}).get("dir") or runs_root())
+        try:
+            ws.path(parent)
+        except PathNotAllowed:
+            return gr.Dropdown(choices=[], value=None)
+        choices = run_choices(parent, t)
+        keep = chosen if chosen in [c[1] for c in choices] else (choices[0][1] if choices else None)
+        return gr.Dropdown(choices=choices, value=keep)
+
+    filled = [files, base, prompts, size, steps, cfg]
+
+    def use_run(folder):
+        try:
+            run = files_of_run(folder or "", ws)
+        except PathNotAllowed as err:
+            return *(gr.skip() for _ in filled), t("compare.error", error=describe_error(err, t))
+        if not run.get("files"):
+            return *(gr.skip() for _ in filled), t("compare.no_run")
+        values = [run.get(k) for k in ("files", "base", "prompt", "size", "steps", "cfg")]
+        return (*(gr.skip() if v in (None, "") else v for v in values),
+                t("compare.run_files", n=len(run["files"].splitlines())))
+
     go.click(run, [base, files, prompts, weights, seed, size, steps, cfg, out_dir,
                    a_steps, a_lr, a_slerp, a_text, a_clip], [grid, cells, message], api_name="make_grid")
+    state = view.state if view is not None else gr.State({})
+    chosen = gr.State(None)  # a run the user picked from the list (else the newest is used)
+    run_list.input(lambda v: v, run_list, chosen, api_visibility="private")
+    run_list.focus(listed, [state, chosen], run_list, api_visibility="private")  # new runs appear
+    use.click(listed, [state, chosen], run_list, api_visibility="private").then(
+        use_run, run_list, [*filled, message], api_name="use_run_files")
     with gr.Row():
         cell = gr.Number(0, label=t("compare.cell"), precision=0, elem_id="cell-index")
         pick_file = gr.Textbox(label=t("compare.pick_file"), interactive=False, elem_id="pick-file")
@@ -169,6 +240,6 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None):
                  api_visibility="private")
     gr.Button("Choose cell", visible=False).click(
         choose, [files, weights, prompts, cell], [pick_file, pick_weight, pick_msg], api_name="choose_cell")
-    keep.click(lambda f, w, n: keep_pick(f, w, n, str(output_root() / "picked"), t, ws),
+    keep.click(lambda f, w, n: keep_pick(f, w, n, "", t, ws),
                [pick_file, pick_weight, pick_name], [picked, pick_msg], api_name="keep_pick")
     return picked

@@ -2,7 +2,6 @@
 BLIP sentences). The originals are never changed: preprocessing writes a new folder."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from engine.i18n import EN, Translator, describe_error
 from webapp.security import LOCAL, PathNotAllowed, Workspace
@@ -50,9 +49,11 @@ def auto_caption(path: str, method: str, model: str, threshold: float, mode: str
     return t("tools.captions_done", written=len(report.written), kept=len(report.kept))
 
 
-def build_dataset_tools(t: Translator, ws: Workspace, path, trigger, refresh, refresh_outputs: list) -> None:
-    """Widgets for both tools; ``refresh(folder)`` gives the new values of ``refresh_outputs``
-    (the step's report, gallery, ...) after a tool changed the dataset."""
+def build_dataset_tools(t: Translator, ws: Workspace, path, trigger, refresh, refresh_outputs: list, job):
+    """Widgets for both tools; ``refresh(folder, job)`` gives the new values of
+    ``refresh_outputs`` (the step's report, gallery, ...) after a tool changed the dataset.
+    Returns (button, handler, inputs, message box) of the working copy: its new folder becomes
+    the job's dataset, so the caller registers it with the job's views as outputs."""
     import gradio as gr
 
     with gr.Accordion(t("tools.title"), open=False):
@@ -72,15 +73,16 @@ def build_dataset_tools(t: Translator, ws: Workspace, path, trigger, refresh, re
             run = gr.Button(t("tools.run"), elem_id="cap-run")
         message = gr.Textbox(label=t("tools.message"), interactive=False, elem_id="prep-message")
 
-    def do_prep(folder, r, c, f, progress=gr.Progress()):
+    def do_prep(folder, r, c, f, j, progress=gr.Progress()):
+        """(message, *refresh_outputs, the new folder or None)."""
         new, note = preprocess_copy(folder, r, c, f, progress, t, ws)
         if not new:
-            return (gr.skip(), note) + tuple(gr.skip() for _ in refresh_outputs)
-        return (new, note) + tuple(refresh(new))
+            return (note, *(gr.skip() for _ in refresh_outputs), None)
+        return (note, *refresh(new, j), new)
 
-    def do_caption(folder, meth, mdl, th, md, trig, progress=gr.Progress()):
-        return (auto_caption(folder, meth, mdl, th, md, trig, progress, t, ws),) + tuple(refresh(folder))
+    def do_caption(folder, meth, mdl, th, md, trig, j, progress=gr.Progress()):
+        return (auto_caption(folder, meth, mdl, th, md, trig, progress, t, ws),) + tuple(refresh(folder, j))
 
-    prep.click(do_prep, [path, res, crop, flip], [path, message, *refresh_outputs], api_name="preprocess")
-    run.click(do_caption, [path, method, model, threshold, mode, trigger], [message, *refresh_outputs],
+    run.click(do_caption, [path, method, model, threshold, mode, trigger, job], [message, *refresh_outputs],
               api_name="auto_caption")
+    return prep, do_prep, [path, res, crop, flip, job], message

@@ -13,6 +13,13 @@ from pathlib import Path
 from engine.i18n import DEFAULT_LANGUAGE, LANGUAGES, Translator, pick_language
 
 ROOT = Path(__file__).resolve().parent.parent
+FAVICON = Path(__file__).resolve().parent / "favicon.png"
+# Help text under fields at a contrast of at least 4.5:1 (WCAG AA) on the block background
+# (Gradio's default grey is lighter than that).
+CSS = """
+.gradio-container { --block-info-text-color: #4b5563; }
+.dark .gradio-container { --block-info-text-color: #d1d5db; }
+"""
 
 
 def default_job_text() -> str:
@@ -66,31 +73,36 @@ def build_app(runner=None, tier=None, lang: str = DEFAULT_LANGUAGE, workspace=No
     from webapp.steps_prepare import build_base_step, build_dataset_step
     from webapp.steps_train import build_method_step, build_train_step
 
+    from webapp.job_view import JobView
     from webapp.security import Workspace
+    from webapp.wizard_logic import wizard_job
 
     t = Translator(lang)
     runner = runner or JobRunner()
     tier = tier or hardware_tier()
     ws = workspace or Workspace.for_app()
+    view = JobView(t, ws, tier.name)
     # plain links in this tab (Markdown links open a new one); relative, so a proxy prefix works
     switch = " · ".join(f"<b>{name}</b>" if code == lang else f"<a href='../{code}/' target='_self'>{name}</a>"
                         for code, name in LANGUAGES.items())
     with gr.Blocks(title=t("app.title")) as app:
         gr.Markdown(f"# {t('app.title')}\n{t('app.intro')}", elem_id="intro")
         gr.HTML(f"<p>{t('app.language')}: {switch}</p>", elem_id="lang-switch")
+        view.state = gr.State(wizard_job())  # the page's one job; every step edits it
         with gr.Tabs():
             with gr.Tab(t("app.tab_base"), elem_id="tab-base"):
-                base = build_base_step(t, ws)
+                build_base_step(t, ws, view)
             with gr.Tab(t("app.tab_dataset"), elem_id="tab-dataset"):
-                dataset, per_epoch, _ = build_dataset_step(t, ws)
+                build_dataset_step(t, ws, view)
             with gr.Tab(t("app.tab_method"), elem_id="tab-method"):
-                job_text = build_method_step(t, ws, base, dataset, per_epoch, tier.name, tier.describe(t))
+                build_method_step(t, ws, view, tier.name, tier.describe(t))
             with gr.Tab(t("app.tab_train"), elem_id="tab-train"):
-                saved = build_train_step(t, ws, runner, job_text)
+                saved = build_train_step(t, ws, runner, view)
             with gr.Tab(t("app.tab_compare"), elem_id="tab-compare"):
-                picked = build_compare_tab(t, ws, runner, saved)
+                picked = build_compare_tab(t, ws, runner, saved, view)
             with gr.Tab(t("app.tab_export"), elem_id="tab-export"):
-                build_export_step(t, ws, picked, job_text)
+                build_export_step(t, ws, picked, view)
+        view.wire()
         demo_text = gr.Textbox(visible=False)
         gr.Button("Default job", visible=False).click(default_job_text, None, demo_text, api_name="default_job")
     return app
@@ -108,7 +120,7 @@ def build_server(lang: str | None = None, tier=None,
     when Gradio itself received them; paths are checked by ``workspace``."""
     import gradio as gr
     from fastapi import FastAPI, Request
-    from fastapi.responses import RedirectResponse
+    from fastapi.responses import FileResponse, RedirectResponse
     from starlette.middleware.cors import CORSMiddleware
 
     from engine.jobs import JobRunner
@@ -131,11 +143,13 @@ def build_server(lang: str | None = None, tier=None,
         return RedirectResponse(f"./{pick_language(request.headers.get('accept-language'), lang)}/")
     root.__annotations__["request"] = Request  # a real class: FastAPI injects the request by type
     api.get("/")(root)
+    api.get("/favicon.ico")(lambda: FileResponse(FAVICON, media_type="image/png"))  # browsers ask the root
 
     for code in LANGUAGES:
         blocks = build_app(runner, tier, code, ws)
         api = gr.mount_gradio_app(api, blocks, path=f"/{code}", auth=credentials, show_error=True,
-                                  allowed_paths=ws.served)  # the live list: grows as folders are used
+                                  allowed_paths=ws.served,  # the live list: grows as folders are used
+                                  css=CSS)
         # mount_gradio_app leaves this False (only launch() sets it), and while it is False
         # Gradio skips its own check that a file argument was really uploaded
         blocks.has_launched = True
@@ -160,6 +174,17 @@ def run_server(api, host: str, port: int, block: bool = True):
     return server
 
 
+def quiet_libraries() -> None:
+    """Keep library chatter that means nothing to a user off the server's terminal (an optional
+    CPU kernel bitsandbytes cannot find, image processors that want torchvision, which LoRA
+    Forge does not use); errors still show, and so do our own progress lines."""
+    import logging
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def serve(host: str = "127.0.0.1", port: int = 7860, open_browser: bool = True,
           listen: bool = False, auth: str | None = None, block: bool = True, lang: str | None = None,
           workspace: list[str] | None = None, allowed_host: list[str] | None = None):
@@ -168,6 +193,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, open_browser: bool = True,
     adds folders to the app's own)."""
     from webapp.security import Workspace, allowed_host_names, is_loopback
 
+    quiet_libraries()
     try:
         credentials = parse_auth(auth)
     except ValueError as err:

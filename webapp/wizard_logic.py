@@ -1,10 +1,13 @@
-"""What the wizard's steps compute, without Gradio: finding base models, summarising a dataset,
-the steps arithmetic, and turning the beginner fields into a job. Kept apart so it is tested
-directly and the UI modules stay wiring only."""
+"""What the wizard's steps compute, without Gradio: finding base models, checking a dataset the
+way training will, the demo job, what a job will train (the summary above Start), soft warnings,
+shared presets. Kept apart so it is tested directly and the UI modules stay wiring only."""
 from __future__ import annotations
 
+import math
+import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -12,63 +15,33 @@ from engine.i18n import EN, Translator, describe_error
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_JOB = ROOT / "presets" / "jobs" / "demo_lora.toml"
+MAX_REPORT_LINES = 30  # per-file lines in the dataset report; the rest is counted
 
 
 def output_root() -> Path:
     """Where the app writes (datasets, runs, grids, picks, exports): ``output/`` in the app
     folder, or LORAFORGE_OUTPUT (portable installs on another drive; tests)."""
-    import os
-
     return Path(os.environ.get("LORAFORGE_OUTPUT") or ROOT / "output").resolve()
 
 
-METHODS = ["lora", "locon", "loha", "lokr", "textual_inversion", "hypernetwork", "dreambooth"]
-
-# The beginner view: (field, job section, key). Labels and guidance (what it does, a sensible
-# range, the symptom when too high / too low) are in the catalogues under field.<field>.
-BEGINNER_FIELDS: list[tuple[str, str, str]] = [
-    ("name", "output", "name"),
-    ("trigger", "output", "trigger_phrase"),
-    ("resolution", "dataset", "resolution"),
-    ("epochs", "training", "epochs"),
-    ("batch_size", "training", "batch_size"),
-    ("lr", "optimizer", "lr"),
-    ("dim", "network", "dim"),
-    ("alpha", "network", "alpha"),
-    ("save_every", "output", "save_every_n_epochs"),
-    ("seed", "training", "seed"),
-    ("sample_prompt", "sample", "prompts"),
-]
-
-
-def field_help(t: Translator, key: str, tier: str) -> str:
-    """The guidance under a beginner field, ending with the tier preset's value for it."""
-    from engine.presets import load_tier
-
-    section, name = next((sec, nm) for k, sec, nm in BEGINNER_FIELDS if k == key)
-    value = load_tier(tier).get(section, {}).get(name) if tier else None
-    tier_value = (t("method.tier_value", tier=tier, value=value) if value is not None
-                  else t("method.tier_unset", tier=tier))
-    parts = [t(f"field.{key}.why"), t("method.range", text=t(f"field.{key}.range"))]
-    for side in ("high", "low"):  # "-": no telltale symptom on that side
-        if t(f"field.{key}.{side}") != "-":
-            parts.append(t(f"method.too_{side}", text=t(f"field.{key}.{side}")))
-    return " ".join([*parts, tier_value])
-
-
-@dataclass
-class DatasetSummary:
-    text: str
-    images: list[str]          # paths for the gallery
-    num_images: int
-    num_per_epoch: int         # images x repeats
+def runs_root() -> Path:
+    """The wizard's default output folder: each run gets its own folder inside it."""
+    return output_root() / "runs"
 
 
 def demo_job() -> dict[str, Any]:
-    """The demo job (embedded base + demo dataset) with absolute paths."""
+    """The demo job (embedded base + demo dataset) as presets/jobs/demo_lora.toml has it, value
+    for value, with its paths made absolute."""
     job = tomllib.loads(DEMO_JOB.read_text(encoding="utf-8"))
     job["dataset"]["path"] = str((ROOT / job["dataset"]["path"]).resolve())
     job["output"]["dir"] = str((ROOT / job["output"]["dir"]).resolve())
+    return job
+
+
+def wizard_job() -> dict[str, Any]:
+    """The job a new page starts with: the demo, writing its runs under output/runs."""
+    job = demo_job()
+    job["output"]["dir"] = str(runs_root())
     return job
 
 
@@ -94,24 +67,72 @@ def describe_base(base: str, t: Translator = EN) -> str:
     return f"{src.name}: {t('base.family_' + src.family)} ({t('base.kind_' + src.kind)})"
 
 
-def summarize_dataset(path: str, t: Translator = EN) -> DatasetSummary:
-    """Subsets with their repeats and caption coverage (kohya layout), plus gallery images."""
+# ---------------------------------------------------------------- the dataset, as training sees it
+
+def _checked(path: Path, resolution: int):
+    """engine.data.validate.check_image, remembered per file version (the page re-checks on
+    every edit; a photo is decoded once)."""
+    st = path.stat()
+    return _check_cached(str(path), st.st_mtime_ns, st.st_size, resolution)
+
+
+@lru_cache(maxsize=8192)
+def _check_cached(path: str, mtime_ns: int, size: int, resolution: int):
+    from engine.data.validate import check_image
+
+    return check_image(Path(path), resolution)
+
+
+@dataclass
+class DatasetSummary:
+    text: str
+    images: list[str]          # every image file, for the gallery
+    num_images: int            # the images training uses
+    num_per_epoch: int         # those x repeats
+    labels: dict[str, str] = field(default_factory=dict)  # gallery captions: why a file is left out
+    usable: bool = False
+
+
+def summarize_dataset(path: str, t: Translator = EN, resolution: int = 512, default_repeats: int = 1,
+                      caption_extension: str = ".txt") -> DatasetSummary:
+    """The dataset exactly as training will use it: subsets with repeats and caption coverage,
+    then the per-file check (left out / fixed automatically / worth a look, with the reason).
+    Unusable files are left out of the counts, never deleted."""
     from engine.data.folder import DatasetError, scan_dataset
+    from engine.data.validate import usable_index
 
     try:
-        index = scan_dataset(Path(path.strip()))
+        index = scan_dataset(Path(path.strip()), default_repeats, caption_extension)
+        usable, report = usable_index(index, resolution, check=_checked)
     except (DatasetError, OSError) as err:
         return DatasetSummary(t("dataset.cannot_use", error=describe_error(err, t)), [], 0, 0)
-    lines = []
-    for sub in index.subsets:
+    lines = [t("dataset.summary", images=usable.num_images, per_epoch=usable.num_train_images)]
+    for sub in usable.subsets:
         captioned = sum(1 for it in sub.items if it.path.with_suffix(".txt").is_file())
         lines.append(t("dataset.subset", name=sub.name, images=len(sub.items), repeats=sub.repeats,
                        captioned=captioned))
-    text = "\n".join([t("dataset.summary", images=index.num_images, per_epoch=index.num_train_images),
-                      *lines])
-    images = [str(it.path) for sub in index.subsets for it in sub.items]
-    return DatasetSummary(text, images, index.num_images, index.num_train_images)
+    groups = {"error": [], "note": [], "warning": []}
+    for f in report.files:
+        for issue in f.issues:
+            if issue.key != "non_ascii":  # fine here; only worth a word in the CLI report
+                groups[issue.level].append((f.path, issue))
+    left_out = {f.path for f in report.files if not f.ok}
+    lines.append(t("dataset.checked", ok=len(report.files) - len(left_out), left_out=len(left_out),
+                   fixed=len({p for p, _ in groups["note"]}), warned=len({p for p, _ in groups["warning"]})))
+    shown = [(t(f"dataset.check_{level}", name=p.name, why=t(f"validate.{i.key}", **i.params)))
+             for level in ("error", "note", "warning") for p, i in groups[level]]
+    lines += shown[:MAX_REPORT_LINES]
+    if len(shown) > MAX_REPORT_LINES:
+        lines.append(t("dataset.skipped_more", n=len(shown) - MAX_REPORT_LINES))
+    if not usable.subsets:
+        lines.append(t("dataset.none_usable"))
+    labels = {str(p): t("dataset.left_out_label", why=t(f"validate.{i.key}", **i.params))
+              for p, i in groups["error"]}
+    return DatasetSummary("\n".join(lines), [str(it.path) for it in index.items], usable.num_images,
+                          usable.num_train_images, labels, bool(usable.subsets))
 
+
+# ---------------------------------------------------------------- what a job will train
 
 def steps_text(per_epoch: int, epochs: float, batch: float, accumulation: int = 1,
                t: Translator = EN) -> str:
@@ -123,88 +144,111 @@ def steps_text(per_epoch: int, epochs: float, batch: float, accumulation: int = 
              steps=steps_per_epoch * epochs, per=steps_per_epoch)
 
 
-def build_job(base: str, dataset: str, method: str, tier: str, fields: dict[str, Any],
-              output_dir: str | None = None) -> dict[str, Any]:
-    """The job: tier preset < demo defaults < the wizard's fields (the user's values win)."""
-    from engine.presets import apply_tier, deep_merge
-
-    job = demo_job()
-    job = {k: v for k, v in job.items() if k in ("schema_version", "scheduler")}
-    user: dict[str, Any] = {"model": {"base": base or "embedded"}, "dataset": {"path": dataset}}
-    if base in ("", "embedded"):
-        user["model"]["local_files_only"] = True
-    for key, section, name in BEGINNER_FIELDS:
-        value = fields.get(key)
-        if value is None or value == "":
-            continue
-        if isinstance(value, float) and value.is_integer() and key not in ("lr", "alpha"):
-            value = int(value)
-        if key == "sample_prompt":
-            user["sample"] = {"prompts": [value.strip()], "every_n_epochs": 1}
-            continue
-        user.setdefault(section, {})[name] = value
-    if method != "lora":
-        user.setdefault("network", {})["type"] = method
-        if method in ("textual_inversion", "hypernetwork", "dreambooth"):
-            for k in ("dim", "alpha"):
-                user["network"].pop(k, None)
-    if method == "textual_inversion":
-        trigger = fields.get("trigger") or "zkz"
-        user["network"]["token"] = "".join(ch for ch in trigger if ch.isalnum() or ch in "_-") or "zkz"
-    user.setdefault("output", {})["dir"] = output_dir or str(output_root() / "runs")
-    return deep_merge(job, apply_tier({}, tier, user)) if tier else deep_merge(job, user)
+@dataclass
+class Plan:
+    """What a job will train, or why it cannot: the summary above Start and the soft warnings."""
+    ok: bool
+    text: str
+    warnings: list[str] = field(default_factory=list)
+    cfg: Any = None
+    dataset: DatasetSummary | None = None
 
 
-def job_from_shared_preset(text: str, base: str, dataset: str, t: Translator = EN) -> tuple[str, str]:
-    """(job TOML, message) from a pasted preset TOML or share code, with this page's base model,
-    dataset and output folder; on a bad preset ("", the reason in the page's language). Nothing in
-    a preset is executed: it is TOML, checked field by field (engine.preset_share)."""
-    import tomli_w
+def plan(job: dict[str, Any], t: Translator = EN, ws=None, seconds_per_step: float | None = None) -> Plan:
+    """Check ``job`` as Start will (every field, paths for ``ws``, the dataset as training sees
+    it, the base model's headers) and say what will train."""
+    from engine.config import ConfigError, parse_config
+    from engine.models.loader import EMBEDDED_DIR, ModelLoadError, resolve_source
+    from webapp.job_form import method_label, steps_of
 
+    try:
+        cfg = parse_config(job)
+        if ws is not None:
+            ws.job(cfg)
+    except (ConfigError, ValueError) as err:
+        return Plan(False, t("train.cannot_start", error=describe_error(err, t)))
+    d = cfg.dataset
+    data = summarize_dataset(d.path, t, d.resolution, d.default_repeats, d.caption_extension)
+    if not data.usable:
+        return Plan(False, t("train.cannot_start", error=data.text.splitlines()[-1]), dataset=data)
+    try:
+        src = resolve_source(cfg.model.base, local_files_only=cfg.model.local_files_only,
+                             allow_pickle=cfg.model.allow_pickle)
+    except (ModelLoadError, OSError) as err:
+        return Plan(False, t("train.cannot_start", error=describe_error(err, t)), dataset=data)
+    per, total = steps_of(cfg, data.num_per_epoch)
+    folder = Path(cfg.output.dir) / f"{cfg.output.name}-{t('train.date_time')}"
+    text = t("train.summary", base=f"{src.name} ({t('base.family_' + src.family)})", path=d.path,
+             images=data.num_images, per_epoch=data.num_per_epoch, method=method_label(t, cfg.network.type),
+             steps=total, epochs=cfg.training.epochs, per=per, folder=folder)
+    family = "" if src.path == EMBEDDED_DIR else src.family  # the toy model has no "usual" ranges
+    return Plan(True, text, soft_warnings(cfg, data.num_images, total, family, t, seconds_per_step), cfg, data)
+
+
+# Words that make poor trigger words: the model already knows them well (A1111/kohya guides)
+COMMON_WORDS = {"a", "an", "the", "girl", "boy", "man", "woman", "person", "cat", "dog", "star", "style",
+                "photo", "art", "anime", "car", "house", "flower", "red", "blue", "green", "face", "portrait"}
+USUAL_LR = {"lora": (5e-5, 2e-3), "locon": (5e-5, 2e-3), "loha": (5e-5, 5e-3), "lokr": (5e-5, 5e-3),
+            "dreambooth": (1e-7, 5e-5), "textual_inversion": (1e-4, 1e-2), "dreamartist": (1e-4, 1e-2),
+            "hypernetwork": (1e-6, 1e-4)}
+FAMILY_RESOLUTION = {"sd15": 512, "sd2": 512, "sdxl": 1024}
+
+
+def soft_warnings(cfg, num_images: int, total_steps: int, family: str, t: Translator = EN,
+                  seconds_per_step: float | None = None) -> list[str]:
+    """What a kohya_ss/OneTrainer user would want pointed out before hours of training; each
+    says why. None of them stops the job."""
+    out = []
+    method = cfg.network.type
+    low, high = USUAL_LR[method]
+    if not getattr(cfg.network, "lr_schedule", None) and cfg.optimizer.type != "Prodigy":
+        if cfg.optimizer.lr > high * 5:
+            out.append(t("warn.lr_high", lr=f"{cfg.optimizer.lr:g}", high=f"{high:g}"))
+        elif cfg.optimizer.lr < low / 5:
+            out.append(t("warn.lr_low", lr=f"{cfg.optimizer.lr:g}", low=f"{low:g}"))
+    net = cfg.network
+    if hasattr(net, "dim") and net.alpha > net.dim:
+        out.append(t("warn.alpha_dim", alpha=f"{net.alpha:g}", dim=net.dim))
+    if cfg.training.batch_size > num_images:
+        out.append(t("warn.batch_dataset", batch=cfg.training.batch_size, images=num_images))
+    if method in ("lora", "locon", "loha", "lokr") and family:
+        if total_steps > 2 * 3000:
+            out.append(t("warn.steps_high", steps=total_steps))
+        elif total_steps < 200:
+            out.append(t("warn.steps_low", steps=total_steps))
+    trigger = cfg.output.trigger_phrase.split(",")[0].strip().lower()
+    if trigger in COMMON_WORDS:
+        out.append(t("warn.trigger_common", word=trigger))
+    expected = FAMILY_RESOLUTION.get(family)
+    if expected and cfg.dataset.resolution < expected * 3 // 4:
+        out.append(t("warn.resolution", resolution=cfg.dataset.resolution, expected=expected))
+    if seconds_per_step:
+        minutes = math.ceil(total_steps * seconds_per_step / 60)
+        out.append(t("warn.time", minutes=minutes, steps=total_steps))
+    return out
+
+
+def job_from_shared_preset(text: str, base: str, dataset: str, t: Translator = EN
+                           ) -> tuple[dict[str, Any] | None, str]:
+    """(job, message) from a pasted preset TOML or share code, with this page's base model,
+    dataset and output folder; on a bad preset (None, the reason in the page's language).
+    Nothing in a preset is executed: it is TOML, checked field by field (engine.preset_share)."""
     from engine.config import config_to_dict
-    from engine.preset_share import CODE_PREFIX, PresetError, from_code, job_from_preset
+    from engine.preset_share import CODE_PREFIX, PresetError, from_code, job_from_preset, parse_preset
+    from webapp.job_form import method_label
 
     text = (text or "").strip()
     if not text:
-        return "", t("method.preset_empty")
+        return None, t("method.preset_empty")
     try:
         preset = from_code(text) if text.startswith(CODE_PREFIX) else text
-        cfg = job_from_preset(preset, base or "embedded", dataset, str(output_root() / "runs"))
+        cfg = job_from_preset(preset, base or "embedded", dataset, str(runs_root()))
+        settings = parse_preset(preset)[1]
     except PresetError as err:
-        return "", t("method.preset_bad", error=describe_error(err, t))
+        return None, t("method.preset_bad", error=describe_error(err, t))
     job = config_to_dict(cfg)
+    if "save_state" not in settings.get("output", {}):
+        job["output"]["save_state"] = True  # a wizard run can be resumed after Stop
     if job["model"]["base"] == "embedded":
         job["model"]["local_files_only"] = True
-    return tomli_w.dumps(job), t("method.preset_used", method=cfg.network.type, epochs=cfg.training.epochs)
-
-
-def fields_from_job(job: dict[str, Any]) -> dict[str, Any]:
-    values = {key: job.get(section, {}).get(name) for key, section, name in BEGINNER_FIELDS}
-    prompts = values.get("sample_prompt") or []
-    values["sample_prompt"] = prompts[0] if prompts else (
-        f"{job['output'].get('trigger_phrase', '')}, a star on a white background --w 64 --h 64 --s 12"
-        if job.get("model", {}).get("base") == "embedded" else "")
-    return values
-
-
-def preflight(job_text: str, t: Translator = EN, ws=None) -> tuple[bool, str]:
-    """Everything we can check before launching: TOML, every field, the paths (``ws``: a
-    webapp.security.Workspace), the dataset, the base model."""
-    from engine.config import ConfigError, parse_job_text
-    from engine.data.folder import DatasetError, scan_dataset
-    from engine.models.loader import ModelLoadError, resolve_source
-
-    try:
-        cfg = parse_job_text(job_text)
-        if ws is not None:
-            ws.job(cfg)
-    except ValueError as err:  # ConfigError, PathNotAllowed
-        return False, describe_error(err, t)
-    try:
-        index = scan_dataset(Path(cfg.dataset.path))
-        src = resolve_source(cfg.model.base, local_files_only=cfg.model.local_files_only,
-                             allow_pickle=cfg.model.allow_pickle)
-    except (DatasetError, ModelLoadError, OSError) as err:
-        return False, describe_error(err, t)
-    return True, t("method.ready", method=cfg.network.type, base=src.name, family=src.family,
-                   images=index.num_images, epochs=cfg.training.epochs)
+    return job, t("method.preset_used", method=method_label(t, cfg.network.type), epochs=cfg.training.epochs)

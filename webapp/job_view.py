@@ -1,0 +1,185 @@
+"""The page's one job, wired to every place that shows or edits it (Gradio glue for job_form).
+
+Steps 1-3 and the expert TOML all edit the same job (a ``gr.State``); every edit re-renders the
+other views at once: the base and dataset boxes, the method and its fields, the TOML, the list
+of settings only the TOML shows, the steps arithmetic and the summary above Start. An edit never
+re-renders the widget being typed in. Every event that reads or changes the job runs in one
+queue (``CONCURRENCY``), one after the other in the order they happened: two quick edits never
+overwrite each other, and Start, clicked right after typing, sees the typed value.
+"""
+from __future__ import annotations
+
+import tomllib
+from typing import Any, Callable
+
+import tomli_w
+
+from engine.i18n import Translator, describe_error
+from webapp import job_form as jf
+from webapp.wizard_logic import Plan, plan, steps_text
+
+CONCURRENCY = {"concurrency_id": "job", "concurrency_limit": 1}  # for every event on the job
+
+
+class JobView:
+    def __init__(self, t: Translator, ws, tier_name: str) -> None:
+        self.t, self.ws, self.tier_name = t, ws, tier_name
+        self.state = self.base = self.dataset = self.method = self.tier = None
+        self.fields: dict[str, Any] = {}
+        self.toml = self.expert = self.arith = self.summary = None
+        self.later: list[Callable[[], Any]] = []  # events whose outputs span later steps
+
+    # ------------------------------------------------------------ rendering
+
+    def outputs(self) -> list:
+        return [self.state, self.base, self.dataset, self.method, *self.fields.values(), self.toml,
+                self.expert, self.arith, self.summary]
+
+    def plan(self, job: dict[str, Any]) -> Plan:
+        return plan(job, self.t, self.ws)
+
+    def render(self, job: dict[str, Any], skip: Any = None, checked: Plan | None = None,
+               before: dict[str, Any] | None = None) -> list:
+        """New values for :meth:`outputs`. ``skip``: the widget being edited keeps its text;
+        ``before``: the job before this edit; only widgets whose value changed are updated, so
+        a field the user is typing in right now is never overwritten by an edit elsewhere."""
+        import gradio as gr
+
+        t, method = self.t, jf.method_of(job)
+        values = jf.form_values(job)
+        old = jf.form_values(before) if before is not None else {}
+        same_method = before is not None and jf.method_of(before) == method
+
+        def plain(value, old_value):
+            return gr.skip() if before is not None and value == old_value else value
+
+        out: list = [job, plain(job.get("model", {}).get("base", ""), (before or {}).get("model", {}).get("base")),
+                     plain(job.get("dataset", {}).get("path", ""), (before or {}).get("dataset", {}).get("path")),
+                     plain(method, jf.method_of(before) if before is not None else None)]
+        for key in self.fields:
+            if same_method and key in values and key in old and values[key] == old[key]:
+                out.append(gr.skip())
+            else:
+                out.append(gr.update(value=values[key], visible=True) if key in values else gr.update(visible=False))
+        out.append(tomli_w.dumps(job))
+        extra = jf.expert_only(job)
+        out.append(t("method.expert_only", settings=", ".join(extra)) if extra else "")
+        checked = checked or self.plan(job)
+        per_epoch = checked.dataset.num_per_epoch if checked.dataset else 0
+        training = job.get("training", {})
+        out.append(steps_text(per_epoch, training.get("epochs", 10), training.get("batch_size", 1),
+                              training.get("gradient_accumulation_steps", 1), t))
+        out.append(self.summary_text(checked))
+        comps = self.outputs()
+        return [gr.skip() if skip is not None and comp is skip else value for comp, value in zip(comps, out)]
+
+    def summary_text(self, checked: Plan) -> str:
+        """The plan as Markdown; paths and names shown literally (``my_green`` is no emphasis)."""
+        t = self.t
+        text = f"**{t('train.summary_title')}**\n\n{md_lines(checked.text)}"
+        if checked.warnings:
+            text += f"\n\n{t('warn.title')}\n" + "\n".join(f"- {md_lines(w)}" for w in checked.warnings)
+        return text
+
+    def set_base(self, job: dict[str, Any], base: str) -> dict[str, Any]:
+        """A new base model; leaving the embedded demo model applies this machine's tier once
+        (its memory settings), and only the embedded model stays offline-only."""
+        from engine.models.loader import EMBEDDED_NAMES
+
+        base = (base or "").strip()
+        old = job.get("model", {}).get("base", "")
+        if base == old:
+            return job
+        job = jf.set_value(job, "model.base", base)
+        job = jf.set_value(job, "model.local_files_only", True if base in EMBEDDED_NAMES else None)
+        if old in EMBEDDED_NAMES and base not in EMBEDDED_NAMES and self.tier_name:
+            job = apply_tier(job, self.tier_name)
+        return job
+
+    # ------------------------------------------------------------ events
+
+    def edit(self, change: Callable[..., dict[str, Any]], skip: Any = None):
+        """A handler: (job, value) -> the job changed by ``change(job, value)``, re-rendered."""
+        def handler(job, value):
+            return self.render(change(job, value), skip=skip, before=job)
+        return handler
+
+    def wire(self) -> None:
+        """Register every edit event (and the steps' deferred ones), once all views exist."""
+        import gradio as gr
+
+        for register in self.later:
+            register()
+        outs = self.outputs()
+        set_dataset = self.edit(lambda j, v: with_dataset(j, v), self.dataset)
+        self.base.input(self.edit(self.set_base, self.base), [self.state, self.base], outs,
+                        api_name="set_base", **CONCURRENCY)
+        self.dataset.input(set_dataset, [self.state, self.dataset], outs, api_name="set_dataset", **CONCURRENCY)
+        # a value put in without typing (pasted, filled in by the browser) arrives when the box is left
+        for box, handler in ((self.base, self.edit(self.set_base, self.base)), (self.dataset, set_dataset)):
+            box.blur(handler, [self.state, box], outs, api_visibility="private", **CONCURRENCY)
+        self.method.input(self.edit(jf.set_method), [self.state, self.method], outs, api_name="set_method",
+                          **CONCURRENCY)
+        self.tier.input(self.edit(apply_tier), [self.state, self.tier], outs, api_name="apply_tier", **CONCURRENCY)
+        for key, comp in self.fields.items():
+            field = jf.BY_KEY[key]
+            handler = self.edit(lambda j, v, k=key: jf.apply_fields(j, {k: v}), comp)
+            comp.input(handler, [self.state, comp], outs, api_name=f"set_{field.section}_{field.name}",
+                       api_visibility="undocumented", **CONCURRENCY)
+            if hasattr(comp, "blur"):
+                comp.blur(handler, [self.state, comp], outs, api_visibility="private", **CONCURRENCY)
+
+        def typed(job, text):
+            try:
+                new = tomllib.loads(text)
+            except (tomllib.TOMLDecodeError, RecursionError) as err:
+                from engine.config import ConfigError, read_toml
+
+                try:
+                    read_toml(text)
+                except ConfigError as keyed:
+                    err = keyed
+                return [gr.skip()] * (len(outs) - 3) + [self.t("method.toml_bad", error=describe_error(err, self.t)),
+                                                         gr.skip(), gr.skip()]
+            return self.render(new, skip=self.toml, before=job)
+        self.toml.input(typed, [self.state, self.toml], outs, api_name="set_job_toml", **CONCURRENCY)
+
+    def refresh(self, job):
+        """Re-render after something outside the views changed (an import set the dataset)."""
+        return self.render(job)
+
+
+def with_dataset(job: dict[str, Any], folder: str) -> dict[str, Any]:
+    """The job training ``folder``. Leaving the demo's images drops the demo's description
+    ("a purple star..."), so a model card never describes the demo for someone's own images."""
+    from webapp.wizard_logic import demo_job
+
+    demo = demo_job()
+    job = jf.set_value(job, "dataset.path", (folder or "").strip())
+    if job["dataset"]["path"] != demo["dataset"]["path"] and \
+            job.get("output", {}).get("description") == demo["output"].get("description"):
+        job = jf.set_value(job, "output.description", None)
+    return job
+
+
+def md_lines(text: str) -> str:
+    """``text`` for Markdown: characters that would format or become HTML are escaped; a
+    leading "- " stays a list item."""
+    import re
+
+    def line(s: str) -> str:
+        head = "- " if s.startswith("- ") else ""
+        return head + re.sub(r"([\\`*_\[\]<>|#])", r"\\\1", s[len(head):])
+    return "\n".join(line(s) for s in text.splitlines())
+
+
+def apply_tier(job: dict[str, Any], tier: str) -> dict[str, Any]:
+    """The tier's memory settings over the job (the keys the job's method has)."""
+    from engine.presets import load_tier
+
+    method = jf.method_of(job)
+    for section, values in load_tier(tier).items():
+        for name, value in values.items():
+            if jf.field_info(jf.FormField(section, name), method) is not None:
+                job = jf.set_value(job, f"{section}.{name}", value)
+    return job
