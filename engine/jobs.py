@@ -78,6 +78,8 @@ class _Recorder(Callbacks):
         def apply(s: JobState) -> None:
             s.step, s.epoch = info.step, info.epoch
             s.losses.append(info.loss)
+            s.log.append(f"step {info.step}/{info.total_steps}, epoch {info.epoch}: loss {info.loss:.5f}, "
+                         f"lr {info.lr:.3e}")
         self.runner._update(apply)
 
     def on_saved(self, path: Path, epoch: int, step: int) -> None:

@@ -126,10 +126,10 @@ def test_click_through_the_wizard_with_my_own_images(app_url, tmp_path, lang, lo
         assert contrast(help_text) >= 4.5  # readable help (WCAG AA)
         box("f-output-name").fill("my_green")
         box("f-output-name").press("Tab")
-        page.locator("#f-training-epochs input").fill("1")
+        page.locator("#f-training-epochs input").fill("3")
         page.locator("#f-training-epochs input").press("Tab")
         expect(page.locator("#steps-arithmetic")).to_contain_text(
-            t("method.steps", per_epoch=8, epochs=1, batch=4, steps=2, per=2), timeout=30_000)
+            t("method.steps", per_epoch=8, epochs=3, batch=4, steps=6, per=2), timeout=30_000)
         shot(3, "method")
         # 4. train: the summary says exactly what trains; progress, loss, a sample image
         tab("tab_train")
@@ -137,15 +137,18 @@ def test_click_through_the_wizard_with_my_own_images(app_url, tmp_path, lang, lo
         expect(summary).to_contain_text(str(out / "datasets" / "green"))
         expect(summary).to_contain_text("my_green-")
         page.locator("#start").click()
+        expect(page.locator("#start")).to_be_disabled(timeout=30_000)  # while the job runs
         expect(page.locator("#message textarea")).to_have_value(has(t("train.finished", file="\0").split("\0")[0]),
                                                                 timeout=300_000)
         expect(page.locator("#progress-bar [role=progressbar]")).to_have_attribute("aria-valuenow", "100")
         expect(page.locator("#samples img").first).to_be_visible(timeout=30_000)
+        expect(page.locator("#start")).to_be_enabled()
         shot(4, "train")
         # 5. compare: the run's files (read from disk), a grid at two weights, pick a cell, keep it
         tab("tab_compare")
         page.locator("#use-run-files").click()
         expect(page.locator("#grid-files textarea")).to_have_value(has("my_green.safetensors"), timeout=30_000)
+        page.locator("#grid-files textarea").fill(page.locator("#grid-files textarea").input_value().splitlines()[-1])
         page.locator("#grid-weights textarea, #grid-weights input").first.fill("0, 1")
         page.locator("#make-grid").click()
         expect(page.locator("#grid-message textarea")).to_have_value(

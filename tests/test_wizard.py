@@ -183,8 +183,10 @@ def test_3_5_6_stop_resume_a_second_run_and_a_reload(server, tmp_path):
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, 91))  # one loss curve across the stop
     assert str(stopped) in saved.splitlines()  # the stopped file stays listed and on disk
     digest = hashlib.sha256((first / "zkz_star.safetensors").read_bytes()).hexdigest()
-    # a second run of the same job gets its own folder; the first run's files are untouched
+    # a second run of the same job gets its own folder; the first run's files are untouched.
+    # Check job now knows this machine's speed for this kind of job
     wizard.set("training.epochs", 1)
+    assert "minutes on this machine for 30 steps" in wizard.check()
     second = Path(wizard.start().split("writing to ")[1])
     wizard.wait(300)
     assert second != first and (second / "zkz_star.safetensors").is_file()

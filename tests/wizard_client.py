@@ -36,7 +36,7 @@ class Wizard:
 
     def status(self) -> tuple:
         """(message, progress bar html, progress line, log, loss frame, samples, saved files)."""
-        return self(api_name="/status")
+        return self(api_name="/status")[:7]
 
     def wait(self, timeout: float = 600) -> tuple:
         deadline = time.time() + timeout

@@ -22,8 +22,8 @@ CONCURRENCY = {"concurrency_id": "job", "concurrency_limit": 1}  # for every eve
 
 
 class JobView:
-    def __init__(self, t: Translator, ws, tier_name: str) -> None:
-        self.t, self.ws, self.tier_name = t, ws, tier_name
+    def __init__(self, t: Translator, ws, tier_name: str, runner=None) -> None:
+        self.t, self.ws, self.tier_name, self.runner = t, ws, tier_name, runner
         self.state = self.base = self.dataset = self.method = self.tier = None
         self.fields: dict[str, Any] = {}
         self.toml = self.expert = self.arith = self.summary = None
@@ -36,7 +36,30 @@ class JobView:
                 self.expert, self.arith, self.summary]
 
     def plan(self, job: dict[str, Any]) -> Plan:
-        return plan(job, self.t, self.ws)
+        return plan(job, self.t, self.ws, self.seconds_per_step(job))
+
+    def seconds_per_step(self, job: dict[str, Any]) -> float | None:
+        """This machine's measured time per step, from the last run of the same kind (base
+        model, method, resolution, batch size, precision): the time estimate of Check job."""
+        from pathlib import Path
+
+        from engine.runs import read_run
+
+        s = self.runner.snapshot() if self.runner is not None else None
+        if s is None or not s.run_dir or not s.steps_per_second or s.status == "running":
+            return None
+        from engine.config import ConfigError, load_config, parse_config
+
+        run = read_run(Path(s.run_dir))
+        try:
+            ran, now = load_config(run.job), parse_config(job)
+        except (ConfigError, AttributeError):  # no run there any more, or the page's job is not valid
+            return None
+        same = ("model.base", "network.type", "dataset.resolution", "training.batch_size",
+                "training.mixed_precision")
+        if any(_at(ran, k) != _at(now, k) for k in same):
+            return None
+        return 1.0 / s.steps_per_second
 
     def render(self, job: dict[str, Any], skip: Any = None, checked: Plan | None = None,
                before: dict[str, Any] | None = None) -> list:
@@ -147,6 +170,11 @@ class JobView:
     def refresh(self, job):
         """Re-render after something outside the views changed (an import set the dataset)."""
         return self.render(job)
+
+
+def _at(cfg, path: str) -> Any:
+    section, name = path.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def with_dataset(job: dict[str, Any], folder: str) -> dict[str, Any]:

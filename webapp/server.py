@@ -81,7 +81,7 @@ def build_app(runner=None, tier=None, lang: str = DEFAULT_LANGUAGE, workspace=No
     runner = runner or JobRunner()
     tier = tier or hardware_tier()
     ws = workspace or Workspace.for_app()
-    view = JobView(t, ws, tier.name)
+    view = JobView(t, ws, tier.name, runner)
     # plain links in this tab (Markdown links open a new one); relative, so a proxy prefix works
     switch = " · ".join(f"<b>{name}</b>" if code == lang else f"<a href='../{code}/' target='_self'>{name}</a>"
                         for code, name in LANGUAGES.items())

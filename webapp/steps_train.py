@@ -121,8 +121,11 @@ def build_train_step(t: Translator, ws, runner, view):
     said = gr.State({"text": "", "at": 0.0})  # the last button's answer, until the job moves on
     bar = gr.HTML(progress_html(t, runner.snapshot()), elem_id="progress-bar")
     progress = gr.Textbox(label=t("train.progress"), interactive=False, elem_id="progress")
-    plot = gr.LinePlot(x="step", y="loss", color="curve", color_map={"raw": "#c8c8c8", "smoothed": "#d62728"},
-                       label=t("train.loss"), elem_id="loss-plot")
+    # (created with rows of the right types: from an empty value the curve names would be drawn as
+    # one numeric colour scale, and no line)
+    plot = gr.LinePlot(loss_frame(runner.snapshot().losses or [float("nan")]), x="step", y="loss", color="curve",
+                       color_map={"raw": "#c8c8c8", "smoothed": "#d62728"}, label=t("train.loss"),
+                       elem_id="loss-plot")
     samples = gr.Gallery(label=t("train.samples"), columns=4, height=360, object_fit="contain",
                          allow_preview=True, elem_id="samples")
     log = gr.Textbox(label=t("train.log"), lines=8, interactive=False, elem_id="log")
@@ -187,10 +190,11 @@ def build_train_step(t: Translator, ws, runner, view):
         text = status_line(t, s) if finished else (said_now.get("text") or status_line(t, s))
         frame = loss_frame(s.losses)
         gallery = [(p, sample_label(t, p)) for p in s.samples[-12:]]
-        return (text, progress_html(t, s), progress_line(t, s), "\n".join(s.log[-40:]), frame, gallery,
-                "\n".join(s.saved))
+        idle = runner.busy != "training"  # Start and Resume wait while a job runs
+        return (text, progress_html(t, s), progress_line(t, s), "\n".join(s.log[-200:]), frame, gallery,
+                "\n".join(s.saved), gr.Button(interactive=idle), gr.Button(interactive=idle))
 
-    outs = [message, bar, progress, log, plot, samples, files]
+    outs = [message, bar, progress, log, plot, samples, files, start_btn, resume_btn]
     view.later.append(lambda: start_btn.click(start, view.state, [message, said, *view.outputs()],
                                               api_name="start_training", **CONCURRENCY))
     view.later.append(lambda: resume_btn.click(resume, view.state, [message, said], api_name="resume_training",
