@@ -19,8 +19,8 @@ from typing import Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.export.pt_io import save_pt
 from engine.file_kind import AESTHETIC_KEY
-from engine.fileio import atomic_write
 from engine.i18n import Explained
 
 SAFETENSORS_KEY = AESTHETIC_KEY
@@ -124,7 +124,7 @@ def save_embedding(embedding: torch.Tensor, out_dir: Path, name: str, clip: str,
 
     tensor = embedding.detach().float().cpu().contiguous()
     out_dir = Path(out_dir)
-    pt = atomic_write(out_dir / f"{name}.pt", lambda tmp: torch.save(tensor, tmp))
+    pt = save_pt(tensor, out_dir / f"{name}.pt", name)  # A1111's safe loader accepts it
     meta = {"name": name, "clip_model": str(clip), "num_images": str(num_images),
             "lora_forge.kind": "aesthetic_embedding"}
     st = save_with_metadata({SAFETENSORS_KEY: tensor}, out_dir / f"{name}.safetensors", meta,

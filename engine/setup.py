@@ -22,7 +22,7 @@ from engine.data.dataset import TrainingSamples
 from engine.data.class_images import ensure_class_images
 from engine.data.folder import DatasetIndex
 from engine.data_setup import build_data, encode_latents, scan_job_dataset, scan_reg_dataset
-from engine.export.hashes import cached_sha256
+from engine.export.hashes import cached_sha256, legacy_hash
 from engine.export.metadata import RunInfo
 from engine.models.loader import LoadedModel, load_sd_components
 from engine.method_setup import attach_method
@@ -123,6 +123,13 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     except ValueError as err:  # MethodError, a TI token clash, a LyCORIS preset matching nothing
         raise SetupError.wrapping(err) from None
     unet_params, te_params, ti, network = parts.unet_params, parts.te_params, parts.ti, parts.network
+    if cfg.network.type == "hypernetwork":
+        from engine.i18n import EN
+        from engine.networks.hypernetwork import comfyui_differences
+
+        net = cfg.network
+        for key in comfyui_differences(net.activation, net.layer_norm, net.activate_output):
+            cb.on_log("note: " + EN(f"warn.{key}", activation=net.activation))
     if cfg.network.type == "hypernetwork" and not cfg.network.lr_schedule and cfg.optimizer.lr > 1e-4:
         cb.on_log(f"note: hypernetworks are usually trained at lr 5e-6 .. 1e-5 (A1111's default "
                   f"range); {cfg.optimizer.lr:g} may overshoot on a real model")
@@ -162,9 +169,12 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_at(schedule, step) / base_lr)
 
+    weights = base_weights_file(model)
     run = RunInfo(session_id=int(torch.randint(0, 2**31 - 1, (1,)).item()), started_at=time.time(),
                   family=model.family, prediction_type=prediction_type,
-                  base_model_name=model.name, base_model_hash=base_model_hash(model),
+                  base_model_name=model.name, base_model_hash=cached_sha256(weights) if weights else "",
+                  base_model_legacy_hash=legacy_hash(weights) if weights else "",
+                  num_processes=accelerator.num_processes,
                   optimizer=describe_optimizer(optimizer, cfg.optimizer),
                   num_batches_per_epoch=num_batches, mixed_precision=accelerator.mixed_precision,
                   num_reg_images=dataset.num_reg_images,
@@ -174,11 +184,15 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                          total, num_batches, weight_dtype, run, data.te_cache, ti, network)
 
 
-def base_model_hash(model: LoadedModel) -> str:
-    """sha256 of a single-file base model (kohya's ``ss_new_sd_model_hash``); folders have none."""
+def base_weights_file(model: LoadedModel) -> Path | None:
+    """The file the base model's hashes are taken of: a single-file checkpoint itself; for a
+    diffusers folder (or a hub snapshot) its UNet weights, the part a LoRA is made for (kohya
+    hashes only single files and leaves a folder's hashes empty)."""
     if model.source_kind == "single_file":
-        return cached_sha256(Path(model.path))
-    return ""
+        return Path(model.path)
+    unet = Path(model.path) / "unet"
+    found = sorted(unet.glob("diffusion_pytorch_model*.safetensors")) if unet.is_dir() else []
+    return found[0] if len(found) == 1 else None
 
 
 __all__ = ["SetupError", "TrainingSetup", "build_training", "encode_latents"]

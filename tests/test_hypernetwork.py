@@ -261,3 +261,81 @@ def test_a_high_learning_rate_gets_a_hint(tiny_model_dir, tiny_dataset, tmp_path
     cfg.training.max_steps = 1
     train(cfg, Log())
     assert any("usually trained at lr 5e-6" in m for m in logs)
+
+
+# --- ComfyUI's reading of the same file (its hypernetwork loader, written here for the test) ---
+
+COMFY_ACTS = {"linear": nn.Identity, "relu": nn.ReLU, "leakyrelu": nn.LeakyReLU, "elu": nn.ELU,
+              "swish": nn.Hardswish, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "softsign": nn.Softsign,
+              "mish": nn.Mish}
+
+
+def comfy_sequence(f: dict, state: dict) -> nn.Sequential | None:
+    """ComfyUI's layer list for one module: every '.weight' key counts as a layer (LayerNorms too),
+    and an activation follows each linear layer that is not the last of that list."""
+    act = f.get("activation_func", "linear")
+    if act not in COMFY_ACTS:
+        return None  # ComfyUI logs an error and applies no hypernetwork
+    names = [k[:-len(".weight")] for k in state if k.endswith(".weight")]
+    layers, i = [], 0
+    while i < len(names):
+        w, b = state[f"{names[i]}.weight"], state[f"{names[i]}.bias"]
+        lin = nn.Linear(w.shape[1], w.shape[0])
+        lin.load_state_dict({"weight": w, "bias": b})
+        layers.append(lin)
+        if act != "linear" and (i != len(names) - 1 or f.get("activate_output")):
+            layers.append(COMFY_ACTS[act]())
+        if f.get("is_layer_norm"):
+            i += 1
+            ln = nn.LayerNorm(state[f"{names[i]}.weight"].shape[0])
+            ln.load_state_dict({"weight": state[f"{names[i]}.weight"], "bias": state[f"{names[i]}.bias"]})
+            layers.append(ln)
+        i += 1
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("activation, layer_norm, activate_output", [
+    ("linear", False, False), ("relu", False, False), ("linear", True, False), ("relu", True, True),
+    ("relu", True, False), ("gelu", False, False), ("silu", True, False)])
+def test_a1111_only_settings_are_exactly_where_comfyui_reads_the_file_differently(
+        activation, layer_norm, activate_output):
+    """The warning (engine.networks.hypernetwork.comfyui_differences) is given exactly when
+    ComfyUI's reading of the file applies nothing or computes something else than A1111's."""
+    from engine.networks.hypernetwork import Hypernetwork, comfyui_differences
+
+    torch.manual_seed(0)
+    net = Hypernetwork([320], [1, 2, 1], activation, layer_norm, activate_output)
+    f = net.to_file_dict("x", 1, "", "")
+    state = f[320][0]
+    x = torch.randn(3, 320)
+    reference = nn.Sequential(*a1111_sequence(320, f)) if activation in ("linear", "relu") else None
+    comfy = comfy_sequence(f, state)
+    warned = comfyui_differences(activation, layer_norm, activate_output)
+    if comfy is None:
+        assert warned == ["hn_comfy_activation"]
+        return
+    reference.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+    same = torch.allclose(reference.eval()(x), comfy.eval()(x), atol=1e-6)
+    assert same == (not warned), (activation, layer_norm, activate_output, warned)
+
+
+def test_the_warning_in_the_log_and_on_the_page(tiny_model_dir, tiny_dataset, tmp_path):
+    from engine.callbacks import Callbacks
+    from engine.i18n import Translator
+    from engine.trainer import train
+    from webapp.wizard_logic import soft_warnings
+
+    cfg = _job(tiny_model_dir, tiny_dataset, tmp_path, activation="gelu")
+    assert any("works in A1111 only" in w for w in soft_warnings(cfg, 4, 100, "sd15"))
+    assert any("只在 A1111 里可用" in w for w in soft_warnings(cfg, 4, 100, "sd15", Translator("zh")))
+    assert not any("A1111" in w for w in soft_warnings(_job(tiny_model_dir, tiny_dataset, tmp_path), 4, 100,
+                                                         "sd15"))
+
+    class Log(Callbacks):
+        lines: list[str] = []
+
+        def on_log(self, message):
+            self.lines.append(message)
+
+    train(_job(tiny_model_dir, tiny_dataset, tmp_path, activation="relu", layer_norm=True), Log())
+    assert any("ComfyUI also applies the activation after the last layer" in line for line in Log.lines)

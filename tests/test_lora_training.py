@@ -186,4 +186,44 @@ def test_train_on_single_file_base_records_its_hash(tmp_path, tiny_model_dir, ti
     with safe_open(str(result.final_path), "pt") as f:
         meta = f.metadata()
     assert meta["ss_sd_model_name"] == "civitai-style.safetensors"
-    assert meta["ss_new_sd_model_hash"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    data = ckpt.read_bytes()
+    assert meta["ss_new_sd_model_hash"] == hashlib.sha256(data).hexdigest()
+    assert meta["ss_sd_model_hash"] == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]  # A1111's old hash
+
+
+def documented_keys(section: str) -> set[str]:
+    """The keys in the first column of a table of docs/kohya-metadata.md under ``section``."""
+    import re
+
+    from conftest import ROOT
+
+    text = (ROOT / "docs" / "kohya-metadata.md").read_text(encoding="utf-8")
+    part = text.split(f"## {section}")[1].split("\n## ")[0]
+    rows = [line.split("|")[1] for line in part.splitlines() if line.startswith("| `")]
+    return {k for row in rows for k in re.findall(r"`([a-z_.*]+)`", row)}
+
+
+def test_metadata_matches_what_sd_scripts_writes(trained_lora, tiny_model_dir):
+    """Our key set against the documented comparison with sd-scripts, and the values of the
+    keys that need computing (hashes, total batch size) recomputed here."""
+    import re
+
+    from safetensors.torch import save
+
+    _, result = trained_lora
+    tensors = load_file(str(result.final_path))
+    with safe_open(str(result.final_path), "pt") as f:
+        meta = f.metadata()
+    written, left_out = documented_keys("Written"), documented_keys("Left out")
+    assert len(written) > 50 and len(left_out) > 25
+    for key in written:
+        assert any(re.fullmatch(key.replace(".", r"\.").replace("*", ".+"), k) for k in meta), key
+    assert not left_out & set(meta)
+    unet = (tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert meta["ss_new_sd_model_hash"] == hashlib.sha256(unet).hexdigest()  # a diffusers folder's UNet
+    assert meta["ss_sd_model_hash"] == hashlib.sha256(unet[0x100000:0x110000]).hexdigest()[:8]
+    assert meta["ss_total_batch_size"] == "2"
+    training_only = save(tensors, {k: v for k, v in meta.items() if k.startswith("ss_")})
+    assert meta["sshs_legacy_hash"] == hashlib.sha256(training_only[0x100000:0x110000]).hexdigest()[:8]
+    (n,) = __import__("struct").unpack("<Q", training_only[:8])
+    assert meta["sshs_model_hash"] == hashlib.sha256(training_only[8 + n:]).hexdigest()

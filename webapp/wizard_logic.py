@@ -216,6 +216,11 @@ def soft_warnings(cfg, num_images: int, total_steps: int, family: str, t: Transl
             out.append(t("warn.steps_high", steps=total_steps))
         elif total_steps < 200:
             out.append(t("warn.steps_low", steps=total_steps))
+    if method == "hypernetwork":
+        from engine.networks.hypernetwork import comfyui_differences
+
+        out += [t(f"warn.{key}", activation=net.activation)
+                for key in comfyui_differences(net.activation, net.layer_norm, net.activate_output)]
     trigger = cfg.output.trigger_phrase.split(",")[0].strip().lower()
     if trigger in COMMON_WORDS:
         out.append(t("warn.trigger_common", word=trigger))

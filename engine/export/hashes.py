@@ -44,6 +44,16 @@ def cached_sha256(path: Path) -> str:
     return table[key]
 
 
+LEGACY_SPAN = (0x100000, 0x10000)  # A1111's old short hash: 64 KiB read at 1 MiB
+
+
+def legacy_hash_bytes(data: bytes) -> str:
+    """:func:`legacy_hash` of serialized bytes (kohya's ``sshs_legacy_hash``; of nothing for a
+    file smaller than 1 MiB, as there)."""
+    start, size = LEGACY_SPAN
+    return hashlib.sha256(data[start:start + size]).hexdigest()[:8]
+
+
 def safetensors_data_hash(data: bytes) -> str:
     """AutoV3 / addnet hash of serialized safetensors bytes: sha256 of what follows the header,
     so it does not change when only the metadata changes."""
@@ -84,7 +94,9 @@ def file_digests(path: Path, safetensors: bool) -> tuple[str, int, str | None]:
 
 
 def legacy_hash(path: Path) -> str:
-    """A1111's old short hash: sha256 of 64 KiB at offset 1 MiB, first 8 hex digits."""
+    """A1111's old short hash of a file: sha256 of 64 KiB at offset 1 MiB, first 8 hex digits
+    (Civitai's AutoV1; kohya's ``ss_sd_model_hash`` of the base model)."""
+    start, size = LEGACY_SPAN
     with open(path, "rb") as fh:
-        fh.seek(0x100000)
-        return hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
+        fh.seek(start)
+        return hashlib.sha256(fh.read(size)).hexdigest()[:8]

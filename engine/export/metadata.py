@@ -32,13 +32,15 @@ class RunInfo:
     family: str
     prediction_type: str
     base_model_name: str
-    base_model_hash: str
+    base_model_hash: str           # sha256 of the base's weights file (kohya: ss_new_sd_model_hash)
     optimizer: str
     num_batches_per_epoch: int
     mixed_precision: str
     num_reg_images: int = 0
     reg_dataset_dirs: dict | None = None
     bucket_counts: dict | None = None  # {(w, h): entries per epoch}
+    base_model_legacy_hash: str = ""  # A1111's old short hash of that file (kohya: ss_sd_model_hash)
+    num_processes: int = 1
 
 
 def _iso(ts: float) -> str:
@@ -89,6 +91,7 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         "ss_num_reg_images": str(run.num_reg_images),
         "ss_num_batches_per_epoch": str(run.num_batches_per_epoch),
         "ss_batch_size_per_device": str(t.batch_size),
+        "ss_total_batch_size": str(t.batch_size * run.num_processes * t.gradient_accumulation_steps),
         "ss_learning_rate": str(o.lr),
         "ss_unet_lr": str(o.unet_lr if o.unet_lr is not None else o.lr),
         "ss_text_encoder_lr": str(0.0 if net.train_unet_only else
@@ -115,6 +118,7 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         "ss_resolution": f"({res}, {res})",
         "ss_sd_model_name": run.base_model_name,
         "ss_new_sd_model_hash": run.base_model_hash,
+        "ss_sd_model_hash": run.base_model_legacy_hash,
         "ss_noise_offset": str(t.noise_offset),
         "ss_min_snr_gamma": str(t.min_snr_gamma),
         "ss_tag_frequency": json.dumps(data.tag_frequency(), ensure_ascii=False),

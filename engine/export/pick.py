@@ -9,6 +9,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from engine.export.pt_io import save_pt
 from engine.export.hashes import safetensors_file_data_hash
 from engine.export.safetensors_io import load_with_metadata
 from engine.fileio import atomic_write
@@ -67,4 +68,4 @@ def _pick_hypernetwork(src: Path, dest: Path) -> Path:
                              for layer in v if isinstance(layer, dict)
                              for t in layer.values() if isinstance(t, torch.Tensor)))
     data["name"] = dest.stem
-    return atomic_write(dest, lambda tmp: torch.save(data, tmp))
+    return save_pt(data, dest, dest.stem)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.fileio import atomic_write
+from engine.export.pt_io import save_pt
 from engine.i18n import Explained
 
 # A1111's names; note its "swish" is Hardswish.
@@ -32,6 +32,21 @@ ACTIVATIONS: dict[str, type[nn.Module] | None] = {
     "silu": nn.SiLU, "mish": nn.Mish, "softsign": nn.Softsign, "celu": nn.CELU, "selu": nn.SELU,
 }
 WEIGHT_INITS = ("Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal")
+# What ComfyUI's hypernetwork loader reads (its comfy_extras/nodes_hypernetwork.py): only these
+# activations (with another it logs an error and applies nothing), and with layer norm it counts
+# the norm layers as layers, so its last linear layer gets the activation too (A1111: not
+# unless activate_output). A1111 reads every option.
+COMFYUI_ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish")
+
+
+def comfyui_differences(activation: str, layer_norm: bool, activate_output: bool) -> list[str]:
+    """Catalogue keys (``warn.<key>``) of the settings ComfyUI reads differently from A1111."""
+    out = []
+    if activation not in COMFYUI_ACTIVATIONS:
+        out.append("hn_comfy_activation")
+    elif layer_norm and activation != "linear" and not activate_output:
+        out.append("hn_comfy_layer_norm")
+    return out
 
 
 class HypernetworkFileError(Explained, ValueError):
@@ -169,7 +184,7 @@ class Hypernetwork(nn.Module):
     def save(self, path: Path, name: str, step: int, checkpoint_hash: str = "",
              checkpoint_name: str = "") -> Path:
         data = self.to_file_dict(name, step, checkpoint_hash, checkpoint_name)
-        return atomic_write(Path(path), lambda tmp: torch.save(data, tmp))
+        return save_pt(data, Path(path), name)  # A1111's safe loader accepts it
 
 
 def widths_in_unet(unet: nn.Module) -> list[int]:

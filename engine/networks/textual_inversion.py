@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from engine.export.pt_io import save_pt
 from engine.fileio import atomic_write
 from engine.i18n import Explained, UserInputError
 from engine.networks.ti_templates import TEMPLATES
@@ -198,7 +199,7 @@ class TextualInversion:
         save_with_metadata({"emb_params": vec}, path, meta, precision)
         pt = path.with_suffix(".pt")
         data = a1111_embedding_dict(vec, name, step, checkpoint_hash, checkpoint_name)
-        atomic_write(pt, lambda tmp: torch.save(data, tmp))
+        save_pt(data, pt, name)  # A1111's safe loader accepts it
         png = path.with_suffix(".png")
         atomic_write(png, lambda tmp: embedding_png(data).save(tmp, format="PNG",
                                                              pnginfo=_png_info(data)))
