@@ -85,7 +85,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
                       seeds=seeds, z_axis="seed" if args.seeds else "prompt", negative=args.negative,
                       steps=args.steps, cfg_scale=args.cfg, width=size, height=size,
                       aesthetic=aesthetic, local_files_only=args.offline)
-        model = load_sd_components(args.base, local_files_only=args.offline)
+        model = load_sd_components(args.base, local_files_only=args.offline, vae=args.vae)
     except (GridError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -173,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--steps", type=int, default=20)
     grid.add_argument("--cfg", type=float, default=7.0)
     grid.add_argument("--size", type=int, help="image size in pixels (default 512)")
+    grid.add_argument("--vae", help="a separate VAE (file, diffusers folder, hub id); default: the base's own")
     grid.add_argument("--offline", action="store_true", help="never download the base model")
     grid.add_argument("--out", default="output/grid")
     add_aesthetic_grid_arguments(grid)

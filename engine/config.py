@@ -62,8 +62,11 @@ class ModelConfig(_Section):
         default=False, description="Never touch the network; hub ids must already be cached."
     )
     config_dir: Optional[str] = path_field(
-        "folder", default=None, description="Diffusers folder describing a single-file model's architecture "
-        "(needed offline; online, the SD 1.5 reference config is fetched once).")
+        "folder", default=None, description="Diffusers folder describing a single-file model's architecture; "
+        "empty: LoRA Forge's own reference of its family (SD 1.5, SD 2.x with v-prediction detected, SDXL).")
+    vae: Optional[str] = path_field(
+        "model", default=None, description="A separate VAE (.safetensors file, diffusers folder or hub id) "
+        "that encodes the training images and decodes the samples; empty: the base model's own.")
     allow_pickle: bool = Field(
         default=False, description="Accept a .ckpt/.pt/.pth/.bin base model. Pickles can run code "
         "when loaded; even with this on, only tensors are read (torch.load weights_only=True) and a "

@@ -18,7 +18,8 @@ from typing import Any, Callable, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.config import ConfigError, JobConfig, config_to_dict, parse_config, validation_problems
+from engine.config import (ConfigError, JobConfig, ModelConfig, config_to_dict, parse_config,
+                           validation_problems)
 from engine.i18n import Explained
 from engine.presets import deep_merge, list_tiers
 
@@ -76,6 +77,12 @@ def _defaults_for(method: str) -> dict[str, Any]:
     return config_to_dict(parse_config(job))
 
 
+def _model_reference_fields() -> list[str]:
+    """The model section's fields that name a model (a file, folder or hub id)."""
+    return [name for name, info in ModelConfig.model_fields.items()
+            if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("path") == "model"]
+
+
 def preset_settings(cfg: JobConfig) -> dict[str, Any]:
     """The job's settings that differ from the defaults, without local paths."""
     from engine.models.loader import EMBEDDED_NAMES, looks_like_path  # the loader's own rule
@@ -85,9 +92,10 @@ def preset_settings(cfg: JobConfig) -> dict[str, Any]:
     for section, key in LOCAL_FIELDS | PERSONAL_FIELDS:
         delta.get(section, {}).pop(key, None)
     model = delta.get("model", {})
-    base = str(model.get("base", ""))
-    if base and base not in EMBEDDED_NAMES and looks_like_path(base):
-        model.pop("base")  # a file or folder on this machine; a hub id or "embedded" is shareable
+    for key in _model_reference_fields():  # the base, a VAE: a file or folder on this machine is
+        value = str(model.get(key, ""))  # dropped; a hub id or "embedded" is shareable
+        if value and value not in EMBEDDED_NAMES and looks_like_path(value):
+            model.pop(key)
     for section in list(delta):
         if isinstance(delta[section], dict):
             for key, value in list(delta[section].items()):

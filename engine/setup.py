@@ -23,7 +23,7 @@ from engine.data.class_images import ensure_class_images
 from engine.data.folder import DatasetIndex
 from engine.data_setup import build_data, encode_latents, scan_job_dataset, scan_reg_dataset
 from engine.export.hashes import cached_sha256, legacy_hash
-from engine.export.metadata import RunInfo
+from engine.export.metadata import RunInfo, vae_facts
 from engine.models.loader import LoadedModel, load_sd_components
 from engine.method_setup import attach_method
 from engine.networks.textual_inversion import TextualInversion, lr_at, parse_lr_schedule
@@ -88,7 +88,8 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                                    local_files_only=cfg.model.local_files_only,
                                    allow_pickle=cfg.model.allow_pickle,
                                    single_file_config=(Path(cfg.model.config_dir)
-                                                       if cfg.model.config_dir else None))
+                                                       if cfg.model.config_dir else None),
+                                   vae=cfg.model.vae)
     prediction_type = (model.prediction_type if cfg.model.prediction_type == "auto"
                        else cfg.model.prediction_type)
     model.noise_scheduler.register_to_config(prediction_type=prediction_type)
@@ -174,6 +175,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                   family=model.family, prediction_type=prediction_type,
                   base_model_name=model.name, base_model_hash=cached_sha256(weights) if weights else "",
                   base_model_legacy_hash=legacy_hash(weights) if weights else "",
+                  **vae_facts(model.vae_info),
                   num_processes=accelerator.num_processes,
                   optimizer=describe_optimizer(optimizer, cfg.optimizer),
                   num_batches_per_epoch=num_batches, mixed_precision=accelerator.mixed_precision,

@@ -43,3 +43,24 @@ def test_full_finetune_saves_reloadable_checkpoint(tmp_path, tiny_model_dir, tin
     before, after = denoising_loss(base, tiny_dataset), denoising_loss(folder, tiny_dataset)
     print(f"full fine-tune fixed-noise loss {before:.4f} -> {after:.4f}")
     assert after < 0.95 * before, (before, after)
+
+
+def test_sd2_full_finetune_is_saved_as_a_single_file(tmp_path, tiny_dataset):
+    """SD 2.x checkpoints keep their OpenCLIP encoder under cond_stage_model.model.; before, the
+    run trained and then failed to save."""
+    from diffusers import StableDiffusionPipeline
+
+    from engine.models.toy import build_tiny_sd2
+
+    sd2 = build_tiny_sd2(tmp_path / "sd2")
+    job = lora_job(sd2, tiny_dataset, tmp_path / "out", training={"epochs": 1, "batch_size": 6})
+    job["network"] = {"type": "dreambooth", "train_text_encoder": True}
+    result = train(parse_config(job))
+    with safe_open(str(result.final_path), "pt") as f:
+        assert f.metadata()["modelspec.architecture"] == "stable-diffusion-v2-768-v"
+        assert any(k.startswith("cond_stage_model.model.transformer.resblocks.") for k in f.keys())
+    single = StableDiffusionPipeline.from_single_file(str(result.final_path), config=str(sd2), local_files_only=True)
+    folder = load_sd_components(str(tmp_path / "out" / "tiny"))
+    for name in ("unet", "text_encoder"):
+        trained, reloaded = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert all(torch.equal(trained[k], reloaded[k]) for k in trained), name

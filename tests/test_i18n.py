@@ -54,7 +54,7 @@ def keys_used_in_code() -> set[str]:
     keys |= {f"errors.{k}" for k in CONFIG_ERROR_TYPES}
     # keys of the engine's explained errors: XError("English...", "key", ...)
     keys |= {f"errors.{key}" for _, _, key in explained_error_calls() if key}
-    assert "errors.dataset_not_found" in keys and "errors.model_pickle" in keys and "errors.config_sd2" in keys
+    assert "errors.dataset_not_found" in keys and "errors.model_pickle" in keys and "errors.config_not_diffusers" in keys
     from engine.data.importer import SKIP_REASONS
     keys |= {f"dataset.skip_{k}" for k in SKIP_REASONS}
     keys |= {f"tier.{k}" for k in ("gpu_with_vram", "reason_mps", "reason_cpu_unusable", "reason_cpu",

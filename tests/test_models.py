@@ -117,17 +117,31 @@ def test_single_file_roundtrip_is_exact(tmp_path, kwargs):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left nothing behind
 
 
-def test_single_file_half_and_refuses_sd2(tmp_path):
+def test_single_file_half_and_sd2(tmp_path):
+    from diffusers import StableDiffusionPipeline
     from safetensors import safe_open
+    from transformers import CLIPTextModelWithProjection
 
     parts = tiny_sd15_components()
     path = save_single_file(parts, tmp_path / "half.safetensors", half=True)
     with safe_open(str(path), "pt") as fh:
         assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.float16}
         assert len(list(fh.keys())) == len(to_original_state_dict(parts["unet"], parts["vae"], parts["text_encoder"]))
-    sd2 = tiny_sd15_components(family="sd2")
-    with pytest.raises(ValueError, match="SD 1.x"):
-        to_original_state_dict(sd2["unet"], sd2["vae"], sd2["text_encoder"])
+    # SD 2.x: the OpenCLIP encoder under cond_stage_model.model., and back through diffusers' loader
+    folder = build_tiny_sd2(tmp_path / "sd2")
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    path = save_single_file(pipe, tmp_path / "sd2.safetensors")
+    with safe_open(str(path), "pt") as fh:
+        keys = set(fh.keys())
+    assert "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert not any(k.startswith("cond_stage_model.transformer.") for k in keys)
+    assert detect_family_from_keys(keys) == "sd2"
+    back = StableDiffusionPipeline.from_single_file(str(path), config=str(folder), local_files_only=True)
+    for name in ("unet", "vae", "text_encoder"):
+        _assert_same_weights(getattr(pipe, name), getattr(back, name))
+    projected = CLIPTextModelWithProjection(pipe.text_encoder.config)
+    with pytest.raises(ValueError, match="no original single-file layout"):
+        to_original_state_dict(parts["unet"], parts["vae"], projected)
 
 
 # --- loader ------------------------------------------------------------------------------------------------
@@ -148,9 +162,13 @@ def test_load_single_file_with_config(sd15, sd15_file):
         _assert_same_weights(getattr(ref, name), getattr(m, name))
 
 
-def test_single_file_without_config_offline_is_explained(sd15_file, tmp_path):
-    with pytest.raises(ModelLoadError, match="needs a diffusers config folder"):
+def test_single_file_of_other_layer_sizes_is_explained(sd15_file, tmp_path, monkeypatch):
+    """With no config, a single file is read as the reference architecture of its family; a file
+    with other layer sizes (here the tiny model) says so instead of a shape traceback."""
+    monkeypatch.setenv("LORAFORGE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ModelLoadError, match="do not have the SD 1.5 architecture.*model.config_dir") as err:
         load_sd_components(str(sd15_file), local_files_only=True, cache_dir=tmp_path / "empty_cache")
+    assert err.value.key == "single_file_shape"
 
 
 def _fake_hub_cache(root: Path, repo_id: str, folder: Path) -> Path:
@@ -166,13 +184,6 @@ def test_hub_id_loads_offline_from_cache(sd15, tmp_path):
     cache = _fake_hub_cache(tmp_path / "hub", "someorg/tiny-sd15", sd15)
     m = load_sd_components("someorg/tiny-sd15", local_files_only=True, cache_dir=cache)
     assert (m.source_kind, m.name, m.family) == ("hub", "someorg/tiny-sd15", "sd15")
-
-
-def test_single_file_config_from_hub_cache(sd15, sd15_file, tmp_path):
-    """Without an explicit config, a single file finds one under the reference SD 1.5 repo id in the cache."""
-    cache = _fake_hub_cache(tmp_path / "hub", "stable-diffusion-v1-5/stable-diffusion-v1-5", sd15)
-    m = load_sd_components(str(sd15_file), local_files_only=True, cache_dir=cache)
-    assert m.source_kind == "single_file"
 
 
 def test_missing_hub_id_offline_message(tmp_path):

@@ -273,9 +273,11 @@ def test_exposed_compare_and_export_stay_inside_the_workspace(client, exposed, p
 
     _, root = exposed
     lora = private / "model.safetensors"
-    args = ["embedded", str(lora), "zkz", "0, 1", 42, 64, 2, 5.0, str(root / "grid"), 5, 1e-4, False, "", ""]
+    args = ["embedded", str(lora), "zkz", "0, 1", 42, 64, 2, 5.0, str(root / "grid"), 5, 1e-4, False, "", "", ""]
     assert outside(client.predict(*args, api_name="/make_grid")[2])
     args[1], args[8] = "", str(private / "grid")
+    assert outside(client.predict(*args, api_name="/make_grid")[2])
+    args[8], args[14] = str(root / "grid"), str(private / "vae.safetensors")  # a VAE read from outside
     assert outside(client.predict(*args, api_name="/make_grid")[2])
     _, message = client.predict(str(lora), 1.0, "stolen", api_name="/keep_pick")
     assert outside(message)

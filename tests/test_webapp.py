@@ -63,11 +63,11 @@ def test_listen_requires_auth():
         parse_auth("nopassword")
 
 
-def grid_args(base, files, out_dir, weights="0, 1", prompt="zkz star, purple", **aesthetic):
+def grid_args(base, files, out_dir, weights="0, 1", prompt="zkz star, purple", vae="", **aesthetic):
     """Arguments of /make_grid in the order of the compare tab's inputs."""
     a = {"steps": 5, "lr": 1e-4, "slerp": False, "text": "", "clip": ""} | aesthetic
     return (str(base), "\n".join(str(f) for f in files), prompt, weights, 42, 64, 3, 5.0, str(out_dir),
-            a["steps"], a["lr"], a["slerp"], a["text"], a["clip"])
+            a["steps"], a["lr"], a["slerp"], a["text"], a["clip"], str(vae))
 
 
 def test_compare_grid_through_the_api(server, tmp_path, tiny_model_dir, trained_lora):

@@ -193,8 +193,9 @@ def test_3_5_6_stop_resume_a_second_run_and_a_reload(server, tmp_path):
     assert hashlib.sha256((first / "zkz_star.safetensors").read_bytes()).hexdigest() == digest
     # 6: after a reload the runs are read from disk; the newest is used
     reloaded = page(server)
-    files, base, prompt, size, steps, cfg, note = reloaded(str(second), api_name="/use_run_files")
+    files, base, vae, prompt, size, steps, cfg, note = reloaded(str(second), api_name="/use_run_files")
     assert files.splitlines() == [str(second / "zkz_star.safetensors")] and base == "embedded", note
+    assert vae == ""  # the run used the base's own VAE
     assert (prompt, size, steps, cfg) == ("zkz, a star on a white background", 64, 12, 5.0)  # the run's sampling
     files, *_ = reloaded(str(first), api_name="/use_run_files")
     assert files.splitlines() == [str(first / "zkz_star-000001.safetensors"), str(first / "zkz_star-000002.safetensors"),
@@ -254,10 +255,21 @@ def test_4_broken_images_are_listed_and_left_out_before_training(server, tmp_pat
 # ---------------------------------------------------------------- 7: export
 
 def test_7_export_makes_samples_with_the_runs_base_and_settings(server, tmp_path):
+    """... and its VAE: one chosen in Advanced encodes, is recorded, and draws the card's samples."""
+    from diffusers import AutoencoderKL
+
+    from engine.models.reference import reference_config_dir
+
+    vae_folder = tmp_path / "my-vae"
+    AutoencoderKL.from_config(AutoencoderKL.load_config(reference_config_dir("sd15"), subfolder="vae")
+                              ).save_pretrained(vae_folder)
     wizard = page(server)
     wizard.set("training.epochs", 1)
+    wizard.set("model.vae", str(vae_folder))
+    assert tomllib.loads(wizard.job_toml())["model"]["vae"] == str(vae_folder)
     run = Path(wizard.start().split("writing to ")[1])
     wizard.wait(300)
+    assert metadata(run / "zkz_star.safetensors")["ss_vae_name"] == "my-vae"
     picked, note = wizard(str(run / "zkz_star.safetensors"), 0.8, "zkz_best", api_name="/keep_pick")
     assert Path(picked) == run / "zkz_best.safetensors", note
     again, note = wizard(str(run / "zkz_star.safetensors"), 0.8, "zkz_best", api_name="/keep_pick")
@@ -270,6 +282,7 @@ def test_7_export_makes_samples_with_the_runs_base_and_settings(server, tmp_path
     params = Image.open(samples[0]).text["parameters"]
     assert "Steps: 12" in params and "CFG scale: 5" in params and "Model: shapes-base" in params, params
     assert Path(archive).name == "zkz_best.zip" and Path(model).name == "zkz_best.safetensors"
+    assert "| VAE | my-vae |" in readme
 
 
 # ---------------------------------------------------------------- presets and the whole flow

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: float, size: float,
               steps: float, cfg: float, out_dir: str, a_steps: float, a_lr: float, a_slerp: bool,
-              a_text: str, a_clip: str, progress=None, t: Translator = EN, ws: Workspace = LOCAL):
+              a_text: str, a_clip: str, vae: str = "", progress=None, t: Translator = EN,
+              ws: Workspace = LOCAL):
     """(grid image path, cell image paths, message). Holds the runner while it draws, so
     training cannot start meanwhile (and the grid waits for no training)."""
     from engine.jobs import JobBusy
@@ -27,13 +28,13 @@ def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: f
     try:
         with runner.exclusive("grid"):
             return _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a_steps,
-                              a_lr, a_slerp, a_text, a_clip, progress, t, ws)
+                              a_lr, a_slerp, a_text, a_clip, vae, progress, t, ws)
     except JobBusy as err:
         return None, [], t("compare.busy") if err.work == "training" else t("compare.busy_grid")
 
 
 def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a_steps, a_lr, a_slerp,
-               a_text, a_clip, progress, t: Translator, ws: Workspace):
+               a_text, a_clip, vae, progress, t: Translator, ws: Workspace):
     from pydantic import ValidationError
 
     from engine.aesthetic import AestheticSettings
@@ -56,7 +57,7 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
         job = GridJob(checkpoints=paths, prompts=prompt_list, weights=parse_weights(weights),
                       seeds=[int(seed)], steps=int(steps), cfg_scale=float(cfg), width=int(size),
                       height=int(size), aesthetic=aesthetic)
-        model = load_sd_components(ws.model(base) or "embedded")
+        model = load_sd_components(ws.model(base) or "embedded", vae=ws.model(vae) or None)
         tick = (lambda done, total: progress((done, total), desc=t("compare.progress"), unit="cells")
                 ) if progress else None
         result = run_grid(model, job, out, tick)
@@ -138,7 +139,7 @@ def files_of_run(folder: str, ws: Workspace = LOCAL) -> dict:
     except ConfigError:
         return out
     sample = SampleSettings.from_job(job)
-    return {**out, "base": job.model.base, "prompt": (sample.prompts or [job.output.trigger_phrase])[0],
+    return {**out, "base": job.model.base, "vae": job.model.vae or "", "prompt": (sample.prompts or [job.output.trigger_phrase])[0],
             "size": sample.size, "steps": sample.steps, "cfg": sample.cfg_scale}
 
 
@@ -156,6 +157,7 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, vi
         use = gr.Button(t("compare.use_run"), elem_id="use-run-files")
     with gr.Row():
         base = gr.Textbox("embedded", label=t("compare.base"), elem_id="grid-base")
+        vae = gr.Textbox("", label=t("compare.vae"), elem_id="grid-vae")
         out_dir = gr.Textbox(str(output_root() / "grid"), label=t("compare.out"), elem_id="grid-out")
     files = gr.Textbox(lines=4, label=t("compare.files"), elem_id="grid-files")
     prompts = gr.Textbox("zkz, a star on a white background", lines=2,
@@ -179,8 +181,8 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, vi
     grid = gr.Image(label=t("compare.grid"), type="filepath", interactive=False, elem_id="grid-image")
     cells = gr.Gallery(label=t("compare.cells"), columns=6, elem_id="grid-cells")
 
-    def run(b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, progress=gr.Progress()):
-        return make_grid(runner, b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, progress, t, ws)
+    def run(b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, v, progress=gr.Progress()):
+        return make_grid(runner, b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, v, progress, t, ws)
 
     def listed(job, chosen):
         """The runs on disk (newest first): the one the user chose stays chosen, else the newest."""
@@ -193,7 +195,8 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, vi
         keep = chosen if chosen in [c[1] for c in choices] else (choices[0][1] if choices else None)
         return gr.Dropdown(choices=choices, value=keep)
 
-    filled = [files, base, prompts, size, steps, cfg]
+    filled = [files, base, vae, prompts, size, steps, cfg]
+    keys = ("files", "base", "vae", "prompt", "size", "steps", "cfg")
 
     def use_run(folder):
         try:
@@ -202,12 +205,11 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, vi
             return *(gr.skip() for _ in filled), t("compare.error", error=describe_error(err, t))
         if not run.get("files"):
             return *(gr.skip() for _ in filled), t("compare.no_run")
-        values = [run.get(k) for k in ("files", "base", "prompt", "size", "steps", "cfg")]
-        return (*(gr.skip() if v in (None, "") else v for v in values),
+        return (*(gr.skip() if run.get(k) in (None, "") and k != "vae" else run.get(k, "") for k in keys),
                 t("compare.run_files", n=len(run["files"].splitlines())))
 
     go.click(run, [base, files, prompts, weights, seed, size, steps, cfg, out_dir,
-                   a_steps, a_lr, a_slerp, a_text, a_clip], [grid, cells, message], api_name="make_grid")
+                   a_steps, a_lr, a_slerp, a_text, a_clip, vae], [grid, cells, message], api_name="make_grid")
     state = view.state if view is not None else gr.State({})
     chosen = gr.State(None)  # a run the user picked from the list (else the newest is used)
     run_list.input(lambda v: v, run_list, chosen, api_visibility="private")

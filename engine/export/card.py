@@ -117,14 +117,15 @@ def make_samples(facts: CardFacts, base: str, folder: Path, settings: SampleSett
                  job: JobConfig | None, local_files_only: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> list[CardSample]:
     """Generate the card's images with the file applied at its recommended weight."""
-    from engine.export.hashes import sha256_file
     from engine.models.loader import load_sd_components
     from engine.network_swap import NetworkSwapper
     from engine.sample_prompts import a1111_parameters, save_png_with_parameters
     from engine.sampler import SampleSpec, build_pipeline, generate_batch
 
     is_checkpoint = facts.kind == "dreambooth"
-    model = load_sd_components(str(facts.file) if is_checkpoint else base, local_files_only=local_files_only)
+    vae = job.model.vae if job is not None and not is_checkpoint else None  # a checkpoint holds its own
+    model = load_sd_components(str(facts.file) if is_checkpoint else base, local_files_only=local_files_only,
+                               vae=vae, allow_pickle=bool(job and job.model.allow_pickle))
     swapper = None
     if not is_checkpoint:
         swapper = NetworkSwapper(model, local_files_only=local_files_only)

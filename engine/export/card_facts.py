@@ -53,6 +53,7 @@ class CardFacts:
     precision: str
     base_model_name: str = ""
     base_model_hash: str = ""
+    vae_name: str = ""  # a separate VAE the file was trained with ("" = the base's own)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -263,4 +264,5 @@ def gather_facts(path: Path, job: JobConfig | None = None, preferred_weight: flo
         hashes=file_hashes(path), precision=extra.get("precision", ""),
         base_model_name=meta.get("ss_sd_model_name") or extra.get("base") or
         (job.model.base if job else ""),
-        base_model_hash=meta.get("ss_new_sd_model_hash", ""))
+        base_model_hash=meta.get("ss_new_sd_model_hash", ""),
+        vae_name=meta.get("ss_vae_name") or (Path(job.model.vae).name if job and job.model.vae else ""))

@@ -122,6 +122,8 @@ def _rows(facts: CardFacts, info: CardInfo, t: Translator) -> list[tuple[str, st
         rows.append((t("card.dataset"), t("card.dataset_value", n=facts.num_images, repeats=repeats)))
     if facts.base_model_name:
         rows.append((t("card.trained_on"), facts.base_model_name))
+    if facts.vae_name:
+        rows.append((t("card.vae"), facts.vae_name))
     if info.author:
         rows.append((t("card.author"), info.author))
     return rows

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from engine.config import JobConfig
 from engine.data.folder import DatasetIndex
+from engine.export.hashes import cached_sha256, legacy_hash
 
 BASE_MODEL_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 MODELSPEC_ARCH = {"sd15": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
@@ -41,6 +42,18 @@ class RunInfo:
     bucket_counts: dict | None = None  # {(w, h): entries per epoch}
     base_model_legacy_hash: str = ""  # A1111's old short hash of that file (kohya: ss_sd_model_hash)
     num_processes: int = 1
+    vae_name: str = ""  # a separate VAE's file or folder name (kohya: ss_vae_name); "" = the base's own
+    vae_hash: str = ""  # sha256 of its weights file (kohya: ss_new_vae_hash)
+    vae_legacy_hash: str = ""  # A1111's old short hash of it (kohya: ss_vae_hash)
+
+
+def vae_facts(info) -> dict[str, str]:
+    """RunInfo's VAE fields from engine.models.vae.VaeInfo (None: the base's own VAE)."""
+    if info is None:
+        return {}
+    weights = info.weights if info.weights is not None and info.weights.is_file() else None
+    return {"vae_name": info.name, "vae_hash": cached_sha256(weights) if weights else "",
+            "vae_legacy_hash": legacy_hash(weights) if weights else ""}
 
 
 def _iso(ts: float) -> str:
@@ -119,6 +132,8 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         "ss_sd_model_name": run.base_model_name,
         "ss_new_sd_model_hash": run.base_model_hash,
         "ss_sd_model_hash": run.base_model_legacy_hash,
+        **({"ss_vae_name": run.vae_name, "ss_vae_hash": run.vae_legacy_hash, "ss_new_vae_hash": run.vae_hash}
+           if run.vae_name else {}),
         "ss_noise_offset": str(t.noise_offset),
         "ss_min_snr_gamma": str(t.min_snr_gamma),
         "ss_tag_frequency": json.dumps(data.tag_frequency(), ensure_ascii=False),

@@ -71,14 +71,15 @@ def build_vocab_and_merges(bpe_gz: Path) -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
-def write_clip_tokenizer_files(out_dir: Path) -> Path:
-    """Write a folder that ``CLIPTokenizer.from_pretrained(out_dir)`` loads (SD 1.x tokenizer settings)."""
+def write_clip_tokenizer_files(out_dir: Path, pad_token: str = EOS) -> Path:
+    """Write a folder that ``CLIPTokenizer.from_pretrained(out_dir)`` loads (SD 1.x settings;
+    ``pad_token="!"`` for the OpenCLIP encoders of SD 2.x and SDXL's second one)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab, merges = build_vocab_and_merges(bpe_source_path())
     (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    specials = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
+    specials = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": pad_token}
     config = {
         "tokenizer_class": "CLIPTokenizer",
         "model_max_length": MODEL_MAX_LENGTH,

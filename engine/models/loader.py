@@ -29,10 +29,6 @@ HUB_ALLOW_PATTERNS = [
     "*/model.safetensors", "*/model-*.safetensors",
 ]
 HUB_IGNORE_PATTERNS = ["safety_checker/*"]
-CONFIG_PATTERNS = ["*.json", "*.txt", "tokenizer*/*"]
-# Where a single file's missing config (layer sizes, scheduler, tokenizer) can come from in the HF cache.
-REFERENCE_CONFIG_REPOS = {"sd15": ["stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"],
-                          "sdxl": ["stabilityai/stable-diffusion-xl-base-1.0"]}
 # The tiny pretrained "shapes" model shipped with the app, so everything works with no download.
 EMBEDDED_NAMES = ("embedded", "embedded:shapes")
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "presets" / "base" / "shapes-base"
@@ -65,6 +61,7 @@ class LoadedModel:
     path: Path
     text_encoder_2: Any = None  # SDXL's second (OpenCLIP, projected) encoder
     tokenizer_2: Any = None
+    vae_info: Any = None  # engine.models.vae.VaeInfo when a separate VAE replaced the base's
 
     @property
     def is_sdxl(self) -> bool:
@@ -219,32 +216,45 @@ def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | 
     return ResolvedSource("hub", folder, detect_family_from_folder(folder), base)
 
 
-def _single_file_config(family: Family, explicit: Path | None, local_files_only: bool,
-                        cache_dir: Path | None) -> Path:
-    """A diffusers folder describing a single file's architecture, scheduler and tokenizer."""
+def _single_file_config(family: Family, explicit: Path | None) -> Path:
+    """A diffusers folder describing a single file's architecture, scheduler and tokenizer: the
+    one given (``model.config_dir``), else the app's own reference of that family (no network)."""
     if explicit is not None:
         explicit = Path(explicit).expanduser()
         if not (explicit / "model_index.json").is_file():
             raise ModelLoadError(f"Single-file config {explicit} is not a diffusers folder (no model_index.json).",
                                  "config_not_diffusers", path=explicit)
         return explicit
-    for repo in REFERENCE_CONFIG_REPOS.get(family, []):
-        for offline in (True, False) if not local_files_only else (True,):
-            try:
-                folder = _snapshot(repo, offline, cache_dir, CONFIG_PATTERNS)
-            except ModelLoadError:
-                continue
-            if (folder / "model_index.json").is_file():
-                return folder
-    need = "Loading a single .safetensors file needs a diffusers config folder; "
-    if family == "sd2":
-        raise ModelLoadError(need + "SD 2.x files do not say whether they are 512px epsilon or 768px v-prediction "
-                             "models, so pick the matching diffusers folder (stabilityai/stable-diffusion-2-1 or "
-                             "-2-1-base) as the config.", "config_sd2")
-    repos = " or ".join(REFERENCE_CONFIG_REPOS.get(family, ["a matching diffusers model"]))
-    raise ModelLoadError(need + f"none was found offline: download the config files of {repos} once (a few KB), "
-                         "or set a local diffusers folder of the same architecture as the single-file config.",
-                         "config_missing", repos=repos)
+    from engine.models.reference import FAMILY_ARCHITECTURE, reference_config_dir
+
+    return reference_config_dir(FAMILY_ARCHITECTURE[family])
+
+
+@torch.no_grad()
+def predicts_v(unet) -> bool:
+    """Whether an SD 2.x UNet predicts v rather than the noise, told from the weights the way
+    A1111 does: at the last timestep with a flat input, a noise-predicting model returns about
+    its input, a v-predicting one something far below it."""
+    param = next(unet.parameters())
+    x = torch.full((1, 4, 8, 8), 0.5, device=param.device, dtype=param.dtype)
+    context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, device=param.device, dtype=param.dtype)
+    out = unet(x, torch.tensor([999], device=param.device), encoder_hidden_states=context).sample
+    return float((out.float() - x.float()).mean()) < -1.0
+
+
+def _as_768_v(unet, scheduler_config: dict) -> None:
+    """Turn a UNet loaded with the SD 2 512 px reference into the 768 px v-prediction one: the
+    two differ only in these settings (engine.models.reference), not in any weight's shape."""
+    from diffusers.models.attention_processor import Attention
+
+    from engine.models.reference import ARCHITECTURES
+
+    v_unet = ARCHITECTURES["sd2-768-v"]["unet"]
+    scheduler_config["prediction_type"] = ARCHITECTURES["sd2-768-v"]["scheduler"][1]["prediction_type"]
+    unet.register_to_config(sample_size=v_unet["sample_size"], upcast_attention=v_unet["upcast_attention"])
+    for module in unet.modules():
+        if isinstance(module, Attention):
+            module.upcast_attention = v_unet["upcast_attention"]
 
 
 def _check_family(source: ResolvedSource, family: str) -> None:
@@ -291,8 +301,10 @@ def _load_folder(folder: Path, family: Family, dtype: torch.dtype) -> dict[str, 
 
 def load_sd_components(base: str, family: str = "auto", local_files_only: bool = False,
                        single_file_config: Path | None = None, dtype: torch.dtype = torch.float32,
-                       cache_dir: Path | None = None, allow_pickle: bool = False) -> LoadedModel:
-    """Load UNet, VAE, text encoder(s), tokenizer(s) and a DDPM training scheduler (SD 1.x/2.x/XL)."""
+                       cache_dir: Path | None = None, allow_pickle: bool = False,
+                       vae: str | None = None) -> LoadedModel:
+    """Load UNet, VAE, text encoder(s), tokenizer(s) and a DDPM training scheduler (SD 1.x/2.x/XL);
+    ``vae`` replaces the base's VAE (engine.models.vae)."""
     from diffusers import DDPMScheduler
 
     source = resolve_source(base, local_files_only=local_files_only, cache_dir=cache_dir,
@@ -302,7 +314,7 @@ def load_sd_components(base: str, family: str = "auto", local_files_only: bool =
         if source.kind == "single_file":
             from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-            config = _single_file_config(source.family, single_file_config, local_files_only, cache_dir)
+            config = _single_file_config(source.family, single_file_config)
             names = ["unet", "vae", "text_encoder", "tokenizer"]
             if source.family == "sdxl":
                 pipe = StableDiffusionXLPipeline.from_single_file(
@@ -313,16 +325,30 @@ def load_sd_components(base: str, family: str = "auto", local_files_only: bool =
                     str(source.path), config=str(config), local_files_only=True, torch_dtype=dtype,
                     safety_checker=None, requires_safety_checker=False)
             parts = {n: getattr(pipe, n) for n in names}
-            scheduler_config = pipe.scheduler.config
+            scheduler_config = dict(pipe.scheduler.config)
+            if source.family == "sd2" and single_file_config is None and predicts_v(parts["unet"]):
+                _as_768_v(parts["unet"], scheduler_config)  # SD 2.0-v / 2.1
         else:
             parts = _load_folder(source.path, source.family, dtype)
             scheduler_config = DDPMScheduler.load_config(source.path, subfolder="scheduler")
     except ModelLoadError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as err:
+        if source.kind == "single_file" and single_file_config is None and "shape" in str(err):
+            detail = str(err).split(". If you want")[0][:300]
+            raise ModelLoadError(f"{source.name}'s weights do not have the {FAMILY_LABELS[source.family]} "
+                                 f"architecture ({detail}); for a model with other layer sizes set "
+                                 "model.config_dir to a diffusers folder of its architecture",
+                                 "single_file_shape", name=source.name, family=FAMILY_LABELS[source.family],
+                                 detail=detail) from None
         raise ModelLoadError(f"Could not load {source.name}: {err}", "model_load_failed", name=source.name,
                              error=err) from err
+    vae_info = None
+    if vae:
+        from engine.models.vae import load_vae
+
+        parts["vae"], vae_info = load_vae(vae, source.family, dtype, local_files_only, allow_pickle, cache_dir)
     noise_scheduler = DDPMScheduler.from_config(scheduler_config)
-    return LoadedModel(**parts, noise_scheduler=noise_scheduler, family=source.family,
+    return LoadedModel(**parts, noise_scheduler=noise_scheduler, vae_info=vae_info, family=source.family,
                        prediction_type=noise_scheduler.config.prediction_type, source_kind=source.kind,
                        name=source.name, path=source.path)

@@ -1,4 +1,4 @@
-"""Save a diffusers SD 1.x or SDXL model as one original-layout (CompVis/LDM/SGM) ``.safetensors`` file.
+"""Save a diffusers SD 1.x, 2.x or SDXL model as one original-layout (CompVis/LDM/SGM) ``.safetensors`` file.
 
 A1111, ComfyUI and most model sites expect DreamBooth results as a single checkpoint with the original
 Stable Diffusion key names (``model.diffusion_model.*``, ``first_stage_model.*``,
@@ -9,6 +9,7 @@ The mapping is computed from each model's config, so any block count / ``layers_
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ from engine.fileio import atomic_write
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
+SD2_TEXT_PREFIX = "cond_stage_model.model."
 SDXL_TEXT_PREFIXES = ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.")
+# SD 2.x's OpenCLIP ViT-H has 24 layers; its UNet reads the 23rd's output, so diffusers keeps 23.
+SD2_FILE_TEXT_LAYERS = 24
 
 _UNET_FIXED = {
     "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
@@ -106,9 +110,14 @@ def text_key_to_original(key: str) -> str:
 
 
 def open_clip_state_dict(text_encoder) -> dict[str, torch.Tensor]:
-    """transformers ``CLIPTextModelWithProjection`` -> OpenCLIP names (SDXL's second encoder in
-    a single file): q/k/v fused into ``in_proj``, the projection stored transposed. The inverse of
-    diffusers' converter; every weight must be used, or this raises."""
+    """transformers CLIP text model -> OpenCLIP names (SDXL's second encoder, SD 2.x's only one,
+    in a single file): q/k/v fused into ``in_proj``, the projection stored transposed. The inverse
+    of diffusers' converter; every weight must be used, or this raises.
+
+    An SD 2.x encoder of the real size (23 layers, no projection) gets the three weights its
+    checkpoints carry and no SD 2 consumer uses (the 24th layer, whose output the UNet skips, a
+    projection and the logit scale), so A1111 and ComfyUI find the full key set they expect. The
+    24th layer repeats the 23rd and the projection is the identity, as kohya sd-scripts writes."""
     sd = {(k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}"): v
           for k, v in text_encoder.state_dict().items() if not k.endswith("position_ids")}
     used: set[str] = set()
@@ -122,7 +131,8 @@ def open_clip_state_dict(text_encoder) -> dict[str, torch.Tensor]:
     out["positional_embedding"] = take(f"{e}embeddings.position_embedding.weight")
     for suffix in ("weight", "bias"):
         out[f"ln_final.{suffix}"] = take(f"{e}final_layer_norm.{suffix}")
-    out["text_projection"] = take("text_projection.weight").T
+    if hasattr(text_encoder, "text_projection"):
+        out["text_projection"] = take("text_projection.weight").T
     for i in range(text_encoder.config.num_hidden_layers):
         src, dst = f"{e}encoder.layers.{i}.", f"transformer.resblocks.{i}."
         for suffix in ("weight", "bias"):
@@ -136,16 +146,37 @@ def open_clip_state_dict(text_encoder) -> dict[str, torch.Tensor]:
     left = sorted(set(sd) - used)
     if left:
         raise KeyError(f"no OpenCLIP single-file name for text encoder key {left[0]!r}")
+    layers = text_encoder.config.num_hidden_layers
+    if not hasattr(text_encoder, "text_projection") and layers == SD2_FILE_TEXT_LAYERS - 1:
+        last, unused = f"transformer.resblocks.{layers - 1}.", f"transformer.resblocks.{layers}."
+        for key in [k for k in out if k.startswith(last)]:
+            out[unused + key[len(last):]] = out[key].clone()
+        width = text_encoder.config.hidden_size
+        out["text_projection"] = torch.eye(width, dtype=out["ln_final.weight"].dtype)
+        out["logit_scale"] = torch.tensor(math.log(1 / 0.07), dtype=out["ln_final.weight"].dtype)
+    return out
+
+
+def vae_original_state_dict(vae) -> dict[str, torch.Tensor]:
+    """A diffusers VAE in the original layout, without the ``first_stage_model.`` prefix (the
+    layout of the separate VAE files people download, e.g. vae-ft-mse-840000)."""
+    num_blocks = len(vae.config.block_out_channels)
+    out = {}
+    for key, tensor in vae.state_dict().items():
+        name = vae_key_to_original(key, num_blocks)
+        if ".mid.attn_" in name and name.endswith("weight") and tensor.ndim == 2:
+            tensor = tensor[:, :, None, None]  # LDM's VAE attention uses 1x1 convs
+        out[name] = tensor
     return out
 
 
 def to_original_state_dict(unet, vae, text_encoder, text_encoder_2=None) -> dict[str, torch.Tensor]:
-    """Original-layout state dict for an SD 1.x model, or SDXL when ``text_encoder_2`` is given
-    (tensors are detached views; no copies in fp32)."""
-    if text_encoder_2 is None and (getattr(text_encoder.config, "hidden_act", "quick_gelu") != "quick_gelu"
-                                   or hasattr(text_encoder, "text_projection")):
-        raise ValueError("only SD 1.x (CLIP-L text encoder) and SDXL models can be saved as an original "
-                         "single file")
+    """Original-layout state dict for an SD 1.x model, SD 2.x (an OpenCLIP text encoder), or SDXL
+    when ``text_encoder_2`` is given (tensors are detached views; no copies in fp32)."""
+    open_clip = getattr(text_encoder.config, "hidden_act", "quick_gelu") != "quick_gelu"
+    if text_encoder_2 is None and hasattr(text_encoder, "text_projection"):
+        raise ValueError("a projected text encoder without a second one is neither SD 1.x, SD 2.x nor SDXL; "
+                         "it has no original single-file layout")
     out: dict[str, torch.Tensor] = {}
 
     def put(name: str, tensor: torch.Tensor) -> None:
@@ -156,12 +187,12 @@ def to_original_state_dict(unet, vae, text_encoder, text_encoder_2=None) -> dict
 
     for key, tensor in unet.state_dict().items():
         put(UNET_PREFIX + unet_key_to_original(key, unet.config), tensor)
-    num_blocks = len(vae.config.block_out_channels)
-    for key, tensor in vae.state_dict().items():
-        name = vae_key_to_original(key, num_blocks)
-        if ".mid.attn_" in name and name.endswith("weight") and tensor.ndim == 2:
-            tensor = tensor[:, :, None, None]  # LDM's VAE attention uses 1x1 convs
+    for name, tensor in vae_original_state_dict(vae).items():
         put(VAE_PREFIX + name, tensor)
+    if text_encoder_2 is None and open_clip:  # SD 2.x
+        for key, tensor in open_clip_state_dict(text_encoder).items():
+            put(SD2_TEXT_PREFIX + key, tensor)
+        return out
     first = SDXL_TEXT_PREFIXES[0] if text_encoder_2 is not None else TEXT_PREFIX
     for key, tensor in text_encoder.state_dict().items():
         if key.endswith("position_ids"):
