@@ -42,8 +42,9 @@ def file_structure(state: dict[str, torch.Tensor]) -> dict[tuple[str, str], tupl
 
 
 def _module_names(model: torch.nn.Module, prefix: str) -> dict[str, str]:
-    """kohya key -> module path, for every module of ``model``."""
-    return {lora.kohya_key(model, prefix, name): name for name, _ in model.named_modules() if name}
+    """kohya key -> module path, for every module of ``model`` (both names of an SDXL UNet module)."""
+    return {key: name for name, _ in model.named_modules() if name
+            for key in lora.file_keys_of(model, prefix, name)}
 
 
 class LoraSwapper:

@@ -54,7 +54,7 @@ class LycorisSwapper(_HookedSwapper):
                 self._signature = signature
                 self.injections += 1
             else:
-                lycoris_net.load_file_state(self.network, state, te)
+                lycoris_net.load_file_state(self.network, state, te, unet)
         except (ValueError, KeyError, RuntimeError) as err:  # RuntimeError: lycoris' reload
             raise LoraFileError(f"{Path(path).name}: {err}", "file_problem", name=Path(path).name,
                                 error=err) from None

@@ -77,7 +77,8 @@ def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path
     if cfg.network.type == "lora" or cfg.network.type in lycoris_net.ALGO:
         meta = lora_metadata(cfg, s.index, s.run, epoch, step, finished_at=time.time())
         state = (lora_state(s, accelerator) if cfg.network.type == "lora"
-                 else lycoris_net.file_state_dict(s.network, s.model.text_encoders))
+                 else lycoris_net.file_state_dict(s.network, s.model.text_encoders,
+                                               accelerator.unwrap_model(s.model.unet)))
         return save_with_metadata(state, path, meta, cfg.output.save_precision)
     unet = accelerator.unwrap_model(s.model.unet)
     tes = [accelerator.unwrap_model(te) for te in s.model.text_encoders]

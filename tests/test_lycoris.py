@@ -63,9 +63,17 @@ def file_modules(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Te
 
 
 def a1111_names(model) -> dict[str, torch.nn.Module]:
-    """File module key -> module, the A1111 way: diffusers paths, CLIP under ``text_model``,
-    ``lora_te`` for one text encoder, ``lora_te1`` / ``lora_te2`` for SDXL's two."""
+    """File module key -> module of our diffusers model, for the merge math: diffusers paths or
+    original (LDM / SGM) paths for the UNet (which names A1111 accepts is checked by
+    test_consumer_keys on the real architectures), CLIP under ``text_model``, ``lora_te`` for one
+    text encoder, ``lora_te1`` / ``lora_te2`` for SDXL's two."""
+    from engine.models.single_file import unet_key_to_original
+
     names = {f"lora_unet_{n}".replace(".", "_"): m for n, m in model.unet.named_modules() if n}
+    for n, m in model.unet.named_modules():
+        if hasattr(m, "weight") and n:
+            original = unet_key_to_original(f"{n}.weight", model.unet.config).removesuffix(".weight")
+            names[f"lora_unet_{original}".replace(".", "_")] = m
     encoders = [te for te in (model.text_encoder, model.text_encoder_2) if te is not None]
     prefixes = ["lora_te"] if len(encoders) == 1 else ["lora_te1", "lora_te2"]
     for prefix, te in zip(prefixes, encoders):

@@ -50,7 +50,7 @@ def test_keys_metadata_and_samples(sdxl_lora, sdxl_dir):
     assert modules <= set(a1111_names(base))
     for prefix in ("lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
                    "lora_te2_text_model_encoder_layers_1_mlp_fc2",
-                   "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"):
+                   "lora_unet_input_blocks_3_1_transformer_blocks_0_attn2_to_k"):  # SGM names (1 layer per block)
         assert prefix in modules
     assert not any(m.startswith("lora_te_") for m in modules)
     with safe_open(str(result.final_path), "pt") as f:
@@ -164,6 +164,40 @@ def test_grid_on_sdxl(sdxl_lora, sdxl_dir, tmp_path):
     px = {k: np.asarray(Image.open(p).convert("RGB"), dtype=np.int16) for k, p in grid.cells.items()}
     assert np.array_equal(px[(0, 0, 0)], px[(1, 0, 0)])
     assert np.abs(px[(1, 0, 0)] - px[(1, 1, 0)]).max() > 0
+
+
+def test_sdxl_files_with_diffusers_block_names_still_load(sdxl_lora, sdxl_dir, tmp_path):
+    """Files written before SDXL modules took their SGM names (or by tools that use diffusers'
+    names) act exactly like the same file with SGM names."""
+    from safetensors.torch import save_file
+
+    from engine.models.single_file import unet_key_to_original
+    from engine.network_swap import NetworkSwapper
+
+    _, result, _ = sdxl_lora
+    model = load_sd_components(str(sdxl_dir))
+    state = load_file(str(result.final_path))
+    plain = {}
+    for path, module in model.unet.named_modules():
+        if hasattr(module, "weight") and path:
+            sgm = unet_key_to_original(f"{path}.weight", model.unet.config).removesuffix(".weight")
+            plain[f"lora_unet_{sgm}".replace(".", "_")] = f"lora_unet_{path}".replace(".", "_")
+    renamed = {plain.get(k.split(".")[0], k.split(".")[0]) + "." + k.split(".", 1)[1]: v for k, v in state.items()}
+    assert renamed.keys() != state.keys()
+    old = tmp_path / "old-names.safetensors"
+    save_file(renamed, str(old))
+    x, t, ctx, added = unet_inputs(model.unet)
+    with torch.no_grad():
+        base = model.unet(x, t, ctx, added_cond_kwargs=added).sample
+    outputs = []
+    for path in (result.final_path, old):
+        swapper = NetworkSwapper(model)
+        swapper.load(path)
+        swapper.set_weight(1.0)
+        with torch.no_grad():
+            outputs.append(model.unet(x, t, ctx, added_cond_kwargs=added).sample)
+        swapper.set_weight(0.0)
+    assert torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], base)
 
 
 def test_textual_inversion_on_sdxl(sdxl_dir, tiny_dataset, tmp_path):

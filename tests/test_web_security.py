@@ -277,7 +277,8 @@ def test_exposed_compare_and_export_stay_inside_the_workspace(client, exposed, p
     assert outside(client.predict(*args, api_name="/make_grid")[2])
     args[1], args[8] = "", str(private / "grid")
     assert outside(client.predict(*args, api_name="/make_grid")[2])
-    args[8], args[14] = str(root / "grid"), str(private / "vae.safetensors")  # a VAE read from outside
+    args[1], args[8] = str(root / "x.safetensors"), str(root / "grid")
+    args[14] = str(private / "vae.safetensors")  # a VAE read from outside, checked before anything runs
     assert outside(client.predict(*args, api_name="/make_grid")[2])
     _, message = client.predict(str(lora), 1.0, "stolen", api_name="/keep_pick")
     assert outside(message)

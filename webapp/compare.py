@@ -44,6 +44,7 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
     try:
         out = ws.path(out_dir.strip() or output_root() / "grid") / time.strftime("%Y%m%d-%H%M%S")
         paths = [ws.path(line) for line in files.splitlines() if line.strip()]
+        vae_file = ws.model(vae) or None
         if not paths:
             raise GridError(t("compare.no_files"))
         missing = [p for p in paths if not p.is_file()]
@@ -57,7 +58,7 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
         job = GridJob(checkpoints=paths, prompts=prompt_list, weights=parse_weights(weights),
                       seeds=[int(seed)], steps=int(steps), cfg_scale=float(cfg), width=int(size),
                       height=int(size), aesthetic=aesthetic)
-        model = load_sd_components(ws.model(base) or "embedded", vae=ws.model(vae) or None)
+        model = load_sd_components(ws.model(base) or "embedded", vae=vae_file)
         tick = (lambda done, total: progress((done, total), desc=t("compare.progress"), unit="cells")
                 ) if progress else None
         result = run_grid(model, job, out, tick)

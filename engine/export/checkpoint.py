@@ -39,7 +39,8 @@ def save_checkpoint_file(model: LoadedModel, unet, text_encoders: list, path: Pa
                          metadata: dict[str, str], precision: str) -> Path:
     parts = {"unet": unet, "vae": model.vae, "text_encoder": text_encoders[0],
              "text_encoder_2": text_encoders[1] if len(text_encoders) > 1 else None}
-    return save_single_file(parts, path, half=precision == "fp16", metadata=metadata)
+    return save_single_file(parts, path, half=precision == "fp16", metadata=metadata,
+                            noise_schedule=model.noise_scheduler.config)
 
 
 def save_diffusers_folder(model: LoadedModel, unet, text_encoders: list, folder: Path) -> Path:

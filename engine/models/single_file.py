@@ -25,6 +25,12 @@ SD2_TEXT_PREFIX = "cond_stage_model.model."
 SDXL_TEXT_PREFIXES = ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.")
 # SD 2.x's OpenCLIP ViT-H has 24 layers; its UNet reads the 23rd's output, so diffusers keeps 23.
 SD2_FILE_TEXT_LAYERS = 24
+LOGIT_SCALE = math.log(100.0)  # OpenCLIP's contrastive temperature, at its cap in trained models
+# The noise schedule an SD 1.x / 2.x (LDM) checkpoint stores beside its weights.
+LDM_SCHEDULE_KEYS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                     "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+                     "posterior_mean_coef1", "posterior_mean_coef2")
 
 _UNET_FIXED = {
     "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
@@ -146,14 +152,13 @@ def open_clip_state_dict(text_encoder) -> dict[str, torch.Tensor]:
     left = sorted(set(sd) - used)
     if left:
         raise KeyError(f"no OpenCLIP single-file name for text encoder key {left[0]!r}")
-    layers = text_encoder.config.num_hidden_layers
+    layers, dtype = text_encoder.config.num_hidden_layers, out["ln_final.weight"].dtype
     if not hasattr(text_encoder, "text_projection") and layers == SD2_FILE_TEXT_LAYERS - 1:
         last, unused = f"transformer.resblocks.{layers - 1}.", f"transformer.resblocks.{layers}."
         for key in [k for k in out if k.startswith(last)]:
             out[unused + key[len(last):]] = out[key].clone()
-        width = text_encoder.config.hidden_size
-        out["text_projection"] = torch.eye(width, dtype=out["ln_final.weight"].dtype)
-        out["logit_scale"] = torch.tensor(math.log(1 / 0.07), dtype=out["ln_final.weight"].dtype)
+        out["text_projection"] = torch.eye(text_encoder.config.hidden_size, dtype=dtype)
+    out["logit_scale"] = torch.tensor(LOGIT_SCALE, dtype=dtype)
     return out
 
 
@@ -196,12 +201,36 @@ def to_original_state_dict(unet, vae, text_encoder, text_encoder_2=None) -> dict
     first = SDXL_TEXT_PREFIXES[0] if text_encoder_2 is not None else TEXT_PREFIX
     for key, tensor in text_encoder.state_dict().items():
         if key.endswith("position_ids"):
-            continue  # a buffer, not a weight; loaders rebuild it
+            continue  # written below, always as integers
         put(first + text_key_to_original(key), tensor)
+    # CLIP-L's token positions: real checkpoints carry them as int64 0..76; a float or missing
+    # copy is what community "fix position_ids" tools repair
+    put(first + "text_model.embeddings.position_ids",
+        torch.arange(text_encoder.config.max_position_embeddings, dtype=torch.int64)[None])
     if text_encoder_2 is not None:
         for key, tensor in open_clip_state_dict(text_encoder_2).items():
             put(SDXL_TEXT_PREFIXES[1] + key, tensor)
     return out
+
+
+def ldm_schedule_buffers(schedule: Any) -> dict[str, torch.Tensor]:
+    """The schedule tensors of an LDM checkpoint (``LDM_SCHEDULE_KEYS``) for a diffusers noise
+    scheduler config, computed in float64 and stored as float32 as LDM does."""
+    steps, start, end = schedule["num_train_timesteps"], schedule["beta_start"], schedule["beta_end"]
+    if schedule["beta_schedule"] == "scaled_linear":
+        betas = torch.linspace(start ** 0.5, end ** 0.5, steps, dtype=torch.float64) ** 2
+    elif schedule["beta_schedule"] == "linear":
+        betas = torch.linspace(start, end, steps, dtype=torch.float64)
+    else:
+        raise ValueError(f"no LDM schedule for beta_schedule {schedule['beta_schedule']!r}")
+    alphas = 1.0 - betas
+    cumprod = torch.cumprod(alphas, 0)
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), cumprod[:-1]])
+    variance = betas * (1.0 - prev) / (1.0 - cumprod)
+    values = (betas, cumprod, prev, cumprod.sqrt(), (1.0 - cumprod).sqrt(), torch.log(1.0 - cumprod),
+              (1.0 / cumprod).sqrt(), (1.0 / cumprod - 1).sqrt(), variance, torch.log(variance.clamp(min=1e-20)),
+              betas * prev.sqrt() / (1.0 - cumprod), (1.0 - prev) * alphas.sqrt() / (1.0 - cumprod))
+    return {k: v.to(torch.float32) for k, v in zip(LDM_SCHEDULE_KEYS, values)}
 
 
 def _component(source: Any, name: str):
@@ -211,10 +240,12 @@ def _component(source: Any, name: str):
 
 
 def save_single_file(components: Any, path: Path, half: bool = False,
-                     metadata: dict[str, str] | None = None) -> Path:
+                     metadata: dict[str, str] | None = None, noise_schedule: Any = None) -> Path:
     """Write ``components`` (dict, pipeline or anything with ``unet``/``vae``/``text_encoder``) atomically.
 
     ``half=True`` stores floating tensors as fp16 (half the size; what most shared checkpoints use).
+    ``noise_schedule`` (a diffusers scheduler config) adds an SD 1.x / 2.x checkpoint's schedule
+    tensors, so the file has the key set of the originals (SDXL files have none).
     """
     from safetensors.torch import save_file
 
@@ -222,6 +253,8 @@ def save_single_file(components: Any, path: Path, half: bool = False,
         components, "text_encoder_2", None)
     state = to_original_state_dict(*(_component(components, n) for n in ("unet", "vae", "text_encoder")),
                                    text_encoder_2=te2)
+    if noise_schedule is not None and te2 is None:
+        state |= ldm_schedule_buffers(noise_schedule)
     if half:
         state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
     meta = {"format": "pt", **(metadata or {})}

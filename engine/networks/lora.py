@@ -96,13 +96,46 @@ def lora_layers(model: nn.Module, adapter: str = ADAPTER) -> dict[str, LoraLayer
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
 
 
+def uses_sgm_names(unet: nn.Module) -> bool:
+    """kohya sd-scripts names an SDXL UNet's modules by the original (SGM) checkpoint layout,
+    ``lora_unet_input_blocks_4_1_...``; SD 1.x / 2.x files use diffusers' block names. A1111 maps
+    diffusers names with SD 1.x's block arithmetic, which misses SDXL's first upsampler, while
+    the SGM names it (and ComfyUI) take as they are."""
+    return getattr(getattr(unet, "config", None), "addition_embed_type", None) == "text_time"
+
+
+def unet_file_name(unet: nn.Module, name: str) -> str:
+    """The module path a file names: SGM for SDXL (falling back to the diffusers path for
+    containers without an original name), the diffusers path otherwise."""
+    if not uses_sgm_names(unet):
+        return name
+    from engine.models.single_file import unet_key_to_original
+
+    try:
+        return unet_key_to_original(f"{name}.weight", unet.config).removesuffix(".weight")
+    except KeyError:
+        return name
+
+
 def kohya_key(model: nn.Module, prefix: str, name: str) -> str:
     """kohya module key. transformers >= 5 dropped the ``text_model.`` level of CLIPTextModel,
-    but A1111/ComfyUI keys keep it (``lora_te_text_model_encoder_layers_0_...``)."""
+    but A1111/ComfyUI keys keep it (``lora_te_text_model_encoder_layers_0_...``); SDXL's UNet
+    modules go by their SGM names (:func:`uses_sgm_names`)."""
     if prefix.startswith(TE_PREFIX) and not hasattr(model, "text_model") and \
             not name.startswith("text_model."):
         name = "text_model." + name
+    if prefix == UNET_PREFIX:
+        name = unet_file_name(model, name)
     return f"{prefix}_{name.replace('.', '_')}"
+
+
+def file_keys_of(model: nn.Module, prefix: str, name: str) -> list[str]:
+    """Every key a file may use for one module: ours first, then the plain diffusers path
+    (SDXL files written with diffusers' block names, by older versions or other trainers)."""
+    ours, plain = kohya_key(model, prefix, name), f"{prefix}_{name.replace('.', '_')}"
+    if prefix.startswith(TE_PREFIX):
+        return [ours]
+    return [ours] if ours == plain else [ours, plain]
 
 
 def kohya_state_dict(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
@@ -121,8 +154,8 @@ def load_kohya_state_dict(model: nn.Module, prefix: str, state: dict[str, torch.
     """Copy kohya tensors back into an injected model (resume, picking an epoch). Returns count."""
     n = 0
     for name, layer in lora_layers(model, adapter_name).items():
-        key = kohya_key(model, prefix, name)
-        if f"{key}.lora_down.weight" not in state:
+        key = next((k for k in file_keys_of(model, prefix, name) if f"{k}.lora_down.weight" in state), None)
+        if key is None:
             continue
         with torch.no_grad():
             layer.lora_A[adapter_name].weight.copy_(state[f"{key}.lora_down.weight"])

@@ -6,6 +6,7 @@ modules' forward. What we add:
   architectures, which on an SD UNet creates ``time_embedding.linear_1`` twice and fails.
 - A1111/ComfyUI key names: transformers >= 5 dropped the ``text_model.`` level of CLIPTextModel, so
   lycoris would write ``lora_te_encoder_...``; files must read ``lora_te_text_model_encoder_...``.
+  An SDXL UNet's modules are written by their SGM names, as kohya does (engine.networks.lora).
 
 lycoris keeps its target lists as class attributes of ``LycorisNetworkKohya`` (read from the base
 class, so a subclass cannot hold its own): every build sets all of them under a lock. The package is
@@ -96,30 +97,51 @@ def _renames(text_encoders: list | None) -> list[tuple[str, str]]:
             if not hasattr(te, "text_model")] if tes else []
 
 
-def to_file_keys(state: dict[str, torch.Tensor], text_encoders: list | None
-                 ) -> dict[str, torch.Tensor]:
-    """Network state -> A1111/ComfyUI keys (``lora_te_text_model_encoder_...``)."""
-    out = dict(state)
+def _unet_names(unet: torch.nn.Module | None) -> dict[str, str]:
+    """lycoris' UNet module name -> the file's, where they differ (SDXL: SGM names)."""
+    if unet is None or not lora.uses_sgm_names(unet):
+        return {}
+    out = {}
+    for path, _ in unet.named_modules():
+        inner, outer = f"{UNET_PREFIX}_{path.replace('.', '_')}", lora.kohya_key(unet, UNET_PREFIX, path)
+        if path and inner != outer:
+            out[inner] = outer
+    return out
+
+
+def _rename_modules(state: dict[str, torch.Tensor], names: dict[str, str]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        module, dot, rest = key.partition(".")
+        out[names.get(module, module) + dot + rest] = value
+    return out
+
+
+def to_file_keys(state: dict[str, torch.Tensor], text_encoders: list | None,
+                 unet: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Network state -> A1111/ComfyUI keys (``lora_te_text_model_encoder_...``; SDXL UNet
+    modules by their SGM names)."""
+    out = _rename_modules(state, _unet_names(unet))
     for inner, outer in _renames(text_encoders):
         out = {(outer + k.removeprefix(inner) if k.startswith(inner) and not k.startswith(outer)
                 else k): v for k, v in out.items()}
     return out
 
 
-def from_file_keys(state: dict[str, torch.Tensor], text_encoders: list | None
-                   ) -> dict[str, torch.Tensor]:
-    """The reverse of :func:`to_file_keys`."""
-    out = dict(state)
+def from_file_keys(state: dict[str, torch.Tensor], text_encoders: list | None,
+                   unet: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The reverse of :func:`to_file_keys` (an SDXL file with diffusers' names passes too)."""
+    out = _rename_modules(state, {v: k for k, v in _unet_names(unet).items()})
     for inner, outer in _renames(text_encoders):
         out = {(inner + k.removeprefix(outer) if k.startswith(outer) else k): v
                for k, v in out.items()}
     return out
 
 
-def file_state_dict(net: LycorisNetworkKohya, text_encoders: list | None
-                    ) -> dict[str, torch.Tensor]:
+def file_state_dict(net: LycorisNetworkKohya, text_encoders: list | None,
+                    unet: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    return to_file_keys(state, text_encoders)
+    return to_file_keys(state, text_encoders, unet)
 
 
 def config_from_metadata(meta: dict[str, str], has_te: bool) -> LycorisNetworkConfig | None:
@@ -146,7 +168,7 @@ def network_from_file_state(state: dict[str, torch.Tensor], unet: torch.nn.Modul
     different Kronecker factor for some LoKr layers (e.g. a 4-channel conv_in) and fails. Foreign
     files (any algo lycoris knows) go through that generic reload.
     """
-    inner = from_file_keys(state, text_encoders)
+    inner = from_file_keys(state, text_encoders, unet)
     has_te = any(k.startswith(TE_PREFIX) for k in inner)
     tes = text_encoders if has_te else None
     te = _as_lycoris_te(tes)
@@ -172,9 +194,9 @@ def network_from_file_state(state: dict[str, torch.Tensor], unet: torch.nn.Modul
 
 
 def load_file_state(net: LycorisNetworkKohya, state: dict[str, torch.Tensor],
-                    text_encoders: list | None) -> None:
+                    text_encoders: list | None, unet: torch.nn.Module | None = None) -> None:
     """Copy another epoch of the same run into an already hooked network."""
-    inner = from_file_keys(state, text_encoders)
+    inner = from_file_keys(state, text_encoders, unet)
     own = net.state_dict()
     if set(own) != set(inner) or any(own[k].shape != inner[k].shape for k in own):
         raise UserInputError("the file's modules differ from the loaded network", "file_modules_differ")
