@@ -84,7 +84,7 @@ def main() -> int:
             rates["naive"].append(cells / naive(EMBEDDED_DIR, ckpts, weights, prompts, args.steps, 64))
     o, n = statistics.median(rates["ours"]), statistics.median(rates["naive"])
     ratios = [a / b for a, b in zip(rates["ours"], rates["naive"])]
-    print(f"| cells | steps | ours cells/s | naive cells/s | ours / naive (per round) |")
+    print("| cells | steps | ours cells/s | naive cells/s | ours / naive (per round) |")
     print(f"| {cells} | {args.steps} | {o:.2f} | {n:.2f} | {statistics.median(ratios):.1f}x "
           f"({', '.join(f'{r:.1f}' for r in ratios)}) |")
     return 0

@@ -20,7 +20,6 @@ backward). MFU = FLOPs per step / s per step / the GPU's dense peak for the prec
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os

@@ -170,10 +170,10 @@ class JobRunner:
             self._update(lambda s: (setattr(s, "status", status), s.log.append(f"{status}: "
                                     f"{result.steps} steps, final file {result.final_path}")))
         except Exception as err:  # surfaced to the user, never swallowed
-            detail = f"{type(err).__name__}: {err}"
+            detail, failure = f"{type(err).__name__}: {err}", err
             traceback.print_exc()  # for a bug report: on the server's terminal, not in the page
             self._update(lambda s: (setattr(s, "status", "failed"), setattr(s, "error", detail),
-                                    setattr(s, "exception", err), s.log.append(detail)))
+                                    setattr(s, "exception", failure), s.log.append(detail)))
         finally:
             self._update(lambda s: setattr(s, "finished_at", time.time()))
             self._release()

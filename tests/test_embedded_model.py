@@ -5,7 +5,6 @@ These are the project's quality tests of training: they generate images and meas
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 import pytest
 from safetensors import safe_open

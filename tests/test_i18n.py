@@ -33,7 +33,6 @@ def test_catalogues_have_the_same_keys_and_placeholders():
 
 def keys_used_in_code() -> set[str]:
     """Literal t("...") keys in the web app, plus the ones it builds from names."""
-    from engine.presets import list_tiers  # noqa: F401  (the tier names are not keys)
     from webapp.job_form import FIELDS, METHODS
 
     keys = set()
@@ -287,8 +286,6 @@ def test_rarer_engine_errors_in_chinese(tmp_path):
     """The newly keyed ones: a preset with bad settings (field problems listed in Chinese), a
     job-rule error from a validator, a wrapped method error (TI token clash), a nested file error,
     a bad sample-prompt line, the hardware tier's reason and the importer's skip reasons."""
-    import tomli_w
-
     from engine.config import ConfigError, parse_config
     from engine.data.importer import import_concept
     from engine.hardware import HardwareInfo, pick_tier

@@ -6,7 +6,6 @@ import hashlib
 import json
 import struct
 
-import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file

@@ -1,11 +1,9 @@
 """The web app over the engine, driven through gradio_client against a real running server."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-import tomli_w
 
 from conftest import lora_job
 
