@@ -23,15 +23,15 @@ sys.path.insert(0, str(ROOT))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine.config import ConfigError, parse_config, read_toml_file
+    from engine.config.job import ConfigError, parse_config, read_toml_file
 
     tier = None
     try:
         user_job = read_toml_file(args.config)
         data = user_job
         if args.tier:
-            from engine.hardware import pick_tier, probe
-            from engine.presets import apply_tier
+            from engine.config.tiers import apply_tier
+            from engine.system.hardware import pick_tier, probe
 
             tier = pick_tier(probe()) if args.tier == "auto" else args.tier
             if args.tier == "auto":
@@ -46,12 +46,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from engine.data.folder import DatasetError
     from engine.models.loader import ModelLoadError
-    from engine.progress import TqdmProgress
-    from engine.setup import SetupError
-    from engine.guards import DiskFullError, TrainingDiverged
-    from engine.tier_fallback import train_with_tier_fallback
-    from engine.train_state import StateError
-    from engine.trainer import train
+    from engine.training.guards import DiskFullError, TrainingDiverged
+    from engine.training.loop import train
+    from engine.training.progress import TqdmProgress
+    from engine.training.setup import SetupError
+    from engine.training.state import StateError
+    from engine.training.tier_fallback import train_with_tier_fallback
 
     progress = TqdmProgress(print_every=args.print_every)
     try:
@@ -68,10 +68,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from engine.cli_aesthetic import settings_from_args
-    from engine.grid import GridError, GridJob, parse_weights, run_grid
-    from engine.models.loader import ModelLoadError, load_sd_components
     from tqdm import tqdm
+
+    from engine.cli.aesthetic import settings_from_args
+    from engine.generate.grid import GridError, GridJob, parse_weights, run_grid
+    from engine.models.loader import ModelLoadError, load_sd_components
 
     try:
         weights = parse_weights(args.weights)
@@ -116,7 +117,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from engine.doctor import doctor_report
+    from engine.system.doctor import doctor_report
 
     print(doctor_report())
     return 0
@@ -131,9 +132,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.cli_aesthetic import add_aesthetic_command, add_grid_arguments as add_aesthetic_grid_arguments
-    from engine.cli_export import add_export_commands
-    from engine.cli_preset import add_preset_commands
+    from engine.cli.aesthetic import add_aesthetic_command
+    from engine.cli.aesthetic import add_grid_arguments as add_aesthetic_grid_arguments
+    from engine.cli.export import add_export_commands
+    from engine.cli.preset import add_preset_commands
 
     parser = argparse.ArgumentParser(prog="launcher.py", description="LoRA Forge")
     sub = parser.add_subparsers(dest="command")
@@ -152,8 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="language of the app (default: the browser's; en = English, zh = 简体中文)")
     serve.set_defaults(func=cmd_serve)
 
+    from engine.methods import methods  # torch-free: the registry's names and schemas
+
     train = sub.add_parser("train", help="train headless from a job TOML")
-    train.add_argument("--config", required=True)
+    train.add_argument("--config", required=True,
+                       help=f"the job TOML; its network.type is one of: {', '.join(methods())}")
     train.add_argument("--tier", help="merge a hardware preset tier under the job ('auto' = probe)")
     train.add_argument("--print-every", type=int, default=1, help="loss line every N steps (0 = off)")
     train.add_argument("--resume", nargs="?", const="auto", metavar="STATE",
@@ -189,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="report GPU/VRAM, packages and the chosen preset tier")
     doctor.set_defaults(func=cmd_doctor)
 
-    from engine.cli_dataset import add_dataset_commands
+    from engine.cli.dataset import add_dataset_commands
 
     add_dataset_commands(sub)
     add_aesthetic_command(sub)

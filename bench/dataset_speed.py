@@ -58,7 +58,7 @@ def bench_preprocess(n: int) -> dict:
 
 
 def _epoch_timer():
-    from engine.callbacks import Callbacks
+    from engine.training.callbacks import Callbacks
 
     class EpochTimer(Callbacks):
         def __init__(self):
@@ -75,8 +75,8 @@ def _epoch_timer():
 def second_epoch_seconds(job: dict, model) -> float:
     import copy
 
-    from engine.config import parse_config
-    from engine.trainer import train
+    from engine.config.job import parse_config
+    from engine.training.loop import train
 
     timer = _epoch_timer()
     train(parse_config(job), timer, model=copy.deepcopy(model))

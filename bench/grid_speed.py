@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 def train_checkpoints(out: Path, epochs: int) -> list[Path]:
     import tomllib
 
-    from engine.config import parse_config
-    from engine.trainer import train
+    from engine.config.job import parse_config
+    from engine.training.loop import train
 
     job = tomllib.loads((ROOT / "presets/jobs/demo_lora.toml").read_text())
     job["dataset"]["path"] = str(ROOT / job["dataset"]["path"])
@@ -36,7 +36,7 @@ def train_checkpoints(out: Path, epochs: int) -> list[Path]:
 
 
 def ours(base: str, ckpts, weights, prompts, steps, size) -> float:
-    from engine.grid import GridJob, run_grid
+    from engine.generate.grid import GridJob, run_grid
     from engine.models.loader import load_sd_components
 
     t = time.perf_counter()

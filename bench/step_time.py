@@ -7,7 +7,7 @@ every step, DDPM ``add_noise``, MSE against the noise, AdamW (lr 1e-4, wd 0.01),
 1.0. Any extra per-step work our loop does (accelerate wrappers, caption processing, LR
 scheduler, callbacks, DataLoader) is part of what we measure.
 
-(A) ``engine.trainer.train`` with an in-memory ``LoadedModel``; a step is the
+(A) ``engine.training.loop.train`` with an in-memory ``LoadedModel``; a step is the
     ``time.perf_counter()`` span from the loop resuming after one ``on_step`` to the next.
 (B) ``reference_loop`` below; a step is its whole loop body (batch pick to loss read-out).
 
@@ -49,12 +49,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from engine.callbacks import Callbacks  # noqa: E402
-from engine.config import LoraNetworkConfig, parse_config  # noqa: E402
+from engine.config.job import parse_config  # noqa: E402
+from engine.methods.lora import LoraNetworkConfig  # noqa: E402
 from engine.models.loader import LoadedModel  # noqa: E402
 from engine.models.toy import SCHEDULE, tiny_sd15_components  # noqa: E402
 from engine.networks import lora  # noqa: E402
-from engine.trainer import train  # noqa: E402
+from engine.training.callbacks import Callbacks  # noqa: E402
+from engine.training.loop import train  # noqa: E402
 
 RANK, ALPHA, LR, WEIGHT_DECAY, MAX_GRAD_NORM = 16, 8.0, 1e-4, 0.01, 1.0
 DEFAULTS = {"tiny": dict(steps=30, warmup=3, rounds=2), "sd15": dict(steps=4, warmup=2, rounds=2)}
@@ -176,7 +177,7 @@ class Timer(Callbacks):
 
 def run_engine(base: dict, data_dir: Path, out_dir: Path, resolution: int, total: int, seed: int,
                timer: Timer) -> tuple[list[str], int]:
-    """(A) engine.trainer.train on a fresh copy of the base UNet."""
+    """(A) engine.training.loop.train on a fresh copy of the base UNet."""
     from diffusers import DDPMScheduler
 
     cfg = parse_config({

@@ -38,9 +38,17 @@ sys.path[:0] = [str(BENCH.parent), str(BENCH)]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
-from step_time import ALPHA, LR, MAX_GRAD_NORM, RANK, WEIGHT_DECAY, Timer, make_dataset, real_size_sd15, \
-    trained_modules  # noqa: E402
+from step_time import (  # noqa: E402
+    ALPHA,
+    LR,
+    MAX_GRAD_NORM,
+    RANK,
+    WEIGHT_DECAY,
+    Timer,
+    make_dataset,
+    real_size_sd15,
+    trained_modules,  # noqa: E402
+)
 
 # dense (no sparsity) peak tensor FLOP/s by GPU name fragment and precision; --peak-tflops overrides
 PEAK_TFLOPS = {"H200": {"bf16": 989.4, "fp16": 989.4, "no": 66.9},
@@ -108,9 +116,9 @@ def _sync(device: torch.device) -> None:
 
 
 def run_engine(base: dict, args, data_dir: Path, out_dir: Path, total: int, timer: Timer):
-    from engine.config import parse_config
+    from engine.config.job import parse_config
     from engine.models.loader import LoadedModel
-    from engine.trainer import train
+    from engine.training.loop import train
 
     sdxl = base.get("text_encoder_2") is not None
     cfg = parse_config({
@@ -152,8 +160,8 @@ def reference_steps(base: dict, args, items, total: int, targets: list[str], dev
     """Plain diffusers + peft: setup, then ``total`` timed steps (yields each duration), then one
     more step under a FLOP counter."""
     import numpy as np
-    from PIL import Image
     from peft import LoraConfig
+    from PIL import Image
 
     dtype = DTYPES[args.precision]
     vae, unet = base["vae"].to(device), base["unet"].to(device, dtype)
@@ -222,8 +230,8 @@ def side_main(args) -> None:
     t0 = time.perf_counter()
     base = build(args.model, args.seed)
     build_s = time.perf_counter() - t0
+    from engine.methods.lora import LoraNetworkConfig
     from engine.networks import lora
-    from engine.config import LoraNetworkConfig
 
     targets = [t.name for t in lora.unet_targets(base["unet"], LoraNetworkConfig(
         dim=RANK, alpha=ALPHA, train_unet_only=True))]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tomllib
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 LOCALES = Path(__file__).resolve().parent / "locales"
 LANGUAGES = {"en": "English", "zh": "简体中文"}
@@ -65,14 +66,15 @@ def pick_language(accept_language: str | None, forced: str | None = None) -> str
     return DEFAULT_LANGUAGE
 
 
-class Explained:
-    """Mixin for user-facing errors: besides the English message, a catalogue key (under
-    ``errors.``) and its values, so the web app can say the same in the page's language."""
+class Explained(Exception):
+    """Base of user-facing errors (mixed with ValueError, RuntimeError, ...): besides the English
+    message, a catalogue key (under ``errors.``) and its values, so the web app can say the same
+    in the page's language."""
 
-    def __init__(self, message: str, key: str | None = None, problems: list | None = None, **params):
+    def __init__(self, message: str, key: str | None = None, problems: list | None = None, **params: Any):
         super().__init__(message)
         self.key, self.params = key, params
-        self.problems = problems or []  # engine.config's structured field errors, if any
+        self.problems = problems or []  # engine.config.job's structured field errors, if any
 
     @classmethod
     def wrapping(cls, err: BaseException):
@@ -88,11 +90,37 @@ class UserInputError(Explained, ValueError):
 def describe_error(err: BaseException, t: Translator) -> str:
     """``err`` in ``t``'s language when it carries a known key, else its own message. Values that
     are errors themselves are described the same way; field problems follow one per line."""
-    from engine.config import describe_problems
-
     key, problems = getattr(err, "key", None), getattr(err, "problems", None)
     if not (key and f"errors.{key}" in t.words):
         return describe_problems(problems, t) if problems else str(err)
-    values = {k: describe_error(v, t) if isinstance(v, BaseException) else str(v) for k, v in err.params.items()}
+    params: dict[str, Any] = getattr(err, "params", {})
+    values = {k: describe_error(v, t) if isinstance(v, BaseException) else str(v) for k, v in params.items()}
     text = t(f"errors.{key}", **values)
     return text + "\n" + describe_problems(problems, t) if problems else text
+
+
+# pydantic error types a UI can say in its own language (errors.<type>); the others keep
+# pydantic's English words
+CONFIG_ERROR_TYPES = ("missing", "extra_forbidden", "greater_than_equal", "less_than_equal",
+                      "greater_than", "less_than", "multiple_of", "int_parsing", "int_from_float",
+                      "float_parsing", "bool_parsing", "string_type", "literal_error",
+                      "string_too_short", "string_too_long", "string_pattern_mismatch")
+
+
+def describe_problems(problems: list[dict[str, Any]], t=None) -> str:
+    """One line per field: ``loc: what is wrong (got value)``. Without ``t`` in the engine's
+    English (pydantic's words); with an engine.i18n.Translator in its language."""
+    lines = []
+    for p in problems:
+        msg = p["msg"]
+        if t and p.get("cause") is not None:
+            msg = describe_error(p["cause"], t)
+        elif t and p["type"] in CONFIG_ERROR_TYPES:
+            msg = t(f"errors.{p['type']}", **p["ctx"])
+        got = p["input"]
+        if p["type"] != "missing" and not isinstance(got, dict):
+            shown = repr(got) if len(repr(got)) <= 200 else repr(got)[:200] + "..."
+            msg += t("errors.got", value=shown) if t else f" (got {shown})"
+        lines.append(f"{p['loc']}: {msg}" if p["loc"] else msg)
+    head = t("errors.invalid_job") if t else "invalid job config:"
+    return head + "\n  " + "\n  ".join(lines)

@@ -57,8 +57,15 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "red", "blu
 
 def build_tiny_blip(folder: Path, seed: int = 0) -> Path:
     import torch
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor, BlipTextConfig, BlipVisionConfig)
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+        BlipTextConfig,
+        BlipVisionConfig,
+    )
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"

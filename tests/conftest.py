@@ -84,7 +84,7 @@ def denoising_loss(model, dataset_dir: Path, prompt: str = "zkz star, purple") -
     training images, prompted through its own text encoder."""
     import torch
 
-    from engine.text import encode_prompts
+    from engine.models.text import encode_prompts
 
     with torch.no_grad():
         ctx = encode_prompts(model.tokenizer, model.text_encoder, [prompt])
@@ -110,8 +110,8 @@ def lora_job(model_dir: Path, dataset_dir: Path, out_dir: Path, **overrides) -> 
 @pytest.fixture(scope="session")
 def trained_lora(tmp_path_factory, tiny_model_dir, tiny_dataset):
     """One real training run (3 epochs, 18 steps) shared by the inspection tests."""
-    from engine.config import parse_config
-    from engine.trainer import train
+    from engine.config.job import parse_config
+    from engine.training.loop import train
 
     out = tmp_path_factory.mktemp("lora-out")
     cfg = parse_config(lora_job(tiny_model_dir, tiny_dataset, out))

@@ -12,7 +12,13 @@ if { ! command -v chromium >/dev/null 2>&1 || [ ! -d /usr/share/fonts/truetype/w
     apt-get install -y -q $pkgs >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $pkgs >/dev/null 2>&1; } \
         || echo "could not install $pkgs; the browser tests need chromium (LORAFORGE_SKIP_BROWSER=1 skips them)"
 fi
-"${LORAFORGE_VENV:-$APP_DIR/.venv}/bin/python" -m pytest -q "$@"
+VPY="${LORAFORGE_VENV:-$APP_DIR/.venv}/bin/python"
+# lint (ruff: pyflakes, pycodestyle, import order) and types (mypy on the modules pyproject.toml
+# lists); a finding fails the run, after the suite has run too
+"$VPY" -m ruff check . && "$VPY" -m mypy
+lint=$?
+"$VPY" -m pytest -q "$@"
 rc=$?
-if [ "$rc" -eq 5 ]; then echo "no tests were collected"; exit 0; fi
+if [ "$rc" -eq 5 ]; then echo "no tests were collected"; rc=0; fi
+if [ "$lint" -ne 0 ]; then echo "ruff or mypy found problems (see above)"; [ "$rc" -eq 0 ] && rc=$lint; fi
 exit "$rc"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from a1111_rules import Refused, check_pt
 from conftest import lora_job
 
@@ -28,8 +27,8 @@ def test_the_rules_refuse_what_plain_torch_save_writes_today(tmp_path):
 
 
 def _train(tmp_path, tiny_model_dir, tiny_dataset, network: dict, name: str):
-    from engine.config import parse_config
-    from engine.trainer import train
+    from engine.config.job import parse_config
+    from engine.training.loop import train
 
     job = lora_job(tiny_model_dir, tiny_dataset, tmp_path, network=network,
                    training={"epochs": 2, "batch_size": 4}, output={"name": name})
@@ -62,7 +61,7 @@ def test_every_pt_we_write_passes_a1111s_safe_loader(tmp_path, tiny_model_dir, t
 
 
 def test_aesthetic_embedding_pt_passes_too(tmp_path):
-    from engine.aesthetic import save_embedding
+    from engine.generate.aesthetic import save_embedding
 
     pt, _ = save_embedding(torch.randn(768), tmp_path, "my style", "clip", 3)
     assert check_pt(pt) == "my_style"

@@ -6,13 +6,18 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.aesthetic import (SAFETENSORS_KEY, AestheticError, AestheticSettings,
-                              create_aesthetic_embedding, read_embedding)
-from engine.aesthetic_apply import AestheticPersonalizer, load_text_projection, slerp
-from engine.grid import GridJob, run_grid
+from engine.generate.aesthetic import (
+    SAFETENSORS_KEY,
+    AestheticError,
+    AestheticSettings,
+    create_aesthetic_embedding,
+    read_embedding,
+)
+from engine.generate.aesthetic_apply import AestheticPersonalizer, load_text_projection, slerp
+from engine.generate.grid import GridJob, run_grid
+from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
 from engine.models.loader import load_sd_components
-from engine.sampler import SampleSpec, build_pipeline, generate_batch
-from engine.text import tokenize
+from engine.models.text import tokenize
 from tests.conftest import draw_shape_images
 
 PROMPT = "a star on a white background"
@@ -131,7 +136,7 @@ def test_text_rotation_and_slerp_helper():
 
 
 def test_weight_zero_is_bit_identical_and_weight_one_changes_the_image(model, embedding_files, tiny_clip):
-    from engine.aesthetic_apply import AestheticSwapper
+    from engine.generate.aesthetic_apply import AestheticSwapper
 
     _, pt, _ = embedding_files
     pipe = build_pipeline(model)
@@ -167,7 +172,7 @@ def test_grid_has_an_aesthetic_weight_axis(model, embedding_files, tmp_path):
 
 
 def test_sdxl_and_mismatched_clip_are_refused(tmp_path, model, embedding_files):
-    from engine.aesthetic_apply import AestheticSwapper
+    from engine.generate.aesthetic_apply import AestheticSwapper
     from engine.models.toy import build_tiny_sdxl
 
     xl = load_sd_components(str(build_tiny_sdxl(tmp_path / "xl")))

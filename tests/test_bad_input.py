@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 import torch
-from PIL import Image
-
 from conftest import lora_job
+from PIL import Image
 
 DEEP_ARRAY = "a = " + "[" * 5000 + "]" * 5000
 
@@ -37,8 +36,8 @@ def _job(tmp_path, **sections) -> dict:
 
 
 def test_deeply_nested_toml_is_one_clear_error(tmp_path, capsys):
-    from engine.config import ConfigError, load_config, parse_job_text
-    from engine.preset_share import PresetError, parse_preset, to_code
+    from engine.config.job import ConfigError, load_config, parse_job_text
+    from engine.config.preset_share import PresetError, parse_preset, to_code
     from launcher import main
 
     for text in (DEEP_ARRAY, "a = " + "{b = " * 3000 + "1" + "}" * 3000):
@@ -62,7 +61,7 @@ def test_a_config_that_is_a_folder_or_not_text(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "latin1.toml")]) == 2
     assert "is not UTF-8 text" in capsys.readouterr().err
     # a job saved by Windows Notepad as "Unicode" (UTF-16 with BOM) is read, not refused
-    from engine.config import load_config
+    from engine.config.job import load_config
 
     job = tomli_w.dumps(_job(tmp_path))
     (tmp_path / "utf16.toml").write_bytes(job.encode("utf-16"))
@@ -87,7 +86,7 @@ def test_a_config_that_is_a_folder_or_not_text(tmp_path, capsys):
 def test_every_field_is_checked_when_the_job_is_loaded(tmp_path, sections, field):
     """Refused at load, not after hours of training (a size-0 sample, a NaN cfg) or in the NaN
     guard (an infinite alpha or weight decay)."""
-    from engine.config import ConfigError, parse_job_text
+    from engine.config.job import ConfigError, parse_job_text
 
     text = tomli_w.dumps(_job(tmp_path, **sections))
     with pytest.raises(ConfigError) as err:
@@ -96,8 +95,8 @@ def test_every_field_is_checked_when_the_job_is_loaded(tmp_path, sections, field
 
 
 def test_sample_limits_are_one_definition():
-    from engine.config import SampleConfig
-    from engine.sample_limits import SAMPLE_LIMITS
+    from engine.config.job import SampleConfig
+    from engine.config.sample_limits import SAMPLE_LIMITS
 
     for name in ("steps", "cfg_scale", "seed"):
         meta = {type(m).__name__: m for m in SampleConfig.model_fields[name].metadata}
@@ -247,11 +246,11 @@ def test_images_without_a_stem_or_an_extension_are_kept_under_a_safe_name(tmp_pa
 # ---------------------------------------------------------------- image shapes and working copies
 
 def test_an_aspect_ratio_bomb_is_refused_before_any_resize(tmp_path, tiny_model_dir):
-    from engine.config import parse_config
+    from engine.config.job import parse_config
     from engine.data.folder import DatasetError, scan_dataset
     from engine.data.preprocess import PreprocessOptions, preprocess_dataset
     from engine.data.validate import check_image
-    from engine.trainer import train
+    from engine.training.loop import train
 
     data = tmp_path / "data" / "1_x"
     strip = data / "strip.png"
@@ -265,8 +264,8 @@ def test_an_aspect_ratio_bomb_is_refused_before_any_resize(tmp_path, tiny_model_
     out = preprocess_dataset(scan_dataset(tmp_path / "data"), tmp_path / "prep", PreprocessOptions(resolution=512))
     assert [p.name for p in out.written] == ["ok.png"] and out.skipped[0][0] == strip
     # training leaves it out before any resize (and says so); the rest trains
-    from engine.callbacks import Callbacks
     from engine.data.dataset import TrainingSamples
+    from engine.training.callbacks import Callbacks
 
     class Log(Callbacks):
         lines: list[str] = []
@@ -308,7 +307,7 @@ def test_working_copy_names_never_collide(tmp_path):
 # ---------------------------------------------------------------- presets and picks
 
 def test_preset_files_in_other_encodings(tmp_path, capsys):
-    from engine.preset_share import PresetError, read_preset_file
+    from engine.config.preset_share import PresetError, read_preset_file
     from launcher import main
 
     preset = '[metadata]\nname = "星星"\nschema_version = 1\n\n[training]\nepochs = 3\n'
@@ -351,8 +350,8 @@ def test_pick_refuses_a_malicious_or_broken_file_with_a_message(tmp_path, capsys
 # ---------------------------------------------------------------- resume from damaged states
 
 def _states(tmp_path, tiny_model_dir, tiny_dataset):
-    from engine.config import parse_config
-    from engine.trainer import train
+    from engine.config.job import parse_config
+    from engine.training.loop import train
 
     job = lora_job(tiny_model_dir, tiny_dataset, tmp_path / "out", training={"epochs": 3},
                    output={"save_state": True, "keep_states": 3})
@@ -363,8 +362,8 @@ def _states(tmp_path, tiny_model_dir, tiny_dataset):
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage_json", "code_in_pt", "zero_byte"])
 def test_a_damaged_newest_state_falls_back_to_the_previous_one(tmp_path, tiny_model_dir, tiny_dataset, damage):
-    from engine.train_state import state_candidates, state_root
-    from engine.trainer import _find_resume_state
+    from engine.training.loop import _find_resume_state
+    from engine.training.state import state_candidates, state_root
 
     cfg = _states(tmp_path, tiny_model_dir, tiny_dataset)
     newest, previous = state_candidates(state_root(cfg))[:2]
@@ -386,8 +385,8 @@ def test_a_damaged_newest_state_falls_back_to_the_previous_one(tmp_path, tiny_mo
 def test_no_usable_state_is_a_clear_error_and_latest_cannot_point_outside(tmp_path, tiny_model_dir, tiny_dataset,
                                                                          capsys):
     from engine.i18n import Translator, describe_error
-    from engine.train_state import StateError, find_latest, state_candidates, state_root
-    from engine.trainer import _find_resume_state
+    from engine.training.loop import _find_resume_state
+    from engine.training.state import StateError, find_latest, state_candidates, state_root
 
     cfg = _states(tmp_path, tiny_model_dir, tiny_dataset)
     root = state_root(cfg)
@@ -417,7 +416,7 @@ def test_no_usable_state_is_a_clear_error_and_latest_cannot_point_outside(tmp_pa
 def _break_weights_at_the_end(unet):
     """A callback: the last optimizer step turns a weight infinite (as an absurd learning rate
     does) while that step's loss was still finite."""
-    from engine.callbacks import Callbacks
+    from engine.training.callbacks import Callbacks
 
     class Break(Callbacks):
         def on_step(self, info):
@@ -429,10 +428,10 @@ def _break_weights_at_the_end(unet):
 
 
 def test_non_finite_weights_are_never_saved(tmp_path, tiny_model_dir, tiny_dataset):
-    from engine.config import parse_config
-    from engine.guards import TrainingDiverged
+    from engine.config.job import parse_config
     from engine.models.loader import load_sd_components
-    from engine.trainer import train
+    from engine.training.guards import TrainingDiverged
+    from engine.training.loop import train
 
     model = load_sd_components(str(tiny_model_dir), local_files_only=True)
     cfg = parse_config(lora_job(tiny_model_dir, tiny_dataset, tmp_path, training={"epochs": 2}))
@@ -445,8 +444,8 @@ def test_non_finite_weights_are_never_saved(tmp_path, tiny_model_dir, tiny_datas
 
 
 def test_stale_temporary_files_of_this_job_are_cleaned_at_start(tmp_path, tiny_model_dir, tiny_dataset):
-    from engine.config import parse_config
-    from engine.trainer import train
+    from engine.config.job import parse_config
+    from engine.training.loop import train
 
     def temp_of(target: str) -> Path:  # exactly how engine.fileio.atomic_write names them
         fd, name = tempfile.mkstemp(prefix=f".{target}.", suffix=".tmp", dir=tmp_path)
@@ -468,9 +467,9 @@ def test_stale_temporary_files_of_this_job_are_cleaned_at_start(tmp_path, tiny_m
 def test_a_full_disk_at_the_loss_plot_is_the_clear_disk_error(tmp_path, tiny_model_dir, tiny_dataset, monkeypatch):
     import matplotlib.figure
 
-    from engine.config import parse_config
-    from engine.guards import DiskFullError
-    from engine.trainer import train
+    from engine.config.job import parse_config
+    from engine.training.guards import DiskFullError
+    from engine.training.loop import train
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -482,9 +481,9 @@ def test_a_full_disk_at_the_loss_plot_is_the_clear_disk_error(tmp_path, tiny_mod
 
 
 def test_a_full_disk_at_the_loss_csv(tmp_path):
-    from engine.callbacks import StepInfo
-    from engine.curves import CurveWriter
-    from engine.guards import DiskFullError
+    from engine.training.callbacks import StepInfo
+    from engine.training.curves import CurveWriter
+    from engine.training.guards import DiskFullError
 
     writer = CurveWriter(tmp_path, "x", plot_every=0)
     writer.on_start(10)
@@ -497,8 +496,8 @@ def test_a_full_disk_at_the_loss_csv(tmp_path):
 # ---------------------------------------------------------------- one heavy job at a time
 
 def test_one_job_at_a_time_even_when_two_start_together():
-    from engine.callbacks import TrainResult
-    from engine.jobs import JobBusy, JobRunner
+    from engine.training.callbacks import TrainResult
+    from engine.training.jobs import JobBusy, JobRunner
 
     release = threading.Event()
 
@@ -538,7 +537,7 @@ def test_one_job_at_a_time_even_when_two_start_together():
 
 
 def test_grid_settings_share_the_sample_limits(tmp_path, trained_lora, tiny_model_dir, capsys):
-    from engine.grid import GridError, GridJob
+    from engine.generate.grid import GridError, GridJob
     from launcher import main
 
     for bad in ({"width": 0}, {"height": -64}, {"cfg_scale": float("nan")}, {"steps": 0}, {"seeds": [2**70]},

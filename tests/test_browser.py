@@ -9,7 +9,6 @@ import re
 import shutil
 
 import pytest
-
 from conftest import ROOT
 
 ARTIFACTS = ROOT / "test-artifacts" / "screenshots"
@@ -56,7 +55,7 @@ def contrast(locator) -> float:
 @pytest.fixture()
 def app_url(tmp_path, monkeypatch):
     """Both languages on one server, as `launcher.py` serves them."""
-    from engine.hardware import HardwareInfo, pick_tier
+    from engine.system.hardware import HardwareInfo, pick_tier
     from webapp.server import build_server, find_free_port, run_server
 
     monkeypatch.setenv("LORAFORGE_OUTPUT", str(tmp_path / "out"))
@@ -73,10 +72,10 @@ def test_click_through_the_wizard_with_my_own_images(app_url, tmp_path, lang, lo
     epochs without any extra button, read what will train, train, compare, pick and export.
     The trained file's metadata must say those images, that name and that base. One screenshot
     per step under test-artifacts/screenshots/<lang>/."""
+    from conftest import draw_shape_images
     from playwright.sync_api import expect, sync_playwright
     from safetensors import safe_open
 
-    from conftest import draw_shape_images
     from engine.i18n import LANGUAGES, Translator
 
     t = Translator(lang)

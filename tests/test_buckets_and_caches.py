@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
+from conftest import draw_shape_images, lora_job
 from PIL import Image, ImageDraw
 from safetensors import safe_open
 
-from conftest import draw_shape_images, lora_job
-from engine.config import ConfigError, parse_config
+from engine.config.job import ConfigError, parse_config
 from engine.data.dataset import BucketBatchSampler, BucketOptions, TrainingSamples
 from engine.data.folder import scan_dataset
-from engine.trainer import train
+from engine.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_disk_cache_is_reused_and_rebuilt_when_damaged(tmp_path, tiny_model_dir,
     monkeypatch.setenv("LORAFORGE_CACHE", str(tmp_path / "cache"))
     logs: list[str] = []
 
-    from engine.callbacks import Callbacks
+    from engine.training.callbacks import Callbacks
 
     class Log(Callbacks):
         def on_log(self, msg):

@@ -13,9 +13,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import ROOT
+from safetensors.torch import load_file
 
 
 def offline_env(tmp_path: Path) -> dict[str, str]:
@@ -45,7 +44,7 @@ def test_bundle_installs_offline_and_trains(tmp_path):
         mode = zf.getinfo("LoRAForge/portable/launcher.sh").external_attr >> 16
     for needed in ("launcher.py", "launcher.sh", "launcher.bat", "portable/launcher.sh",
                    "portable/launcher.bat", "portable/setup_env.sh", "requirements.txt",
-                   "engine/trainer.py", "webapp/server.py", "presets/base/shapes-base/unet/config.json",
+                   "engine/training/loop.py", "webapp/server.py", "presets/base/shapes-base/unet/config.json",
                    "presets/demo/zkz_star/10_zkz/zkz_00.png", "wheelhouse/TORCH_VARIANT"):
         assert f"LoRAForge/{needed}" in names, needed
     assert any(n.startswith("LoRAForge/wheelhouse/torch-") and "+cpu" in n for n in names)

@@ -3,9 +3,9 @@ real loading, preprocessing, thresholds, tag cleaning and caption writing run of
 from __future__ import annotations
 
 import pytest
+from captioning_models import build_tiny_blip, build_tiny_wd14
 from PIL import Image
 
-from captioning_models import build_tiny_blip, build_tiny_wd14
 from engine.captioning.run import caption_images, dataset_images
 from engine.captioning.sources import CaptionModelError
 
@@ -83,8 +83,9 @@ def test_missing_model_gives_a_clear_error(tmp_path):
 
 
 def test_blip_captions_with_a_tiny_model(tmp_path, images):
-    from engine.captioning.blip import BlipCaptioner, BlipOptions
     from captioning_models import VOCAB
+
+    from engine.captioning.blip import BlipCaptioner, BlipOptions
 
     blip = BlipCaptioner.load(str(build_tiny_blip(tmp_path / "blip")), local_files_only=True)
     opts = BlipOptions(max_new_tokens=6, min_new_tokens=3, num_beams=1)

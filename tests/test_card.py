@@ -83,8 +83,8 @@ def test_card_json_fields_match_the_run(card, trained_lora):
 
 
 def test_sample_images_carry_a1111_parameters_and_show_the_lora(card, tiny_model_dir):
+    from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
     from engine.models.loader import load_sd_components
-    from engine.sampler import SampleSpec, build_pipeline, generate_batch
 
     paths = sorted((card.folder / "samples").glob("*.png"))
     assert len(paths) == 2
@@ -145,8 +145,8 @@ def test_picked_weight_becomes_the_recommendation(trained_lora, tmp_path):
 def test_other_file_kinds_get_their_civitai_type(tmp_path):
     import torch
 
-    from engine.aesthetic import save_embedding
     from engine.export.safetensors_io import save_with_metadata
+    from engine.generate.aesthetic import save_embedding
 
     save_with_metadata({"emb_params": torch.zeros(2, 32)}, tmp_path / "emb.safetensors",
                        {"name": "myword", "modelspec.architecture": "stable-diffusion-v1/textual-inversion"})
@@ -248,8 +248,9 @@ def test_cards_for_embeddings_and_hypernetworks(method, tiny_model_dir, tiny_dat
     """A 2-step real run of each; the card finds its job, names the type and shows the A1111 way
     to use the file at the recommended strength in the sample's parameters text."""
     from conftest import lora_job
-    from engine.config import parse_config
-    from engine.trainer import train
+
+    from engine.config.job import parse_config
+    from engine.training.loop import train
 
     job = lora_job(tiny_model_dir, tiny_dataset, tmp_path / "out", training={"max_steps": 2})
     job["network"] = ({"type": "textual_inversion", "token": "zkzstar", "num_vectors": 2}

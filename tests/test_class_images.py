@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import lora_job
 from PIL import Image
 from safetensors import safe_open
 
-from conftest import lora_job
-from engine.config import ConfigError, parse_config
-from engine.trainer import train
+from engine.config.job import ConfigError, parse_config
+from engine.training.loop import train
 
 
 def test_class_images_are_generated_once_by_the_base_model(tmp_path, tiny_model_dir, tiny_dataset):
@@ -28,8 +28,8 @@ def test_class_images_are_generated_once_by_the_base_model(tmp_path, tiny_model_
         assert f.metadata()["ss_num_reg_images"] == "3"
 
     # they show the base model, not the LoRA: regenerate with the plain base and compare
+    from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
     from engine.models.loader import load_sd_components
-    from engine.sampler import SampleSpec, build_pipeline, generate_batch
 
     base = load_sd_components(str(tiny_model_dir), local_files_only=True)
     specs = [SampleSpec("a star", "", seed, 4, 5.0, 64, 64) for seed in (1, 2, 3)]  # job seed 1 + i

@@ -5,9 +5,8 @@ import subprocess
 import sys
 
 import tomli_w
-from safetensors.torch import load_file
-
 from conftest import ROOT, lora_job
+from safetensors.torch import load_file
 
 
 def run_cli(*args, timeout=600):

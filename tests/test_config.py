@@ -1,7 +1,7 @@
 """Every config error path gives a message naming the field; TOML round-trips."""
 import pytest
 
-from engine.config import ConfigError, dump_config, load_config, parse_config, save_config
+from engine.config.job import ConfigError, dump_config, load_config, parse_config, save_config
 
 BASE = {"model": {"base": "some/model"}, "dataset": {"path": "data"}}
 
@@ -98,7 +98,7 @@ def test_validating_a_job_does_not_import_torch():
 
     from conftest import ROOT
 
-    code = ("import sys; from engine.config import parse_config; "
+    code = ("import sys; from engine.config.job import parse_config; "
             "parse_config({'model': {'base': 'x'}, 'dataset': {'path': 'd'}, "
             "'sample': {'prompts': ['a cat --s 3 --l 5']}}); "
             "assert 'torch' not in sys.modules, 'torch was imported'")

@@ -8,11 +8,11 @@ import re
 
 import pytest
 
-from engine.config import LoraNetworkConfig, LycorisNetworkConfig
-from engine.networks import lora, lycoris_net
+from engine.methods.lora import LoraNetworkConfig
+from engine.methods.lycoris import LycorisNetworkConfig
 from engine.models.single_file import to_original_state_dict
-from tests.lora_key_rules import (a1111_layers, a1111_problems, comfyui_key_map, comfyui_problems,
-                                  module_deltas)
+from engine.networks import lora, lycoris_net
+from tests.lora_key_rules import a1111_layers, a1111_problems, comfyui_key_map, comfyui_problems, module_deltas
 from tests.test_real_checkpoints import meta_components
 
 COMFY_ENCODERS = {"sd15": ["clip_l"], "sd2-512": ["clip_h"], "sdxl": ["clip_l", "clip_g"]}

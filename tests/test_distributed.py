@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 import torch
-from safetensors.torch import load_file
-
 from conftest import lora_job
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +40,8 @@ def test_sampler_shards_are_the_single_process_batches():
 
 def test_two_process_run_equals_one_process_with_the_same_global_batch(tmp_path, tiny_model_dir,
                                                                          tiny_dataset):
-    from engine.config import parse_config
-    from engine.trainer import train
+    from engine.config.job import parse_config
+    from engine.training.loop import train
 
     # 4 images x 3 repeats = 12 per epoch: 6 global batches of 2, so every batch is full
     multi_job = lora_job(tiny_model_dir, tiny_dataset, tmp_path / "multi",

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import lora_job
 from safetensors.torch import load_file
 
-from conftest import lora_job
-from engine.config import ConfigError, parse_config
-from engine.losses import guided
+from engine.config.job import ConfigError, parse_config
 from engine.models.loader import load_sd_components
-from engine.text import encode_prompts
-from engine.trainer import train
+from engine.models.text import encode_prompts
+from engine.training.loop import train
+from engine.training.losses import guided
 
 
 def da_job(model_dir, data, out, **network):

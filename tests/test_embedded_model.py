@@ -7,13 +7,12 @@ from __future__ import annotations
 import tomllib
 
 import pytest
+from conftest import ROOT
 from safetensors import safe_open
 
-from conftest import ROOT
-from engine.demo.measure import (coloured_hue, demo_hue, dominant_colour, hue_distance, purple_fraction,
-                                 shape_class)
+from engine.demo.measure import coloured_hue, demo_hue, dominant_colour, hue_distance, purple_fraction, shape_class
+from engine.generate.sampler import SampleSpec, build_pipeline, generate
 from engine.models.loader import EMBEDDED_DIR, load_sd_components
-from engine.sampler import SampleSpec, build_pipeline, generate
 
 SEEDS = range(6)
 
@@ -121,10 +120,11 @@ def demo_lora(request, tmp_path_factory, base):
     """Train the demo job (with its own seed, 42, and with another, so the result is not one
     lucky random stream), then at LoRA weights 0, 0.5 and 1 (6 seeds each): the mean share of
     purple pixels and how far the images' colour is from the concept's purple (hue degrees)."""
-    from engine.config import parse_config
-    from engine.networks import lora
-    from engine.trainer import train
     from safetensors.torch import load_file
+
+    from engine.config.job import parse_config
+    from engine.networks import lora
+    from engine.training.loop import train
 
     job = tomllib.loads((ROOT / "presets/jobs/demo_lora.toml").read_text())
     job["dataset"]["path"] = str(ROOT / job["dataset"]["path"])

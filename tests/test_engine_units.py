@@ -8,11 +8,11 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from engine.config import OptimizerConfig, SchedulerConfig
+from engine.config.job import OptimizerConfig, SchedulerConfig
 from engine.data.captions import process_caption
 from engine.data.folder import DatasetError, scan_dataset
-from engine.losses import diffusion_loss, min_snr_weights, offset_noise, training_target
-from engine.optim import OptimizerUnavailable, build_optimizer, build_scheduler, param_groups
+from engine.training.losses import diffusion_loss, min_snr_weights, offset_noise, training_target
+from engine.training.optim import OptimizerUnavailable, build_optimizer, build_scheduler, param_groups
 
 SCHED = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 

@@ -3,18 +3,17 @@ that diffusers' from_single_file reloads, plus a diffusers folder, both equal to
 from __future__ import annotations
 
 import torch
+from conftest import lora_job
 from safetensors import safe_open
 
-from conftest import lora_job
-from engine.config import parse_config
+from engine.config.job import parse_config
 from engine.models.loader import load_sd_components
-from engine.trainer import train
+from engine.training.loop import train
 
 
 def test_full_finetune_saves_reloadable_checkpoint(tmp_path, tiny_model_dir, tiny_dataset):
-    from diffusers import StableDiffusionPipeline
-
     from conftest import denoising_loss
+    from diffusers import StableDiffusionPipeline
 
     job = lora_job(tiny_model_dir, tiny_dataset, tmp_path, training={"epochs": 2, "batch_size": 6})
     job["network"] = {"type": "dreambooth", "train_text_encoder": True}

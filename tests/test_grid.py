@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from engine.export.hashes import safetensors_file_data_hash
-from engine.grid import GridError, GridJob, parse_weights, run_grid
+from engine.generate.grid import GridError, GridJob, parse_weights, run_grid
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -84,7 +84,7 @@ def test_weight_zero_is_the_base_and_weights_matter(grid_run):
 def test_swapper_matches_diffusers_at_a_partial_weight(trained_lora, tiny_model_dir):
     from diffusers import StableDiffusionPipeline
 
-    from engine.lora_apply import LoraSwapper
+    from engine.generate.lora_apply import LoraSwapper
     from engine.models.loader import load_sd_components
 
     _, result = trained_lora

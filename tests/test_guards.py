@@ -7,19 +7,19 @@ from collections import namedtuple
 
 import pytest
 import torch
+from conftest import lora_job
 from safetensors.torch import load_file
 
-from conftest import lora_job
-from engine.callbacks import Callbacks
-from engine.config import parse_config
-from engine.guards import DiskFullError, TrainingDiverged
-from engine.setup import SetupError
-from engine.trainer import train
+from engine.config.job import parse_config
+from engine.training.callbacks import Callbacks
+from engine.training.guards import DiskFullError, TrainingDiverged
+from engine.training.loop import train
+from engine.training.setup import SetupError
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_file(tmp_path, tiny_model_dir, tiny_dataset, monkeypatch,
                                                      capsys):
-    import engine.trainer as trainer
+    import engine.training.loop as trainer
 
     calls = {"n": 0}
     real = trainer.diffusion_loss
@@ -54,7 +54,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_file(tmp_path, tiny_model_dir, t
 
 
 def test_no_space_for_a_save_is_a_clear_error(tmp_path, tiny_model_dir, tiny_dataset, monkeypatch):
-    import engine.guards as guards
+    import engine.training.guards as guards
 
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(guards.shutil, "disk_usage", lambda p: Usage(10 << 30, 10 << 30, 1 << 20))
@@ -112,7 +112,7 @@ def user_job(tiny_model_dir, tiny_dataset, out):
 
 
 def test_out_of_memory_at_start_steps_down_one_tier(tmp_path, tiny_model_dir, tiny_dataset, monkeypatch):
-    from engine.tier_fallback import next_lower_tier, train_with_tier_fallback
+    from engine.training.tier_fallback import next_lower_tier, train_with_tier_fallback
 
     assert next_lower_tier("8gb") == "6gb" and next_lower_tier("4gb") is None
     oom_when(monkeypatch, lambda sample, n: sample.shape[0] > 1)  # batch 2 does not fit, batch 1 does
@@ -126,7 +126,7 @@ def test_out_of_memory_at_start_steps_down_one_tier(tmp_path, tiny_model_dir, ti
 
 def test_out_of_memory_later_or_at_the_smallest_tier_is_not_retried(tmp_path, tiny_model_dir, tiny_dataset,
                                                                     monkeypatch):
-    from engine.tier_fallback import train_with_tier_fallback
+    from engine.training.tier_fallback import train_with_tier_fallback
 
     oom_when(monkeypatch, lambda sample, n: n >= 3)
     with pytest.raises(SetupError, match="ran out of GPU memory at step 3"):

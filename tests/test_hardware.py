@@ -4,11 +4,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.config import ConfigError, parse_config
-from engine.doctor import doctor_report, package_status
-from engine.hardware import (TIER_NAMES, HardwareInfo, parse_nvidia_smi, pick_tier, probe,
-                             query_nvidia_smi)
-from engine.presets import apply_tier, deep_merge, list_tiers, load_tier
+from engine.config.job import ConfigError, parse_config
+from engine.config.tiers import apply_tier, deep_merge, list_tiers, load_tier
+from engine.system.doctor import doctor_report, package_status
+from engine.system.hardware import TIER_NAMES, HardwareInfo, parse_nvidia_smi, pick_tier, probe, query_nvidia_smi
 
 GIB = 1024 ** 3
 MINIMAL = {"model": {"base": "some/model"}, "dataset": {"path": "data"}}
@@ -231,7 +230,7 @@ def test_deep_merge_is_recursive_and_pure():
 
 
 def test_broken_tier_file_is_reported(tmp_path, monkeypatch):
-    import engine.presets as presets
+    import engine.config.tiers as presets
     (tmp_path / "cpu.toml").write_text("[training]\nbatchsize = 2\n")
     (tmp_path / "4gb.toml").write_text("[training\n")
     monkeypatch.setattr(presets, "TIERS_DIR", tmp_path)
@@ -253,14 +252,14 @@ def test_doctor_report_mentions_tier_and_packages(tmp_path):
 
 
 def test_doctor_warns_when_tier_needs_missing_bitsandbytes(monkeypatch):
-    import engine.doctor as doctor
+    import engine.system.doctor as doctor
     monkeypatch.setattr(doctor, "package_status", lambda name, try_import=True: "missing")
     text = doctor_report(cuda_info(5.8), packages=("bitsandbytes",))
     assert "tier 6gb uses AdamW8bit" in text
 
 
 def test_doctor_never_crashes_on_odd_input(monkeypatch):
-    import engine.doctor as doctor
+    import engine.system.doctor as doctor
     monkeypatch.setattr(doctor, "pick_tier", lambda info: 1 / 0)
     text = doctor_report(HardwareInfo(), packages=(), cwd="/definitely/not/a/dir")
     assert "could not choose a tier" in text and "Disk:" in text

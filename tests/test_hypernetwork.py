@@ -7,18 +7,19 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import denoising_loss, lora_job
 from PIL import Image
+from test_lora_training import _unet_inputs
 from torch import nn
 
-from conftest import denoising_loss, lora_job
-from engine.config import ConfigError, parse_config
+from engine.config.job import ConfigError, parse_config
 from engine.models.loader import load_sd_components
-from engine.trainer import train
-from test_lora_training import _unet_inputs
+from engine.training.loop import train
 
 FILE_KEYS = {"layer_structure", "activation_func", "is_layer_norm", "weight_initialization",
              "use_dropout", "dropout_structure", "activate_output", "last_layer_dropout",
-             "optional_info", "name", "step", "sd_checkpoint", "sd_checkpoint_name"}
+             "optional_info", "name", "step", "sd_checkpoint", "sd_checkpoint_name",
+             "loraforge_version"}  # ours: the engine version (A1111 and ComfyUI read only their keys)
 RICH = {"layer_structure": [1, 1.5, 1], "activation": "relu", "layer_norm": True,
         "dropout_structure": [0, 0.1, 0]}
 
@@ -130,7 +131,7 @@ def test_a1111_application_equals_trained_network(hyper_run, tiny_model_dir):
 
 
 def test_strength_through_the_grid_swapper(hyper_run, tiny_model_dir):
-    from engine.network_swap import NetworkSwapper
+    from engine.generate.swappers import NetworkSwapper
 
     _, _, result, _ = hyper_run
     model, ref = load_sd_components(str(tiny_model_dir)), load_sd_components(str(tiny_model_dir))
@@ -166,7 +167,7 @@ def test_loss_goes_down_and_base_untouched(hyper_run, tiny_model_dir, tiny_datas
 
 
 def test_grid_rows_are_epochs_columns_strength(hyper_run, tiny_model_dir, tmp_path):
-    from engine.grid import GridJob, run_grid
+    from engine.generate.grid import GridJob, run_grid
 
     _, _, result, _ = hyper_run
     model = load_sd_components(str(tiny_model_dir))
@@ -184,7 +185,7 @@ def test_lr_schedule_in_a1111_syntax(tiny_model_dir, tiny_dataset, tmp_path):
     cfg = _job(tiny_model_dir, tiny_dataset, tmp_path, lr_schedule="1e-3:2, 1e-4")
     cfg.training.max_steps = 4
     lrs = []
-    from engine.callbacks import Callbacks
+    from engine.training.callbacks import Callbacks
 
     class Record(Callbacks):
         def on_step(self, info):
@@ -249,7 +250,7 @@ def test_pick_epoch_keeps_the_layers_and_renames(hyper_run, tmp_path):
 
 
 def test_a_high_learning_rate_gets_a_hint(tiny_model_dir, tiny_dataset, tmp_path):
-    from engine.callbacks import Callbacks
+    from engine.training.callbacks import Callbacks
 
     logs = []
 
@@ -320,9 +321,9 @@ def test_a1111_only_settings_are_exactly_where_comfyui_reads_the_file_differentl
 
 
 def test_the_warning_in_the_log_and_on_the_page(tiny_model_dir, tiny_dataset, tmp_path):
-    from engine.callbacks import Callbacks
     from engine.i18n import Translator
-    from engine.trainer import train
+    from engine.training.callbacks import Callbacks
+    from engine.training.loop import train
     from webapp.wizard_logic import soft_warnings
 
     cfg = _job(tiny_model_dir, tiny_dataset, tmp_path, activation="gelu")

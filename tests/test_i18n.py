@@ -7,7 +7,6 @@ import string
 import urllib.request
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -37,7 +36,7 @@ def keys_used_in_code() -> set[str]:
 
     keys = set()
     for path in [*(ROOT / "webapp").glob("*.py"), ROOT / "engine" / "export" / "card_render.py",
-                 ROOT / "engine" / "config.py"]:
+                 *(ROOT / "engine" / "config").glob("*.py")]:
         keys |= set(re.findall(r'\bt\(\s*"([a-z_]+\.[a-z_.]+)"', path.read_text(encoding="utf-8")))
     keys |= {f"field.{f.path}.{part}" for f in FIELDS for part in ("label", "why")}
     keys |= {f"field.{f.path}.{part}" for f in FIELDS if not f.advanced for part in ("range", "high", "low")}
@@ -49,7 +48,7 @@ def keys_used_in_code() -> set[str]:
     keys |= {f"base.kind_{k}" for k in ("diffusers", "single_file", "hub")}
     keys |= {f"train.status_{s}" for s in ("idle", "running", "done", "stopped", "failed")}
     keys |= {"method.too_high", "method.too_low"}
-    from engine.config import CONFIG_ERROR_TYPES
+    from engine.i18n import CONFIG_ERROR_TYPES
     keys |= {f"errors.{k}" for k in CONFIG_ERROR_TYPES}
     # keys of the engine's explained errors: XError("English...", "key", ...)
     keys |= {f"errors.{key}" for _, _, key in explained_error_calls() if key}
@@ -142,8 +141,8 @@ def test_language_from_the_browser_or_forced(header, forced, expected):
 
 
 def test_guidance_names_the_tier_value_and_the_schemas_range():
+    from engine.config.tiers import load_tier
     from engine.i18n import Translator
-    from engine.presets import load_tier
     from webapp.job_form import BY_KEY, field_help
 
     en, zh = Translator("en"), Translator("zh")
@@ -161,7 +160,7 @@ def test_guidance_names_the_tier_value_and_the_schemas_range():
 def test_server_redirects_by_browser_language_and_speaks_it(tmp_path, monkeypatch):
     from gradio_client import Client
 
-    from engine.hardware import HardwareInfo, pick_tier
+    from engine.system.hardware import HardwareInfo, pick_tier
     from webapp.server import build_server, find_free_port, run_server
 
     monkeypatch.setenv("LORAFORGE_OUTPUT", str(tmp_path))
@@ -244,9 +243,9 @@ def test_config_errors_in_the_pages_language():
 def test_engine_errors_in_chinese():
     """Errors the engine raises carry a key, so the page can say them in Chinese; without a
     key (or in English) the engine's own message is shown."""
-    from engine.grid import GridError, parse_weights
-    from engine.guards import TrainingDiverged, check_loss
+    from engine.generate.grid import GridError, parse_weights
     from engine.i18n import Translator, describe_error
+    from engine.training.guards import TrainingDiverged, check_loss
 
     zh, en = Translator("zh"), Translator("en")
     with pytest.raises(TrainingDiverged) as nan:
@@ -261,12 +260,12 @@ def test_engine_errors_in_chinese():
 
 
 def test_resume_without_state_and_import_errors_in_chinese(tmp_path):
-    from engine.config import parse_config
+    from engine.config.job import parse_config
     from engine.data.folder import DatasetError
     from engine.data.importer import import_concept
     from engine.i18n import Translator, describe_error
-    from engine.train_state import StateError
-    from engine.trainer import _find_resume_state
+    from engine.training.loop import _find_resume_state
+    from engine.training.state import StateError
     from webapp.wizard_logic import demo_job
 
     zh = Translator("zh")
@@ -286,13 +285,13 @@ def test_rarer_engine_errors_in_chinese(tmp_path):
     """The newly keyed ones: a preset with bad settings (field problems listed in Chinese), a
     job-rule error from a validator, a wrapped method error (TI token clash), a nested file error,
     a bad sample-prompt line, the hardware tier's reason and the importer's skip reasons."""
-    from engine.config import ConfigError, parse_config
+    from engine.config.job import ConfigError, parse_config
+    from engine.config.preset_share import PresetError, export_preset, parse_preset
     from engine.data.importer import import_concept
-    from engine.hardware import HardwareInfo, pick_tier
+    from engine.generate.lora_apply import LoraFileError
     from engine.i18n import Translator, UserInputError, describe_error
-    from engine.lora_apply import LoraFileError
-    from engine.preset_share import PresetError, export_preset, parse_preset
-    from engine.setup import SetupError
+    from engine.system.hardware import HardwareInfo, pick_tier
+    from engine.training.setup import SetupError
     from webapp.wizard_logic import demo_job
 
     zh, en = Translator("zh"), Translator("en")
@@ -339,8 +338,8 @@ def test_serve_shows_the_tier_reason_in_each_language(tmp_path, monkeypatch, cap
     language's page explains the tier in its own words."""
     import json
 
-    from engine.hardware import pick_tier, probe
     from engine.i18n import LANGUAGES, Translator
+    from engine.system.hardware import pick_tier, probe
     from webapp.server import find_free_port, serve
 
     monkeypatch.setenv("LORAFORGE_OUTPUT", str(tmp_path / "out"))
@@ -367,8 +366,8 @@ def test_an_unexpected_training_failure_is_prefixed_in_the_pages_language(tmp_pa
     import tomli_w
     from gradio_client import Client
 
-    from engine.hardware import HardwareInfo, pick_tier
-    from engine.jobs import JobRunner
+    from engine.system.hardware import HardwareInfo, pick_tier
+    from engine.training.jobs import JobRunner
     from webapp.server import build_server, find_free_port, run_server
     from webapp.wizard_logic import demo_job
 

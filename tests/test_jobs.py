@@ -1,12 +1,12 @@
 """The background job runner: a stop request ends the run cleanly and keeps what was learned."""
 from __future__ import annotations
 
+from conftest import lora_job
 from safetensors import safe_open
 
-from conftest import lora_job
-from engine.callbacks import Callbacks
-from engine.config import parse_config
-from engine.jobs import JobRunner
+from engine.config.job import parse_config
+from engine.training.callbacks import Callbacks
+from engine.training.jobs import JobRunner
 
 
 def test_stop_saves_final_file_and_reports_stopped(tmp_path, tiny_model_dir, tiny_dataset):

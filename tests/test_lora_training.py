@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from engine.export.hashes import safetensors_file_data_hash, sha256_file
 from engine.networks import lora
 
-# The metadata keys DESIGN.md says our LoRA files must carry.
+# The metadata keys docs/file-formats.md and docs/kohya-metadata.md say our LoRA files carry.
 REQUIRED_META = """ss_output_name ss_training_started_at ss_training_finished_at ss_session_id ss_seed
 ss_steps ss_epoch ss_num_epochs ss_num_train_images ss_num_reg_images ss_num_batches_per_epoch
 ss_learning_rate ss_unet_lr ss_text_encoder_lr ss_lr_scheduler ss_lr_warmup_steps ss_optimizer
@@ -27,7 +27,7 @@ sshs_model_hash""".split()
 
 
 def expected_unet_modules(unet) -> set[str]:
-    """Kohya names derived from the DESIGN target list, independent of engine.networks.lora."""
+    """Kohya names derived from the target list in docs/file-formats.md, independent of engine.networks.lora."""
     names = set()
     for path, module in unet.named_modules():
         if type(module).__name__ == "Transformer2DModel":
@@ -116,7 +116,7 @@ def _unet_inputs(unet, seed=0):
 def test_diffusers_loads_it_and_weights_behave(trained_lora, tiny_model_dir):
     from diffusers import StableDiffusionPipeline
 
-    from engine.config import LoraNetworkConfig
+    from engine.methods.lora import LoraNetworkConfig
     from engine.models.loader import load_sd_components
 
     _, result = trained_lora
@@ -152,6 +152,7 @@ def test_diffusers_loads_it_and_weights_behave(trained_lora, tiny_model_dir):
 
 def test_loss_goes_down(trained_lora, tiny_model_dir, tiny_dataset):
     from conftest import denoising_loss
+
     from engine.models.loader import load_sd_components
 
     cfg, result = trained_lora
@@ -171,10 +172,11 @@ def test_loss_goes_down(trained_lora, tiny_model_dir, tiny_dataset):
 
 def test_train_on_single_file_base_records_its_hash(tmp_path, tiny_model_dir, tiny_dataset):
     from conftest import lora_job
-    from engine.config import parse_config
-    from engine.models.single_file import save_single_file
+
+    from engine.config.job import parse_config
     from engine.models.loader import load_sd_components
-    from engine.trainer import train
+    from engine.models.single_file import save_single_file
+    from engine.training.loop import train
 
     m = load_sd_components(str(tiny_model_dir))
     ckpt = save_single_file({"unet": m.unet, "vae": m.vae, "text_encoder": m.text_encoder},

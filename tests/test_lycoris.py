@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
+from conftest import denoising_loss, lora_job
 from safetensors import safe_open
 from safetensors.torch import load_file
-
-from conftest import denoising_loss, lora_job
-from engine.config import ConfigError, parse_config
-from engine.models.loader import load_sd_components
-from engine.trainer import train
 from test_lora_training import _unet_inputs
+
+from engine.config.job import ConfigError, parse_config
+from engine.models.loader import load_sd_components
+from engine.training.loop import train
 
 ALGOS = ("locon", "loha", "lokr")
 SUFFIXES = {"locon": {"lora_down.weight", "lora_up.weight", "alpha"},
@@ -147,7 +147,7 @@ def test_a1111_merge_equals_trained_network(lyco_run, tiny_model_dir):
 
 def test_reloaded_network_scales_with_weight(lyco_run, tiny_model_dir):
     """Our reload (used by the grid): weight 0 is the base bit for bit, 0.5 is half of A1111's ΔW."""
-    from engine.network_swap import NetworkSwapper
+    from engine.generate.swappers import NetworkSwapper
 
     _, _, result, _ = lyco_run
     model, ref = load_sd_components(str(tiny_model_dir)), load_sd_components(str(tiny_model_dir))
@@ -217,8 +217,8 @@ def test_config_rejections(tiny_model_dir, tiny_dataset, tmp_path, network, mess
 
 
 def test_grid_refuses_mixing_lora_and_loha(lyco_run, trained_lora, tiny_model_dir):
-    from engine.lora_apply import LoraFileError
-    from engine.network_swap import NetworkSwapper
+    from engine.generate.lora_apply import LoraFileError
+    from engine.generate.swappers import NetworkSwapper
 
     algo, _, result, _ = lyco_run
     swapper = NetworkSwapper(load_sd_components(str(tiny_model_dir)))
@@ -234,8 +234,8 @@ def test_foreign_file_without_our_metadata(lyco_run, tiny_model_dir, tmp_path):
     """A file from another trainer (no ss_network_args) goes through lycoris' generic reload."""
     from safetensors.torch import save_file
 
-    from engine.lora_apply import LoraFileError
-    from engine.network_swap import NetworkSwapper
+    from engine.generate.lora_apply import LoraFileError
+    from engine.generate.swappers import NetworkSwapper
 
     algo, _, result, _ = lyco_run
     state = load_file(str(result.final_path))

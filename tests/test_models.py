@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from engine.models import clip_tokenizer
-from engine.models.loader import (ModelLoadError, detect_family_from_folder, detect_family_from_keys,
-                                  load_sd_components, resolve_source)
+from engine.models.loader import (
+    ModelLoadError,
+    detect_family_from_folder,
+    detect_family_from_keys,
+    load_sd_components,
+    resolve_source,
+)
 from engine.models.single_file import save_single_file, to_original_state_dict
 from engine.models.toy import build_tiny_sd2, build_tiny_sd15, build_tiny_sdxl, tiny_sd15_components
 
@@ -198,7 +203,7 @@ def test_family_detection_folders(sd15, tmp_path):
     m = load_sd_components(str(tmp_path / "sd2"), local_files_only=True)
     assert (m.family, m.prediction_type) == ("sd2", "v_prediction")
     xl = load_sd_components(str(tmp_path / "sdxl"), local_files_only=True)
-    assert xl.is_sdxl and type(xl.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert xl.spec.pooled_text and type(xl.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
     assert xl.tokenizer_2.pad_token == "!" and len(xl.text_encoders) == 2
     with pytest.raises(ModelLoadError, match="is an SDXL model but the job is set to SD 1.5"):
         load_sd_components(str(tmp_path / "sdxl"), family="sd15")
@@ -286,8 +291,8 @@ def test_pickle_checkpoint_only_with_opt_in_and_only_tensors(sd15, sd15_file, tm
 
 
 def test_allow_pickle_is_never_shared_in_a_preset(sd15, tmp_path):
-    from engine.config import parse_config
-    from engine.preset_share import PresetError, export_preset, parse_preset
+    from engine.config.job import parse_config
+    from engine.config.preset_share import PresetError, export_preset, parse_preset
 
     cfg = parse_config({"model": {"base": "some/model", "allow_pickle": True},
                         "dataset": {"path": str(tmp_path)}, "training": {"epochs": 7}})

@@ -2,16 +2,23 @@
 paths leak, and every kind of bad preset is refused with a message naming the field."""
 from __future__ import annotations
 
+import base64
 import pickle
 import zlib
-import base64
 
 import pytest
-
 from conftest import ROOT
-from engine.config import load_config, parse_config
-from engine.preset_share import (CODE_PREFIX, PresetError, export_preset, from_code, job_from_preset,
-                                 parse_preset, to_code)
+
+from engine.config.job import load_config, parse_config
+from engine.config.preset_share import (
+    CODE_PREFIX,
+    PresetError,
+    export_preset,
+    from_code,
+    job_from_preset,
+    parse_preset,
+    to_code,
+)
 
 JOBS = ["demo_lora", "demo_loha", "demo_ti", "sd15_lora_example", "sd15_hypernetwork_example"]
 GOOD = """
@@ -97,7 +104,7 @@ def test_bad_presets_are_refused_with_the_field_named(change, message):
 def test_older_preset_versions_are_migrated(monkeypatch):
     """Only schema 1 exists so far; this registers a made-up 1 -> 2 step to check that an old
     preset goes through the migration chain before it is validated."""
-    import engine.preset_share as ps
+    import engine.config.preset_share as ps
 
     def rename_epochs(data):
         data["training"]["epochs"] = data["training"].pop("num_epochs")

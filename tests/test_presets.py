@@ -4,9 +4,9 @@ from __future__ import annotations
 import tomllib
 
 import pytest
-
 from conftest import ROOT
-from engine.config import parse_config
+
+from engine.config.job import parse_config
 
 JOBS = sorted((ROOT / "presets" / "jobs").glob("*.toml"))
 

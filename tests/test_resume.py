@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import tomli_w
 import torch
+from conftest import ROOT, lora_job
 from safetensors.torch import load_file
 
-from conftest import ROOT, lora_job
-from engine.callbacks import Callbacks, StopToken
-from engine.config import parse_config
-from engine.train_state import StateError, find_latest, job_fingerprint, load_state, state_root
-from engine.trainer import train
+from engine.config.job import parse_config
+from engine.training.callbacks import Callbacks, StopToken
+from engine.training.loop import train
+from engine.training.state import StateError, find_latest, job_fingerprint, load_state, state_root
 
 # flips and caption shuffling on: every random source of a step has to come back exactly
 OVERRIDES = dict(training={"epochs": 2, "batch_size": 2},

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import pytest
+from conftest import lora_job
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import lora_job
-from engine.config import ConfigError, parse_config
-from engine.sample_prompts import PromptLineError, a1111_parameters, parse_prompt_line
-from engine.sampler import SampleSpec
+from engine.config.job import ConfigError, parse_config
+from engine.generate.prompts import PromptLineError, a1111_parameters, parse_prompt_line
+from engine.generate.sampler import SampleSpec
 
 DEFAULTS = SampleSpec("", seed=42, steps=20, cfg_scale=7.0, width=512, height=512)
 
@@ -40,8 +40,8 @@ def test_bad_prompt_line_is_a_config_error():
 
 
 def test_sampling_every_n_steps(tmp_path, tiny_model_dir, tiny_dataset):
-    from engine.callbacks import Callbacks
-    from engine.trainer import train
+    from engine.training.callbacks import Callbacks
+    from engine.training.loop import train
 
     steps = []
 
@@ -64,8 +64,8 @@ def test_a1111_parameters_text():
 
 
 def test_samples_during_training_do_not_change_the_result(tmp_path, tiny_model_dir, tiny_dataset):
-    from engine.callbacks import Callbacks
-    from engine.trainer import train
+    from engine.training.callbacks import Callbacks
+    from engine.training.loop import train
 
     seen = []
 

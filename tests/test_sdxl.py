@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import dataset_latents, lora_job
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
-
-from conftest import dataset_latents, lora_job
-from engine.config import parse_config
-from engine.models.loader import load_sd_components
-from engine.setup import SetupError
-from engine.trainer import train
 from test_lycoris import a1111_names, file_modules, merge_like_a1111
+
+from engine.config.job import parse_config
+from engine.models.loader import load_sd_components
+from engine.training.loop import train
+from engine.training.setup import SetupError
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def fixed_loss_xl(model, dataset_dir, prompt: str) -> float:
     """Denoising loss at fixed noise/timesteps with SDXL conditioning (deterministic yardstick)."""
     from engine.data.dataset import TrainingSamples
     from engine.data.folder import scan_dataset
-    from engine.text import encode_sdxl_prompts
+    from engine.models.text import encode_sdxl_prompts
 
     data = TrainingSamples(scan_dataset(dataset_dir), 64)
     latents = dataset_latents(model, dataset_dir)
@@ -155,7 +155,7 @@ def test_loha_on_sdxl_merges_like_a1111(sdxl_dir, tiny_dataset, tmp_path):
 
 
 def test_grid_on_sdxl(sdxl_lora, sdxl_dir, tmp_path):
-    from engine.grid import GridJob, run_grid
+    from engine.generate.grid import GridJob, run_grid
 
     _, result, _ = sdxl_lora
     job = GridJob(checkpoints=result.saved[-2:], prompts=["zkz star"], weights=[0.0, 1.0], seeds=[5],
@@ -171,8 +171,8 @@ def test_sdxl_files_with_diffusers_block_names_still_load(sdxl_lora, sdxl_dir, t
     names) act exactly like the same file with SGM names."""
     from safetensors.torch import save_file
 
+    from engine.generate.swappers import NetworkSwapper
     from engine.models.single_file import unet_key_to_original
-    from engine.network_swap import NetworkSwapper
 
     _, result, _ = sdxl_lora
     model = load_sd_components(str(sdxl_dir))
@@ -205,7 +205,7 @@ def test_textual_inversion_on_sdxl(sdxl_dir, tiny_dataset, tmp_path):
     half into its encoder and encodes prompts exactly like the trained model."""
     from diffusers import StableDiffusionXLPipeline
 
-    from engine.text import encode_sdxl_prompts
+    from engine.models.text import encode_sdxl_prompts
 
     job = lora_job(sdxl_dir, tiny_dataset, tmp_path, optimizer={"lr": 0.05}, training={"epochs": 2})
     job["network"] = {"type": "textual_inversion", "token": "zkzstar", "init_text": "star",
@@ -268,7 +268,7 @@ def test_dreambooth_on_sdxl_single_file_round_trip(sdxl_dir, tiny_dataset, tmp_p
             if not key.endswith("position_ids"):
                 assert torch.equal(value, theirs[key]), (name, key)
     again = load_sd_components(str(result.final_path), single_file_config=sdxl_dir)
-    assert again.is_sdxl and torch.equal(again.text_encoder_2.text_projection.weight,
+    assert again.family == "sdxl" and torch.equal(again.text_encoder_2.text_projection.weight,
                                          model.text_encoder_2.text_projection.weight)
     folder = result.final_path.with_suffix("")
     assert (folder / "text_encoder_2" / "model.safetensors").is_file()
@@ -292,8 +292,8 @@ def test_methods_not_yet_on_sdxl_are_refused_clearly(sdxl_dir, tiny_dataset, tmp
 def test_grid_says_sdxl_embeddings_are_not_supported_yet(sdxl_dir, tmp_path):
     from safetensors.torch import save_file
 
-    from engine.lora_apply import LoraFileError
-    from engine.network_swap import NetworkSwapper
+    from engine.generate.lora_apply import LoraFileError
+    from engine.generate.swappers import NetworkSwapper
 
     path = tmp_path / "xlemb.safetensors"
     save_file({"clip_l": torch.zeros(1, 32), "clip_g": torch.zeros(1, 32)}, str(path))
@@ -313,7 +313,7 @@ def test_text_encoder_cache_on_sdxl_trains_the_same(sdxl_dir, tiny_dataset, tmp_
 
 
 def test_low_resolution_gets_a_note(sdxl_dir, tiny_dataset, tmp_path):
-    from engine.callbacks import Callbacks
+    from engine.training.callbacks import Callbacks
 
     logs = []
 

@@ -3,8 +3,16 @@ from __future__ import annotations
 
 from collections import Counter
 
-from engine.data.tags import (add_front, apply_to_captions, dedupe, remove, replace, sort_by_frequency,
-                              split_tags, tag_frequency)
+from engine.data.tags import (
+    add_front,
+    apply_to_captions,
+    dedupe,
+    remove,
+    replace,
+    sort_by_frequency,
+    split_tags,
+    tag_frequency,
+)
 
 
 def test_ops_are_exact():

@@ -4,11 +4,11 @@ from __future__ import annotations
 import builtins
 
 import pytest
-
 from conftest import lora_job
-from engine.config import parse_config
-from engine.setup import SetupError
-from engine.trainer import train
+
+from engine.config.job import parse_config
+from engine.training.loop import train
+from engine.training.setup import SetupError
 
 
 def test_losses_lr_and_samples_reach_tensorboard(tiny_model_dir, tiny_dataset, tmp_path):

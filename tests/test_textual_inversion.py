@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import lora_job
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import lora_job
-from engine.callbacks import Callbacks
-from engine.config import ConfigError, parse_config
-from engine.networks.textual_inversion import (LrScheduleError, embedding_from_b64, lr_at,
-                                               parse_lr_schedule)
-from engine.text import encode_prompts
-from engine.trainer import train
+from engine.config.job import ConfigError, parse_config
+from engine.config.lr_schedule import LrScheduleError, lr_at, parse_lr_schedule
+from engine.models.text import encode_prompts
+from engine.networks.textual_inversion import embedding_from_b64
+from engine.training.callbacks import Callbacks
+from engine.training.loop import train
 
 
 def test_lr_schedule_syntax():
@@ -136,7 +136,7 @@ def test_training_lowers_the_denoising_loss(trained_ti, tiny_dataset):
 
 def test_sample_prompts_use_every_vector(tmp_path, tiny_model_dir, tiny_dataset, monkeypatch):
     """A sample prompt says 'zkzstar' once; generation must see all vectors, the PNG the typed text."""
-    import engine.train_samples as ts
+    import engine.training.samples as ts
 
     seen = []
     real = ts.build_pipeline
@@ -167,10 +167,10 @@ def test_grid_strength_axis_is_a1111_emphasis(trained_ti, tiny_model_dir, tmp_pa
     """Rows = epochs of one embedding, columns = (name:strength); strength 1 equals plain use."""
     import numpy as np
 
-    from engine.grid import GridJob, run_grid
+    from engine.generate.grid import GridJob, run_grid
+    from engine.generate.sampler import SampleSpec, build_pipeline, generate
+    from engine.generate.swappers import NetworkSwapper
     from engine.models.loader import load_sd_components
-    from engine.network_swap import NetworkSwapper
-    from engine.sampler import SampleSpec, build_pipeline, generate
 
     _, result, trained, _ = trained_ti
     model = load_sd_components(str(tiny_model_dir), local_files_only=True)

@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
+from conftest import lora_job
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import lora_job
-from engine.callbacks import Callbacks
-from engine.config import parse_config
-from engine.trainer import train
+from engine.config.job import parse_config
+from engine.training.callbacks import Callbacks
+from engine.training.loop import train
 
 
 class Logs(Callbacks):

@@ -13,10 +13,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.models.loader import ModelLoadError, load_sd_components
-from tests.test_models import _fake_hub_cache
 from engine.models.reference import reference_config_dir
 from engine.models.single_file import VAE_PREFIX, vae_original_state_dict
 from engine.models.vae import load_vae
+from tests.test_models import _fake_hub_cache
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +108,12 @@ def test_training_encodes_with_the_chosen_vae_and_records_it(vae_files, real_vae
                                                            tmp_path):
     from accelerate import Accelerator
 
-    from engine.callbacks import Callbacks
-    from engine.config import parse_config
+    from engine.config.job import parse_config
     from engine.export.card import SampleSettings, export_card
     from engine.export.hashes import legacy_hash
-    from engine.setup import build_training
-    from engine.trainer import train
+    from engine.training.callbacks import Callbacks
+    from engine.training.loop import train
+    from engine.training.setup import build_training
 
     vae_file = vae_files["original"]
     cfg = parse_config(_job(tiny_model_dir, tiny_dataset, tmp_path / "with", vae_file))
@@ -145,8 +145,8 @@ def test_training_encodes_with_the_chosen_vae_and_records_it(vae_files, real_vae
 
 
 def test_a_local_vae_is_not_shared_in_a_preset(vae_files, tiny_model_dir, tiny_dataset, tmp_path):
-    from engine.config import parse_config
-    from engine.preset_share import preset_settings
+    from engine.config.job import parse_config
+    from engine.config.preset_share import preset_settings
 
     local = parse_config(_job(tiny_model_dir, tiny_dataset, tmp_path, vae_files["original"]))
     assert "vae" not in preset_settings(local).get("model", {})

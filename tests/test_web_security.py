@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-
 from conftest import draw_shape_images, lora_job
 
 USER, PASSWORD = "owner", "s3cret-pw"
 
 
 def start(tmp_path_factory, **kwargs):
-    from engine.hardware import pick_tier, probe
+    from engine.system.hardware import pick_tier, probe
     from webapp.server import build_server, find_free_port, run_server
 
     port = find_free_port("127.0.0.1", 7800)
@@ -259,7 +258,7 @@ def test_exposed_jobs_name_no_path_outside(client, exposed, private):
         assert outside(checked(client, text)), field
         assert outside(client.predict(api_name="/start_training")[0]), field
     assert not (private / "runs").exists() and not (private / "logs").exists()
-    from engine.preset_share import to_code
+    from engine.config.preset_share import to_code
 
     code = to_code('[metadata]\nname = "p"\nschema_version = 1\n')
     verdict = client.predict(code, "embedded", str(private / "photos"), api_name="/use_preset")[0]
@@ -310,7 +309,7 @@ def test_exposed_file_route_serves_nothing_outside(exposed, private):
 def test_real_uploads_still_work_and_bad_jobs_are_explained_in_the_pages_language(local, tmp_path, monkeypatch):
     from gradio_client import Client, handle_file
 
-    from engine.preset_share import to_code
+    from engine.config.preset_share import to_code
 
     monkeypatch.setenv("LORAFORGE_OUTPUT", str(tmp_path / "out"))
     draw_shape_images(tmp_path / "mine", 2)

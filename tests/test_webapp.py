@@ -4,13 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import lora_job
 
 
 def test_train_through_the_api(server, tmp_path, tiny_model_dir, tiny_dataset):
     from gradio_client import Client
-
     from wizard_client import Wizard
 
     wizard = Wizard(Client(server, verbose=False))
@@ -32,9 +30,8 @@ def test_train_through_the_api(server, tmp_path, tiny_model_dir, tiny_dataset):
 def test_default_job_is_the_embedded_demo_and_trains(server, tmp_path):
     import tomllib
 
-    from gradio_client import Client
-
     from conftest import ROOT
+    from gradio_client import Client
     from wizard_client import Wizard
 
     client = Client(server, verbose=False)
@@ -78,7 +75,7 @@ def test_compare_grid_through_the_api(server, tmp_path, tiny_model_dir, trained_
                                           api_name="/make_grid")
     assert message.startswith("saved 1 grid(s) and 2 cells"), message
     assert len(cells) == 2
-    from engine.grid import checkpoint_label
+    from engine.generate.grid import checkpoint_label
 
     row = checkpoint_label(lora)  # "epoch 3"
     assert [c["caption"] for c in cells] == [f"{row} · weight 0", f"{row} · weight 1"]  # labelled

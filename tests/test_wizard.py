@@ -11,17 +11,16 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, draw_shape_images
 from PIL import Image
 from safetensors import safe_open
-
-from conftest import ROOT, draw_shape_images
 from wizard_client import Wizard
 
 
 @pytest.fixture()
 def server(tmp_path, monkeypatch):
     """Both languages on one server, as `launcher.py` serves them; output under tmp_path/out."""
-    from engine.hardware import HardwareInfo, pick_tier
+    from engine.system.hardware import HardwareInfo, pick_tier
     from webapp.server import build_server, find_free_port, run_server
 
     monkeypatch.setenv("LORAFORGE_OUTPUT", str(tmp_path / "out"))
@@ -330,7 +329,7 @@ def test_dataset_tools_through_the_api(server, tmp_path):
 
 
 def test_soft_warnings_say_why():
-    from engine.config import parse_config
+    from engine.config.job import parse_config
     from webapp.wizard_logic import demo_job, soft_warnings
 
     job = demo_job()

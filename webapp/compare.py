@@ -23,7 +23,7 @@ def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: f
               ws: Workspace = LOCAL):
     """(grid image path, cell image paths, message). Holds the runner while it draws, so
     training cannot start meanwhile (and the grid waits for no training)."""
-    from engine.jobs import JobBusy
+    from engine.training.jobs import JobBusy
 
     try:
         with runner.exclusive("grid"):
@@ -37,8 +37,8 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
                a_text, a_clip, vae, progress, t: Translator, ws: Workspace):
     from pydantic import ValidationError
 
-    from engine.aesthetic import AestheticSettings
-    from engine.grid import GridError, GridJob, parse_weights, run_grid
+    from engine.generate.aesthetic import AestheticSettings
+    from engine.generate.grid import GridError, GridJob, parse_weights, run_grid
     from engine.models.loader import ModelLoadError, load_sd_components
 
     try:
@@ -73,7 +73,7 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
 def cell_choice(files: str, weights: str, prompts: str, index: float, t: Translator = EN) -> tuple[str, float]:
     """(file, weight) of the gallery's ``index``-th cell; cells are ordered by (row = file,
     column = weight, z = prompt), as make_grid returns them."""
-    from engine.grid import parse_weights
+    from engine.generate.grid import parse_weights
 
     paths = [line.strip() for line in files.splitlines() if line.strip()]
     ws = parse_weights(weights)
@@ -115,7 +115,7 @@ def keep_pick(file: str, weight: float, name: str, out_dir: str = "", t: Transla
 
 def run_choices(parent: Path, t: Translator = EN) -> list[tuple[str, str]]:
     """The runs on disk, newest first, as (label, folder) for a dropdown."""
-    from engine.runs import list_runs
+    from engine.training.runs import list_runs
 
     return [(t("compare.run_label", folder=r.folder.name, when=time.strftime("%Y-%m-%d %H:%M",
                                                                            time.localtime(r.started)),
@@ -127,9 +127,9 @@ def run_choices(parent: Path, t: Translator = EN) -> list[tuple[str, str]]:
 def files_of_run(folder: str, ws: Workspace = LOCAL) -> dict:
     """What a grid of that run compares, read from the run's folder (so it works after a reload
     or a restart): its files, and its base model and sample settings (prompt, size, steps, CFG)."""
-    from engine.config import ConfigError, load_config
+    from engine.config.job import ConfigError, load_config
     from engine.export.card import SampleSettings
-    from engine.runs import read_run
+    from engine.training.runs import read_run
 
     run = read_run(ws.path(folder)) if folder else None
     if run is None:
@@ -140,8 +140,9 @@ def files_of_run(folder: str, ws: Workspace = LOCAL) -> dict:
     except ConfigError:
         return out
     sample = SampleSettings.from_job(job)
-    return {**out, "base": job.model.base, "vae": job.model.vae or "", "prompt": (sample.prompts or [job.output.trigger_phrase])[0],
-            "size": sample.size, "steps": sample.steps, "cfg": sample.cfg_scale}
+    return {**out, "base": job.model.base, "vae": job.model.vae or "",
+            "prompt": (sample.prompts or [job.output.trigger_phrase])[0], "size": sample.size,
+            "steps": sample.steps, "cfg": sample.cfg_scale}
 
 
 def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, view=None):

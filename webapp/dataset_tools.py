@@ -2,7 +2,6 @@
 BLIP sentences). The originals are never changed: preprocessing writes a new folder."""
 from __future__ import annotations
 
-
 from engine.i18n import EN, Translator, describe_error
 from webapp.security import LOCAL, PathNotAllowed, Workspace
 

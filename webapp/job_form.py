@@ -3,7 +3,7 @@
 Steps 1-3 (base model, dataset, the fields) and the expert TOML all edit the same job; each
 view is computed from it, so what step 4 shows above Start is what trains. Which fields the form
 shows is listed once here (``FIELDS``, by job path); their kind, range, default and the methods
-they apply to come from the job schema (engine.config), their words from the catalogue
+they apply to come from the job schema (engine.config.job), their words from the catalogue
 (``field.<section>.<name>.label`` / ``.why`` and, for the beginner fields, ``.range`` / ``.high``
 / ``.low`` advice). Kept free of Gradio so it is tested directly.
 """
@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from engine.config import NETWORK_TYPES, JobConfig, parse_config
+from engine.config.job import JobConfig, network_types, parse_config
 from engine.i18n import EN, Translator
 
 Path2 = tuple[str, str]
@@ -77,7 +77,7 @@ def network_classes() -> dict[str, type[BaseModel]]:
     for cls in typing.get_args(union):
         for value in typing.get_args(cls.model_fields["type"].annotation):
             out[value] = cls
-    return {t: out[t] for t in NETWORK_TYPES if t in out}
+    return {t: out[t] for t in network_types() if t in out}
 
 
 METHODS: list[str] = list(network_classes())  # the methods a job can have, in the schema's order

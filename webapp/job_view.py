@@ -43,12 +43,12 @@ class JobView:
         model, method, resolution, batch size, precision): the time estimate of Check job."""
         from pathlib import Path
 
-        from engine.runs import read_run
+        from engine.training.runs import read_run
 
         s = self.runner.snapshot() if self.runner is not None else None
         if s is None or not s.run_dir or not s.steps_per_second or s.status == "running":
             return None
-        from engine.config import ConfigError, load_config, parse_config
+        from engine.config.job import ConfigError, load_config, parse_config
 
         run = read_run(Path(s.run_dir))
         try:
@@ -155,8 +155,8 @@ class JobView:
         def typed(job, text):
             try:
                 new = tomllib.loads(text)
-            except (tomllib.TOMLDecodeError, RecursionError) as err:
-                from engine.config import ConfigError, read_toml
+            except (tomllib.TOMLDecodeError, RecursionError):
+                from engine.config.job import ConfigError, read_toml
 
                 try:
                     read_toml(text)
@@ -203,7 +203,7 @@ def md_lines(text: str) -> str:
 
 def apply_tier(job: dict[str, Any], tier: str) -> dict[str, Any]:
     """The tier's memory settings over the job (the keys the job's method has)."""
-    from engine.presets import load_tier
+    from engine.config.tiers import load_tier
 
     method = jf.method_of(job)
     for section, values in load_tier(tier).items():

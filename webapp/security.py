@@ -163,9 +163,9 @@ class Workspace:
             self.served.append(folder)
 
     def job(self, cfg) -> None:
-        """Every path of a job (engine.config marks them) must be allowed; the output folder
+        """Every path of a job (engine.config.job marks them) must be allowed; the output folder
         is then served (samples, loss plot)."""
-        from engine.config import path_values
+        from engine.config.base import path_values
 
         for kind, value in path_values(cfg):
             if kind == "model":

@@ -54,27 +54,26 @@ def parse_auth(auth: str | None) -> tuple[str, str] | None:
 
 
 def hardware_tier():
-    """The preset tier for this machine (engine.hardware.TierChoice)."""
-    from engine.hardware import pick_tier, probe
+    """The preset tier for this machine (engine.system.hardware.TierChoice)."""
+    from engine.system.hardware import pick_tier, probe
 
     return pick_tier(probe())
 
 
 def build_app(runner=None, tier=None, lang: str = DEFAULT_LANGUAGE, workspace=None):
     """The wizard in one language: six steps as tabs, each a thin layer over the engine.
-    ``tier``: the engine.hardware.TierChoice to preselect (default: probe this machine); its
+    ``tier``: the engine.system.hardware.TierChoice to preselect (default: probe this machine); its
     reason is shown in the page's language. ``workspace``: webapp.security.Workspace, which
     paths a request may use (default: a local server's, any)."""
     import gradio as gr
 
-    from engine.jobs import JobRunner
+    from engine.training.jobs import JobRunner
     from webapp.compare import build_compare_tab
+    from webapp.job_view import JobView
+    from webapp.security import Workspace
     from webapp.steps_export import build_export_step
     from webapp.steps_prepare import build_base_step, build_dataset_step
     from webapp.steps_train import build_method_step, build_train_step
-
-    from webapp.job_view import JobView
-    from webapp.security import Workspace
     from webapp.wizard_logic import wizard_job
 
     t = Translator(lang)
@@ -123,7 +122,7 @@ def build_server(lang: str | None = None, tier=None,
     from fastapi.responses import FileResponse, RedirectResponse
     from starlette.middleware.cors import CORSMiddleware
 
-    from engine.jobs import JobRunner
+    from engine.training.jobs import JobRunner
     from webapp.security import LOOPBACK_NAMES, RequestGuard, Workspace
 
     if lang is not None and lang not in LANGUAGES:

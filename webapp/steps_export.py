@@ -62,8 +62,8 @@ def zip_folder(folder: Path) -> Path:
 
 def preset_from_job(job: dict, name: str, author: str, description: str, t: Translator = EN):
     """(preset TOML, one-line share code) or an error in the first field."""
-    from engine.config import ConfigError, parse_config
-    from engine.preset_share import PresetError, export_preset, to_code
+    from engine.config.job import ConfigError, parse_config
+    from engine.config.preset_share import PresetError, export_preset, to_code
 
     try:
         cfg = parse_config(job)

@@ -8,8 +8,7 @@ from engine.i18n import Translator, describe_error
 from webapp.dataset_tools import build_dataset_tools
 from webapp.job_view import CONCURRENCY, with_dataset
 from webapp.security import PathNotAllowed, Workspace
-from webapp.wizard_logic import (DatasetSummary, describe_base, output_root, scan_models,
-                                 summarize_dataset, wizard_job)
+from webapp.wizard_logic import DatasetSummary, describe_base, output_root, scan_models, summarize_dataset, wizard_job
 
 
 def build_base_step(t: Translator, ws: Workspace, view) -> None:

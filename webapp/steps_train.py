@@ -35,7 +35,7 @@ def build_method_step(t: Translator, ws, view, tier_name: str, tier_reason: str)
     import gradio as gr
     import tomli_w
 
-    from engine.presets import list_tiers, load_tier
+    from engine.config.tiers import list_tiers, load_tier
 
     job = wizard_job()
     method = jf.method_of(job)
@@ -72,7 +72,7 @@ def build_method_step(t: Translator, ws, view, tier_name: str, tier_reason: str)
         use_preset = gr.Button(t("method.preset_use"), elem_id="use-preset")
 
     def load_preset_file(path):
-        from engine.preset_share import PresetError, read_preset_file
+        from engine.config.preset_share import PresetError, read_preset_file
 
         if not path:  # (Gradio accepts only a file it received itself: see build_server)
             return gr.skip(), gr.skip()
@@ -109,7 +109,7 @@ def build_train_step(t: Translator, ws, runner, view):
     """Returns the saved-files textbox (the compare step offers them)."""
     import gradio as gr
 
-    from engine.jobs import JobBusy
+    from engine.training.jobs import JobBusy
 
     view.summary = gr.Markdown(view.summary_text(view.plan(wizard_job())), elem_id="train-summary")
     gr.Markdown(t("train.title"))
@@ -136,9 +136,9 @@ def build_train_step(t: Translator, ws, runner, view):
         return text, {"text": text, "at": time.time() if at is None else at}
 
     def start(job):
-        from engine.config import parse_config
-        from engine.progress import TqdmProgress
-        from engine.runs import new_run_folder
+        from engine.config.job import parse_config
+        from engine.training.progress import TqdmProgress
+        from engine.training.runs import new_run_folder
 
         checked = view.plan(job)
         if not checked.ok:
@@ -159,10 +159,10 @@ def build_train_step(t: Translator, ws, runner, view):
         return (*answer(t("train.started", folder=folder), pressed), *view.render(job, checked=checked, before=job))
 
     def resume(job):
-        from engine.config import ConfigError, load_config
-        from engine.progress import TqdmProgress
-        from engine.train_state import StateError
-        from engine.trainer import _find_resume_state
+        from engine.config.job import ConfigError, load_config
+        from engine.training.loop import _find_resume_state
+        from engine.training.progress import TqdmProgress
+        from engine.training.state import StateError
 
         run = run_to_resume(runner, job)
         if run is None:
@@ -208,7 +208,7 @@ def build_train_step(t: Translator, ws, runner, view):
 def run_to_resume(runner, job: dict):
     """The run Resume continues: the one this app trained last, if it can be resumed; else the
     newest resumable run in the job's output folder (after a restart or a page reload)."""
-    from engine.runs import list_runs, read_run
+    from engine.training.runs import list_runs, read_run
 
     last = runner.snapshot().run_dir
     if last:
@@ -263,7 +263,7 @@ def loss_frame(losses: list[float]):
     """The raw loss (faint) and its smoothed curve, as the plot's rows."""
     import pandas as pd
 
-    from engine.curves import smooth
+    from engine.training.curves import smooth
 
     steps = list(range(1, len(losses) + 1))
     return pd.DataFrame({"step": steps * 2, "loss": [*losses, *smooth(losses)],

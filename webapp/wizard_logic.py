@@ -157,7 +157,7 @@ class Plan:
 def plan(job: dict[str, Any], t: Translator = EN, ws=None, seconds_per_step: float | None = None) -> Plan:
     """Check ``job`` as Start will (every field, paths for ``ws``, the dataset as training sees
     it, the base model's headers) and say what will train."""
-    from engine.config import ConfigError, parse_config
+    from engine.config.job import ConfigError, parse_config
     from engine.models.loader import EMBEDDED_DIR, ModelLoadError, resolve_source
     from webapp.job_form import method_label, steps_of
 
@@ -188,10 +188,6 @@ def plan(job: dict[str, Any], t: Translator = EN, ws=None, seconds_per_step: flo
 # Words that make poor trigger words: the model already knows them well (A1111/kohya guides)
 COMMON_WORDS = {"a", "an", "the", "girl", "boy", "man", "woman", "person", "cat", "dog", "star", "style",
                 "photo", "art", "anime", "car", "house", "flower", "red", "blue", "green", "face", "portrait"}
-USUAL_LR = {"lora": (5e-5, 2e-3), "locon": (5e-5, 2e-3), "loha": (5e-5, 5e-3), "lokr": (5e-5, 5e-3),
-            "dreambooth": (1e-7, 5e-5), "textual_inversion": (1e-4, 1e-2), "dreamartist": (1e-4, 1e-2),
-            "hypernetwork": (1e-6, 1e-4)}
-FAMILY_RESOLUTION = {"sd15": 512, "sd2": 512, "sdxl": 1024}
 
 
 def soft_warnings(cfg, num_images: int, total_steps: int, family: str, t: Translator = EN,
@@ -199,8 +195,11 @@ def soft_warnings(cfg, num_images: int, total_steps: int, family: str, t: Transl
     """What a kohya_ss/OneTrainer user would want pointed out before hours of training; each
     says why. None of them stops the job."""
     out = []
-    method = cfg.network.type
-    low, high = USUAL_LR[method]
+    from engine.methods import method_of
+    from engine.models import families
+
+    method = method_of(cfg.network)
+    low, high = method.usual_lr
     if not getattr(cfg.network, "lr_schedule", None) and cfg.optimizer.type != "Prodigy":
         if cfg.optimizer.lr > high * 5:
             out.append(t("warn.lr_high", lr=f"{cfg.optimizer.lr:g}", high=f"{high:g}"))
@@ -211,20 +210,16 @@ def soft_warnings(cfg, num_images: int, total_steps: int, family: str, t: Transl
         out.append(t("warn.alpha_dim", alpha=f"{net.alpha:g}", dim=net.dim))
     if cfg.training.batch_size > num_images:
         out.append(t("warn.batch_dataset", batch=cfg.training.batch_size, images=num_images))
-    if method in ("lora", "locon", "loha", "lokr") and family:
+    if method.counts_steps and family:
         if total_steps > 2 * 3000:
             out.append(t("warn.steps_high", steps=total_steps))
         elif total_steps < 200:
             out.append(t("warn.steps_low", steps=total_steps))
-    if method == "hypernetwork":
-        from engine.networks.hypernetwork import comfyui_differences
-
-        out += [t(f"warn.{key}", activation=net.activation)
-                for key in comfyui_differences(net.activation, net.layer_norm, net.activate_output)]
+    out += [t(f"warn.{key}", **values) for key, values in method.warnings(net)]
     trigger = cfg.output.trigger_phrase.split(",")[0].strip().lower()
     if trigger in COMMON_WORDS:
         out.append(t("warn.trigger_common", word=trigger))
-    expected = FAMILY_RESOLUTION.get(family)
+    expected = families.BY_ID[family].default_resolution if family in families.BY_ID else None
     if expected and cfg.dataset.resolution < expected * 3 // 4:
         out.append(t("warn.resolution", resolution=cfg.dataset.resolution, expected=expected))
     if seconds_per_step:
@@ -237,9 +232,9 @@ def job_from_shared_preset(text: str, base: str, dataset: str, t: Translator = E
                            ) -> tuple[dict[str, Any] | None, str]:
     """(job, message) from a pasted preset TOML or share code, with this page's base model,
     dataset and output folder; on a bad preset (None, the reason in the page's language).
-    Nothing in a preset is executed: it is TOML, checked field by field (engine.preset_share)."""
-    from engine.config import config_to_dict
-    from engine.preset_share import CODE_PREFIX, PresetError, from_code, job_from_preset, parse_preset
+    Nothing in a preset is executed: it is TOML, checked field by field (engine.config.preset_share)."""
+    from engine.config.job import config_to_dict
+    from engine.config.preset_share import CODE_PREFIX, PresetError, from_code, job_from_preset, parse_preset
     from webapp.job_form import method_label
 
     text = (text or "").strip()

@@ -24,7 +24,7 @@ def ensure_class_images(model, reg_root: Path, class_prompt: str, count: int, re
                         seed: int, steps: int = 20, cfg_scale: float = 7.0, negative: str = "",
                         batch_size: int = 4, device=None, progress: Callable[[int, int], None] | None = None) -> int:
     """Generate class images until ``reg_root`` holds ``count``; returns how many were made."""
-    from engine.sampler import SampleSpec, build_pipeline, generate_batch
+    from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
 
     reg_root = Path(reg_root)
     missing = count - count_images(reg_root)

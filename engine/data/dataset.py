@@ -13,8 +13,15 @@ from torch.utils.data import Dataset, Sampler
 
 from engine.data.buckets import BucketAssignment, assign_buckets
 from engine.data.folder import DatasetError, DatasetIndex, ImageItem
-from engine.data.images import (MAX_ASPECT, cover_and_crop, image_size, load_rgb, proportions_ok,
-                                resize_center_crop, to_tensor)
+from engine.data.images import (
+    MAX_ASPECT,
+    cover_and_crop,
+    image_size,
+    load_rgb,
+    proportions_ok,
+    resize_center_crop,
+    to_tensor,
+)
 from engine.data.latent_cache import DiskLatentCache
 from engine.data.shards import shard_of
 

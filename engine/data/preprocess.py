@@ -1,7 +1,7 @@
 """Make a training-ready working copy of a dataset: resized/cropped to multiples of 64 (centre,
 focal point, or per-image aspect bucket), optional mirrored copies, oversized images split.
 
-Why a copy: the originals stay untouched (DESIGN: never lose a user's data) and the copy is what
+Why a copy: the originals stay untouched (a user's data is never lost) and the copy is what
 the user sees and can fix before training. Captions travel with their images (tiles and flips
 inherit the caption of their source).
 """

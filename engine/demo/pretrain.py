@@ -216,10 +216,10 @@ def to_fp16_folder(src: Path, dst: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.config import parse_config
+    from engine.config.job import parse_config
     from engine.models.single_file import save_single_file
-    from engine.progress import TqdmProgress
-    from engine.trainer import train
+    from engine.training.loop import train
+    from engine.training.progress import TqdmProgress
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("presets/base"))

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from engine.config import JOB_SUFFIX, ConfigError, JobConfig, load_config
+from engine.config.job import JOB_SUFFIX, ConfigError, JobConfig, load_config
 from engine.export.card_facts import CardError, CardFacts, gather_facts
-from engine.export.card_render import (CardInfo, CardSample, card_html, card_json, readme, sidecar,
-                                       usage_tag)
+from engine.export.card_render import CardInfo, CardSample, card_html, card_json, readme, sidecar, usage_tag
 from engine.fileio import atomic_write, atomic_write_bytes
+from engine.methods import usage_of
 
 
 @dataclass
@@ -39,8 +39,8 @@ class SampleSettings:
         seed, size): the card shows what the user watched during training."""
         if job is None:
             return cls(count=count)
-        from engine.sample_prompts import parse_prompt_line
-        from engine.sampler import SampleSpec
+        from engine.generate.prompts import parse_prompt_line
+        from engine.generate.sampler import SampleSpec
 
         s = job.sample
         specs = [parse_prompt_line(line, SampleSpec("", seed=s.seed, steps=s.steps, cfg_scale=s.cfg_scale,
@@ -107,7 +107,7 @@ def _copy_model(src: Path, dest: Path) -> Path:
 
 def _prompt_for_display(facts: CardFacts, prompt: str) -> str:
     tag = usage_tag(facts)
-    if facts.kind in ("textual_inversion", "dreamartist"):
+    if usage_of(facts.kind) == "embedding":
         word = facts.trigger_words[0]
         return re.sub(rf"(?<![\w(]){re.escape(word)}(?![\w])", tag, prompt, count=1) if tag != word else prompt
     return f"{prompt} {tag}".strip() if tag else prompt
@@ -117,12 +117,12 @@ def make_samples(facts: CardFacts, base: str, folder: Path, settings: SampleSett
                  job: JobConfig | None, local_files_only: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> list[CardSample]:
     """Generate the card's images with the file applied at its recommended weight."""
+    from engine.generate.prompts import a1111_parameters, save_png_with_parameters
+    from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
+    from engine.generate.swappers import NetworkSwapper
     from engine.models.loader import load_sd_components
-    from engine.network_swap import NetworkSwapper
-    from engine.sample_prompts import a1111_parameters, save_png_with_parameters
-    from engine.sampler import SampleSpec, build_pipeline, generate_batch
 
-    is_checkpoint = facts.kind == "dreambooth"
+    is_checkpoint = usage_of(facts.kind) == "checkpoint"
     vae = job.model.vae if job is not None and not is_checkpoint else None  # a checkpoint holds its own
     model = load_sd_components(str(facts.file) if is_checkpoint else base, local_files_only=local_files_only,
                                vae=vae, allow_pickle=bool(job and job.model.allow_pickle))
@@ -134,12 +134,12 @@ def make_samples(facts: CardFacts, base: str, folder: Path, settings: SampleSett
     pipe = build_pipeline(model, scheduler=settings.sampler)
     size = settings.size or (job.dataset.resolution if job else 512)
     prompts = settings.prompts or [", ".join(facts.trigger_words) or facts.name]
-    if facts.kind in ("textual_inversion", "dreamartist"):
+    if usage_of(facts.kind) == "embedding":
         word = facts.trigger_words[0]
         prompts = [p if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", p) else f"{word}, {p}" for p in prompts]
     base_hash = facts.hashes["SHA256"].lower() if is_checkpoint else facts.base_model_hash
     lora_hashes = ({facts.file.stem: facts.hashes["AutoV3"].lower()}
-                   if facts.kind in ("lora", "locon", "loha", "lokr") and "AutoV3" in facts.hashes else None)
+                   if usage_of(facts.kind) == "network" and "AutoV3" in facts.hashes else None)
     out: list[CardSample] = []
     total = len(prompts) * settings.count
     for p_index, prompt in enumerate(prompts):
@@ -183,7 +183,7 @@ def export_card(model_file: Path, out_dir: Path, info: CardInfo | None = None,
     base = base or (job.model.base if job else None)
     settings = samples or SampleSettings()
     made: list[CardSample] = []
-    if settings.count > 0 and (base or facts.kind == "dreambooth"):
+    if settings.count > 0 and (base or usage_of(facts.kind) == "checkpoint"):
         made = make_samples(facts, base or "", folder, settings, job, local_files_only, progress)
     files = {"model": model_copy}
     if made:

@@ -15,21 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from engine.config import JobConfig
+from engine.config.job import JobConfig
+from engine.export.file_kind import read_kind
 from engine.export.hashes import file_digests, legacy_hash
-from engine.file_kind import read_kind
-
 from engine.i18n import Explained
+from engine.methods import usage_of
+from engine.models import families
 
-CIVITAI_TYPE = {"lora": "LORA", "locon": "LoCon", "loha": "LoCon", "lokr": "LoCon",
-                "textual_inversion": "TextualInversion", "dreamartist": "TextualInversion",
-                "hypernetwork": "Hypernetwork", "dreambooth": "Checkpoint",
-                "aesthetic": "AestheticGradient"}
-BASE_MODEL = {"sd15": "SD 1.5", "sd2": "SD 2.1", "sdxl": "SDXL 1.0"}
-SD_VERSION = {"sd15": "SD1", "sd2": "SD2", "sdxl": "SDXL"}  # A1111's sidecar values
-_FAMILY_FROM_META = (("sdxl", "sdxl"), ("stable-diffusion-xl", "sdxl"), ("sd_v2", "sd2"),
-                     ("stable-diffusion-v2", "sd2"), ("sd_v1", "sd15"), ("stable-diffusion-v1", "sd15"))
+OTHER_KINDS = {"aesthetic": "AestheticGradient"}  # files no training method here makes: Civitai type
 
 
 class CardError(Explained, ValueError):
@@ -58,15 +51,19 @@ class CardFacts:
 
     @property
     def civitai_type(self) -> str:
-        return CIVITAI_TYPE.get(self.kind, "Other")
+        from engine.methods import methods
+
+        if self.kind in methods():
+            return methods()[self.kind].civitai_type
+        return OTHER_KINDS.get(self.kind, "Other")
 
     @property
     def base_model(self) -> str:
-        return BASE_MODEL.get(self.family, "Other")
+        return families.BY_ID[self.family].civitai_base_model if self.family in families.BY_ID else "Other"
 
     @property
     def sd_version(self) -> str:
-        return SD_VERSION.get(self.family, "Unknown")
+        return families.BY_ID[self.family].a1111_sd_version if self.family in families.BY_ID else "Unknown"
 
     @property
     def num_images(self) -> int:
@@ -119,7 +116,7 @@ def _read(path: Path) -> tuple[str, dict[str, str], dict[str, Any]]:
         meta = {"name": str(data.get("name", "")), "ss_steps": str(data.get("step", ""))}
         extra = {"precision": "fp32", "base": data.get("sd_checkpoint_name")}
         if found.kind == "hypernetwork":
-            return "hypernetwork", meta, extra | {"family": "sd15"}
+            return "hypernetwork", meta, extra | {"family": families.DEFAULT.id}
         return "textual_inversion", meta, extra
     raise CardError(f"{path.name}: not a hypernetwork, embedding or aesthetic embedding file",
                     "card_not_model", name=path.name)
@@ -129,9 +126,9 @@ def _family(meta: dict[str, str], extra: dict[str, Any], job: JobConfig | None) 
     if extra.get("family"):
         return extra["family"]
     text = " ".join((meta.get("ss_base_model_version", ""), meta.get("modelspec.architecture", "")))
-    for marker, family in _FAMILY_FROM_META:
-        if marker in text:
-            return family
+    named = families.from_metadata_text(text)
+    if named is not None:
+        return named.id
     if job is not None and job.model.family != "auto":
         return job.model.family
     if job is not None:
@@ -141,11 +138,16 @@ def _family(meta: dict[str, str], extra: dict[str, Any], job: JobConfig | None) 
 
 def _family_of_base(base: str) -> str:
     """The family of a local base model, read from its configs or tensor names (no loading)."""
-    from engine.models.loader import (EMBEDDED_NAMES, ModelLoadError, detect_family_from_folder,
-                                      detect_family_from_keys, single_file_keys)
+    from engine.models.loader import (
+        EMBEDDED_NAMES,
+        ModelLoadError,
+        detect_family_from_folder,
+        detect_family_from_keys,
+        single_file_keys,
+    )
 
     if base in EMBEDDED_NAMES:
-        return "sd15"
+        return families.DEFAULT.id  # the embedded model is an SD 1.x architecture
     path = Path(base).expanduser()
     try:
         if path.is_dir():
@@ -167,7 +169,7 @@ def _int(value: Any) -> int | None:
 def _trigger_words(meta: dict[str, str], kind: str, name: str, job: JobConfig | None,
                    dirs: dict[str, dict[str, int]]) -> list[str]:
     """What to type: the embedding's word for TI; else the trigger phrase; else concept names."""
-    if kind in ("textual_inversion", "dreamartist"):
+    if usage_of(kind) == "embedding":
         return [meta.get("name") or name]
     phrase = meta.get("modelspec.trigger_phrase") or (job.output.trigger_phrase if job else "")
     if phrase:
@@ -214,7 +216,7 @@ def _params(meta: dict[str, str], kind: str, job: JobConfig | None,
              "targetSteps": f("ss_max_train_steps", int)}
     if dirs:
         p["numRepeats"] = max(d.get("n_repeats", 1) for d in dirs.values())
-    p["loraType"] = kind if kind in ("lora", "locon", "loha", "lokr") else None
+    p["loraType"] = kind if usage_of(kind) == "network" else None
     if kind == "lora" and '"conv_dim"' in meta.get("ss_network_args", ""):
         p["loraType"] = "locon"  # kohya's LoRA with 3x3 conv layers is what Civitai calls LoCon
     return {k: v for k, v in p.items() if v is not None}
@@ -246,8 +248,8 @@ def gather_facts(path: Path, job: JobConfig | None = None, preferred_weight: flo
     if not path.is_file():
         raise CardError(f"model file not found: {path}", "card_not_found", path=path)
     kind, meta, extra = _read(path)
-    if job is not None and kind == "textual_inversion" and job.network.type == "dreamartist":
-        kind = "dreamartist"
+    if job is not None and usage_of(kind) == "embedding" == usage_of(job.network.type):
+        kind = job.network.type  # an embedding file: the job says which embedding method made it
     name = meta.get("ss_output_name") or meta.get("modelspec.title") or meta.get("name") or path.stem
     dirs, tags = _dataset(meta, job)
     counts: Counter[str] = Counter()

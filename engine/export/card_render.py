@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.export.card_facts import CardFacts
 from engine.i18n import EN, Translator
+from engine.methods import usage_of
 
 CommercialUse = Literal["None", "Image", "RentCivit", "Rent", "Sell"]
 
@@ -54,11 +55,12 @@ class CardSample:
 def usage_tag(facts: CardFacts) -> str:
     """What to type in A1111 to use the file at the preferred weight."""
     w = f"{facts.preferred_weight:g}"
-    if facts.kind in ("lora", "locon", "loha", "lokr"):
+    usage = usage_of(facts.kind)
+    if usage == "network":
         return f"<lora:{facts.file.stem}:{w}>"
-    if facts.kind == "hypernetwork":
+    if usage == "hypernetwork":
         return f"<hypernet:{facts.file.stem}:{w}>"
-    if facts.kind in ("textual_inversion", "dreamartist"):
+    if usage == "embedding":
         word = facts.trigger_words[0]
         return word if w == "1" else f"({word}:{w})"
     return ""
@@ -89,7 +91,7 @@ def card_json(facts: CardFacts, info: CardInfo, samples: list[CardSample]) -> di
         "files": [{"name": facts.file.name, "sizeKB": facts.size_kb, "type": "Model", "primary": True,
                    "metadata": {"format": "SafeTensor" if facts.file.suffix == ".safetensors"
                                 else "PickleTensor", "fp": facts.precision,
-                                **({"size": "pruned"} if facts.kind == "dreambooth" else {})},
+                                **({"size": "pruned"} if usage_of(facts.kind) == "checkpoint" else {})},
                    "hashes": facts.hashes}],
         "images": images,
     }
@@ -209,18 +211,19 @@ def usage_lines(facts: CardFacts, t: Translator = EN, code=_plain) -> list[str]:
     (names, tags, Python calls): md_code for Markdown, as is for HTML (escaped there)."""
     tag, f, words = usage_tag(facts), facts.file.name, ", ".join(facts.trigger_words)
     weight = f"{facts.preferred_weight:g}"
-    if facts.kind in ("lora", "locon", "loha", "lokr"):
+    usage = usage_of(facts.kind)
+    if usage == "network":
         return [t("card.use_lora_a1111", file=code(f), tag=code(tag),
                   words=t("card.use_with_words", words=code(words)) if words else ""),
                 t("card.use_lora_comfy", weight=weight),
                 t("card.use_lora_diffusers", load=code(f"pipe.load_lora_weights({json.dumps(f)})"),
                   call=code(f'pipe(prompt, cross_attention_kwargs={{"scale": {weight}}})'))]
-    if facts.kind in ("textual_inversion", "dreamartist"):
+    if usage == "embedding":
         load = f"pipe.load_textual_inversion({json.dumps(f)}, token={json.dumps(words, ensure_ascii=False)})"
         return [t("card.use_ti", file=code(f), tag=code(tag)), t("card.use_ti_diffusers", load=code(load))]
-    if facts.kind == "hypernetwork":
+    if usage == "hypernetwork":
         return [t("card.use_hypernetwork", file=code(f), tag=code(tag))]
-    if facts.kind == "aesthetic":
+    if usage == "aesthetic":
         return [t("card.use_aesthetic")]
     return [t("card.use_checkpoint", file=code(f))]
 
@@ -241,7 +244,8 @@ def card_html(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Tr
     parts.append(_html_table(_rows(facts, info, t)))
     if samples:
         figs = "".join(f"<figure><img src='{e(s.path.as_posix(), quote=True)}' alt='{e(s.prompt, quote=True)}'>"
-                       f"<figcaption>{e(s.prompt)} ({e(t('card.sample_line', seed=s.seed, steps=s.steps, cfg=f'{s.cfg_scale:g}'))})"
+                       f"<figcaption>{e(s.prompt)} "
+                       f"({e(t('card.sample_line', seed=s.seed, steps=s.steps, cfg=f'{s.cfg_scale:g}'))})"
                        "</figcaption></figure>" for s in samples)
         parts.append(f"<h2>{e(t('card.samples'))}</h2><div class='samples'>{figs}</div>")
     parts.append(f"<h2>{e(t('card.how_to_use'))}</h2><ul>"

@@ -7,7 +7,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engine.config import JobConfig
+from engine.config.job import JobConfig
 from engine.export.metadata import modelspec_architecture
 from engine.models.loader import LoadedModel
 from engine.models.single_file import save_single_file
@@ -46,20 +46,13 @@ def save_checkpoint_file(model: LoadedModel, unet, text_encoders: list, path: Pa
 def save_diffusers_folder(model: LoadedModel, unet, text_encoders: list, folder: Path) -> Path:
     """Write the pipeline to a temp folder beside ``folder`` and swap it in, so a crash never
     leaves a half-written model where a good one was."""
-    from diffusers import (EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline)
+    import diffusers
+
+    from engine.generate.sampler import pipeline_of
 
     folder = Path(folder)
-    if model.is_sdxl:
-        pipe = StableDiffusionXLPipeline(
-            vae=model.vae, text_encoder=text_encoders[0], text_encoder_2=text_encoders[1],
-            tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=unet,
-            scheduler=EulerDiscreteScheduler.from_config(model.noise_scheduler.config))
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=model.vae, text_encoder=text_encoders[0], tokenizer=model.tokenizer, unet=unet,
-            scheduler=PNDMScheduler.from_config(model.noise_scheduler.config), safety_checker=None,
-            feature_extractor=None, requires_safety_checker=False)
+    scheduler = getattr(diffusers, model.spec.folder_scheduler).from_config(model.noise_scheduler.config)
+    pipe = pipeline_of(model, unet, text_encoders, scheduler)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:

@@ -9,20 +9,15 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from engine.config import JobConfig
+from engine.config.job import JobConfig
 from engine.data.folder import DatasetIndex
 from engine.export.hashes import cached_sha256, legacy_hash
-
-BASE_MODEL_VERSION = {"sd15": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-MODELSPEC_ARCH = {"sd15": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
-                  "sdxl": "stable-diffusion-xl-v1-base"}
+from engine.models import families
 
 
 def modelspec_architecture(family: str, prediction_type: str) -> str:
     """SAI model-spec names; SD2 is split by parameterization (768-v vs 512 epsilon)."""
-    if family == "sd2" and prediction_type == "v_prediction":
-        return "stable-diffusion-v2-768-v"
-    return MODELSPEC_ARCH[family]
+    return families.modelspec_architecture(family, prediction_type)
 
 
 @dataclass
@@ -68,22 +63,9 @@ def bucket_info(counts: dict) -> dict:
 
 def network_module_and_args(net) -> tuple[str, dict[str, str]]:
     """kohya's ``ss_network_module`` and ``ss_network_args`` (values as strings, as kohya writes)."""
-    args: dict[str, str] = {}
-    if net.type == "lora":
-        if net.conv_dim:
-            args = {"conv_dim": str(net.conv_dim), "conv_alpha": str(net.conv_alpha)}
-        if net.dropout:
-            args["dropout"] = str(net.dropout)
-        return "networks.lora", args
-    args = {"algo": net.type, "preset": net.preset,
-            "conv_dim": str(net.dim if net.conv_dim is None else net.conv_dim),
-            "conv_alpha": str(net.alpha if net.conv_alpha is None else net.conv_alpha)}
-    if net.type == "lokr":
-        args |= {"factor": str(net.factor), "decompose_both": str(net.decompose_both)}
-    for name in ("dropout", "rank_dropout", "module_dropout"):
-        if getattr(net, name):
-            args[name] = str(getattr(net, name))
-    return "lycoris.kohya", args
+    from engine.methods import method_of
+
+    return method_of(net).kohya_network(net)
 
 
 def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, step: int,
@@ -124,8 +106,8 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         "ss_gradient_checkpointing": str(t.gradient_checkpointing),
         "ss_gradient_accumulation_steps": str(t.gradient_accumulation_steps),
         "ss_cache_latents": str(t.cache_latents),
-        "ss_base_model_version": BASE_MODEL_VERSION[run.family],
-        "ss_v2": str(run.family == "sd2"),
+        "ss_base_model_version": families.family(run.family).kohya_version,
+        "ss_v2": str(run.family == "sd2"),  # kohya's flag names SD 2.x itself
         "ss_v_parameterization": str(run.prediction_type == "v_prediction"),
         "ss_clip_skip": str(t.clip_skip),
         "ss_resolution": f"({res}, {res})",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from engine.export.pt_io import save_pt
 from engine.export.hashes import safetensors_file_data_hash
+from engine.export.pt_io import save_pt
 from engine.export.safetensors_io import load_with_metadata
 from engine.fileio import atomic_write
 from engine.i18n import Explained

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from engine import VERSION_KEY, __version__
 from engine.fileio import atomic_write
 
 A1111_MEMBER = re.compile(r"^([^/]+)/((data/\d+)|version|(data\.pkl))$")  # its allowed member names
@@ -38,8 +39,12 @@ def _aligned(info: zipfile.ZipInfo, offset: int) -> zipfile.ZipInfo:
 
 
 def save_pt(obj: Any, path: Path, name: str) -> Path:
-    """``torch.save(obj)`` as an A1111-safe archive named ``name`` at ``path`` (atomically)."""
+    """``torch.save(obj)`` as an A1111-safe archive named ``name`` at ``path`` (atomically). A
+    dict gets our version under a string key (A1111 and ComfyUI read only the keys they know)."""
     import torch
+
+    if isinstance(obj, dict) and VERSION_KEY not in obj:
+        obj = {**obj, VERSION_KEY: __version__}
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)

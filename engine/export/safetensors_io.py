@@ -7,6 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save, save_file
 
+from engine import VERSION_KEY, __version__
 from engine.export.hashes import legacy_hash_bytes, safetensors_data_hash
 from engine.fileio import atomic_write
 
@@ -32,6 +33,7 @@ def save_with_metadata(state: dict[str, torch.Tensor], path: Path, metadata: dic
     tensor bytes) and ``sshs_legacy_hash`` (A1111's old short hash of that serialization)."""
     tensors = cast_state_dict(state, precision)
     meta = {k: str(v) for k, v in metadata.items()}
+    meta.setdefault(VERSION_KEY, __version__)  # a re-saved file (a pick) keeps the version that trained it
     training_only = save(tensors, {k: v for k, v in meta.items() if k.startswith("ss_")} or None)
     meta["sshs_model_hash"] = safetensors_data_hash(training_only)
     meta["sshs_legacy_hash"] = legacy_hash_bytes(training_only)

@@ -8,6 +8,7 @@ model says so plainly instead of surfacing a network stack trace.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from dataclasses import dataclass
@@ -17,10 +18,10 @@ from typing import Any, Iterable, Literal
 import torch
 
 from engine.i18n import Explained
+from engine.models import families
+from engine.models.families import Family as FamilyRecord
 
-Family = Literal["sd15", "sd2", "sdxl"]
-FAMILY_LABELS = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL"}
-TRAINABLE_FAMILIES = ("sd15", "sd2", "sdxl")
+Family = str  # an engine.models.families id
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Component weights + configs + tokenizers only: no root single files, fp16/EMA variants or safety checker.
 HUB_ALLOW_PATTERNS = [
@@ -64,8 +65,9 @@ class LoadedModel:
     vae_info: Any = None  # engine.models.vae.VaeInfo when a separate VAE replaced the base's
 
     @property
-    def is_sdxl(self) -> bool:
-        return self.family == "sdxl"
+    def spec(self) -> FamilyRecord:
+        """Everything that differs between families, from the family registry."""
+        return families.family(self.family)
 
     @property
     def text_encoders(self) -> list[Any]:
@@ -110,7 +112,8 @@ def detect_family_from_folder(path: Path) -> Family:
         raise ModelLoadError(f"{path} is a {kind} model; only Stable Diffusion 1.x/2.x/XL models are supported.",
                              "model_other_pipeline", path=path, kind=kind)
     unet = _read_json(path / "unet" / "config.json")
-    if "text_encoder_2" in index or (path / "text_encoder_2").is_dir() or unet.get("addition_embed_type") == "text_time":
+    if ("text_encoder_2" in index or (path / "text_encoder_2").is_dir()
+            or unet.get("addition_embed_type") == "text_time"):
         return "sdxl"
     text = _read_json(path / "text_encoder" / "config.json")
     if text.get("hidden_act") == "gelu" or unet.get("cross_attention_dim") == 1024:
@@ -225,9 +228,9 @@ def _single_file_config(family: Family, explicit: Path | None) -> Path:
             raise ModelLoadError(f"Single-file config {explicit} is not a diffusers folder (no model_index.json).",
                                  "config_not_diffusers", path=explicit)
         return explicit
-    from engine.models.reference import FAMILY_ARCHITECTURE, reference_config_dir
+    from engine.models.reference import reference_config_dir
 
-    return reference_config_dir(FAMILY_ARCHITECTURE[family])
+    return reference_config_dir(families.family(family).reference)
 
 
 @torch.no_grad()
@@ -242,15 +245,15 @@ def predicts_v(unet) -> bool:
     return float((out.float() - x.float()).mean()) < -1.0
 
 
-def _as_768_v(unet, scheduler_config: dict) -> None:
+def _as_v_architecture(unet, scheduler_config: dict, architecture: str) -> None:
     """Turn a UNet loaded with the SD 2 512 px reference into the 768 px v-prediction one: the
     two differ only in these settings (engine.models.reference), not in any weight's shape."""
     from diffusers.models.attention_processor import Attention
 
     from engine.models.reference import ARCHITECTURES
 
-    v_unet = ARCHITECTURES["sd2-768-v"]["unet"]
-    scheduler_config["prediction_type"] = ARCHITECTURES["sd2-768-v"]["scheduler"][1]["prediction_type"]
+    v_unet = ARCHITECTURES[architecture]["unet"]
+    scheduler_config["prediction_type"] = ARCHITECTURES[architecture]["scheduler"][1]["prediction_type"]
     unet.register_to_config(sample_size=v_unet["sample_size"], upcast_attention=v_unet["upcast_attention"])
     for module in unet.modules():
         if isinstance(module, Attention):
@@ -258,17 +261,14 @@ def _as_768_v(unet, scheduler_config: dict) -> None:
 
 
 def _check_family(source: ResolvedSource, family: str) -> None:
-    if family not in ("auto", *FAMILY_LABELS):
-        raise ModelLoadError(f"Unknown model family {family!r}; use auto, sd15, sd2 or sdxl.", "family_unknown",
-                             family=family)
+    if family not in ("auto", *families.FAMILY_IDS):
+        raise ModelLoadError(f"Unknown model family {family!r}; use auto or one of "
+                             f"{', '.join(families.FAMILY_IDS)}.", "family_unknown", family=family)
     if family != "auto" and family != source.family:
-        raise ModelLoadError(f"{source.name} is an {FAMILY_LABELS[source.family]} model but the job is set to "
-                             f"{FAMILY_LABELS[family]}; change the model family (or use auto).", "family_mismatch",
-                             name=source.name, found=FAMILY_LABELS[source.family], wanted=FAMILY_LABELS[family])
-    if source.family not in TRAINABLE_FAMILIES:
-        raise ModelLoadError(f"{source.name}: {FAMILY_LABELS[source.family]} models are not supported by this "
-                             "trainer yet", "family_untrainable", name=source.name,
-                             family=FAMILY_LABELS[source.family])
+        found, wanted = families.family(source.family).label, families.family(family).label
+        raise ModelLoadError(f"{source.name} is an {found} model but the job is set to {wanted}; change the "
+                             "model family (or use auto).", "family_mismatch", name=source.name, found=found,
+                             wanted=wanted)
 
 
 def _load_folder(folder: Path, family: Family, dtype: torch.dtype) -> dict[str, Any]:
@@ -283,13 +283,13 @@ def _load_folder(folder: Path, family: Family, dtype: torch.dtype) -> dict[str, 
     }
     if (folder / "tokenizer").is_dir():
         parts["tokenizer"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-    elif family == "sd15":  # SD 1.x always uses the stock CLIP-L tokenizer
+    elif families.family(family).stock_tokenizer:  # SD 1.x always uses the stock CLIP-L tokenizer
         from engine.models.clip_tokenizer import load_clip_tokenizer
 
         parts["tokenizer"] = load_clip_tokenizer()
     else:
         raise ModelLoadError(f"{folder} has no tokenizer/ folder.", "folder_no_tokenizer", path=folder)
-    if family == "sdxl":
+    if families.family(family).text_encoders == 2:
         if not (folder / "text_encoder_2").is_dir() or not (folder / "tokenizer_2").is_dir():
             raise ModelLoadError(f"{folder} is an SDXL folder without text_encoder_2/ and tokenizer_2/.",
                                  "sdxl_folder_incomplete", path=folder)
@@ -312,22 +312,22 @@ def load_sd_components(base: str, family: str = "auto", local_files_only: bool =
     _check_family(source, family)
     try:
         if source.kind == "single_file":
-            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+            import diffusers
 
+            spec = families.family(source.family)
             config = _single_file_config(source.family, single_file_config)
             names = ["unet", "vae", "text_encoder", "tokenizer"]
-            if source.family == "sdxl":
-                pipe = StableDiffusionXLPipeline.from_single_file(
-                    str(source.path), config=str(config), local_files_only=True, torch_dtype=dtype)
+            if spec.text_encoders == 2:
                 names += ["text_encoder_2", "tokenizer_2"]
-            else:
-                pipe = StableDiffusionPipeline.from_single_file(
-                    str(source.path), config=str(config), local_files_only=True, torch_dtype=dtype,
-                    safety_checker=None, requires_safety_checker=False)
+            pipeline = getattr(diffusers, spec.pipeline)
+            no_checker = ({"safety_checker": None, "requires_safety_checker": False}
+                          if "safety_checker" in inspect.signature(pipeline.__init__).parameters else {})
+            pipe = pipeline.from_single_file(
+                str(source.path), config=str(config), local_files_only=True, torch_dtype=dtype, **no_checker)
             parts = {n: getattr(pipe, n) for n in names}
             scheduler_config = dict(pipe.scheduler.config)
-            if source.family == "sd2" and single_file_config is None and predicts_v(parts["unet"]):
-                _as_768_v(parts["unet"], scheduler_config)  # SD 2.0-v / 2.1
+            if spec.v_reference and single_file_config is None and predicts_v(parts["unet"]):
+                _as_v_architecture(parts["unet"], scheduler_config, spec.v_reference)  # SD 2.0-v / 2.1
         else:
             parts = _load_folder(source.path, source.family, dtype)
             scheduler_config = DDPMScheduler.load_config(source.path, subfolder="scheduler")
@@ -336,10 +336,10 @@ def load_sd_components(base: str, family: str = "auto", local_files_only: bool =
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         if source.kind == "single_file" and single_file_config is None and "shape" in str(err):
             detail = str(err).split(". If you want")[0][:300]
-            raise ModelLoadError(f"{source.name}'s weights do not have the {FAMILY_LABELS[source.family]} "
+            raise ModelLoadError(f"{source.name}'s weights do not have the {families.family(source.family).label} "
                                  f"architecture ({detail}); for a model with other layer sizes set "
                                  "model.config_dir to a diffusers folder of its architecture",
-                                 "single_file_shape", name=source.name, family=FAMILY_LABELS[source.family],
+                                 "single_file_shape", name=source.name, family=families.family(source.family).label,
                                  detail=detail) from None
         raise ModelLoadError(f"Could not load {source.name}: {err}", "model_load_failed", name=source.name,
                              error=err) from err

@@ -55,7 +55,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "text_encoder": _OPEN_CLIP_H, "tokenizer_pad": _BANG,
         "scheduler": ("DDIMScheduler", {**_NOISE, "prediction_type": "v_prediction"})},
     "sdxl": {"pipeline": "StableDiffusionXLPipeline", "unet": {
-        **_UNET_SD, "block_out_channels": [320, 640, 1280], "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 2,
+        **_UNET_SD, "block_out_channels": [320, 640, 1280],
+        "down_block_types": ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 2,
         "up_block_types": ["CrossAttnUpBlock2D"] * 2 + ["UpBlock2D"], "transformer_layers_per_block": [1, 2, 10],
         "attention_head_dim": [5, 10, 20], "cross_attention_dim": 2048, "use_linear_projection": True,
         "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
@@ -66,7 +67,6 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
             **{k: v for k, v in _NOISE.items() if k not in ("clip_sample", "set_alpha_to_one")},
             "prediction_type": "epsilon", "timestep_spacing": "leading", "interpolation_type": "linear"})},
 }
-FAMILY_ARCHITECTURE = {"sd15": "sd15", "sd2": "sd2-512", "sdxl": "sdxl"}  # sd2: v-prediction is detected
 
 
 def _files(arch: str) -> dict[str, Any]:

@@ -257,5 +257,7 @@ def save_single_file(components: Any, path: Path, half: bool = False,
         state |= ldm_schedule_buffers(noise_schedule)
     if half:
         state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}
-    meta = {"format": "pt", **(metadata or {})}
+    from engine import VERSION_KEY, __version__
+
+    meta = {"format": "pt", VERSION_KEY: __version__, **(metadata or {})}
     return atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=meta))

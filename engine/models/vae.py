@@ -17,7 +17,6 @@ import torch
 
 from engine.models.loader import PICKLE_SUFFIXES, ModelLoadError, looks_like_path
 
-
 # a hub VAE repo: its diffusers config and weights, not the extra single-file copies some carry
 HUB_VAE_PATTERNS = ["config.json", "diffusion_pytorch_model*.safetensors", "vae/config.json",
                     "vae/diffusion_pytorch_model*.safetensors"]
@@ -49,11 +48,12 @@ def load_vae(source: str, family: str, dtype: torch.dtype = torch.float32, local
     from diffusers import AutoencoderKL
     from safetensors import safe_open
 
-    from engine.models.reference import FAMILY_ARCHITECTURE, reference_config_dir
+    from engine.models.families import family as family_record
+    from engine.models.reference import reference_config_dir
 
     source = str(source).strip()
     path = Path(source).expanduser()
-    reference = reference_config_dir(FAMILY_ARCHITECTURE[family])
+    reference = reference_config_dir(family_record(family).reference)
     try:
         hub = not path.exists() and not looks_like_path(source)
         if hub:  # a hub id of a diffusers VAE: named by its id, as kohya does

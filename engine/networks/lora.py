@@ -15,8 +15,8 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from engine.config import LoraNetworkConfig
 from engine.i18n import UserInputError
+from engine.methods.lora import LoraNetworkConfig
 
 ADAPTER = "default"
 UNET_PREFIX, TE_PREFIX = "lora_unet", "lora_te"

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.config import LycorisNetworkConfig
 from engine.i18n import UserInputError
+from engine.methods.lycoris import LycorisNetworkConfig
 from engine.networks import lora
 
 if TYPE_CHECKING:

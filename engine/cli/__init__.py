@@ -1,0 +1,1 @@
+"""The headless commands (launcher.py) on the same engine as the web app."""

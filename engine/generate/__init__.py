@@ -1,0 +1,1 @@
+"""Images from a base model and add-on files: sampler, prompts, grids, swappers."""

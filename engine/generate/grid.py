@@ -1,0 +1,178 @@
+"""The XYZ comparison grid: saved checkpoints (rows) x LoRA/LyCORIS weights, hypernetwork /
+embedding strengths or aesthetic weights (columns) x prompts or seeds (one grid per Z value),
+all with one fixed seed, to pick the best epoch and weight.
+
+The base model is loaded once; each checkpoint is swapped in place (NetworkSwapper) and the Z cells
+of one (checkpoint, weight) pair are generated as a single batch.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image, ImageDraw, ImageFont
+from safetensors import safe_open
+
+from engine.generate.aesthetic import AestheticSettings
+from engine.generate.prompts import a1111_parameters, save_png_with_parameters
+from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
+from engine.generate.swappers import NetworkSwapper
+from engine.i18n import Explained
+from engine.models.loader import LoadedModel
+
+DEFAULT_WEIGHTS = (0.0, 0.4, 0.6, 0.8, 1.0)
+_RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*\(\s*\+\s*([\d.]+)\s*\)\s*$")
+
+
+class GridError(Explained, ValueError):
+    pass
+
+
+def parse_weights(text: str) -> list[float]:
+    """'0, 0.5, 1' or A1111's range syntax '0.4-1.0(+0.2)' -> [0.4, 0.6, 0.8, 1.0]."""
+    m = _RANGE.match(text)
+    if m:
+        start, stop, step = (float(g) for g in m.groups())
+        if step <= 0 or stop < start:
+            raise GridError(f"bad weight range {text!r}: need start <= stop and a positive step",
+                            "grid_range", text=text)
+        n = int(round((stop - start) / step))
+        return [round(start + i * step, 6) for i in range(n + 1) if start + i * step <= stop + 1e-9]
+    try:
+        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise GridError(f"weights must be numbers like '0, 0.5, 1' or a range like '0.4-1.0(+0.2)' "
+                        f"(got {text!r})", "grid_weights", text=text) from None
+    if not values:
+        raise GridError("no weights given", "grid_no_weights")
+    return values
+
+
+def checkpoint_label(path: Path) -> str:
+    """'epoch 3' from the file's ss_epoch, or from our ``name-000003`` file names (hypernetwork
+    .pt files carry no metadata); otherwise the file name."""
+    epoch = None
+    try:
+        with safe_open(str(path), "pt") as f:
+            epoch = (f.metadata() or {}).get("ss_epoch")
+    except Exception:
+        m = re.search(r"-(\d{6})$", Path(path).stem)
+        epoch = str(int(m.group(1))) if m else None
+    return f"epoch {epoch}" if epoch else Path(path).stem
+
+
+def safe_name(text: str, limit: int = 60) -> str:
+    cleaned = re.sub(r"[^\w.-]+", "_", text, flags=re.UNICODE).strip("._")
+    return (cleaned or "x")[:limit]
+
+
+@dataclass
+class GridJob:
+    checkpoints: list[Path]
+    prompts: list[str]
+    weights: list[float] = field(default_factory=lambda: list(DEFAULT_WEIGHTS))
+    seeds: list[int] = field(default_factory=lambda: [42])
+    z_axis: str = "prompt"  # "prompt": one grid per prompt (seed = seeds[0]); "seed": one per seed
+    negative: str = ""
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    sampler: str = "euler_a"
+    aesthetic: AestheticSettings | None = None  # how aesthetic embeddings are applied
+    local_files_only: bool = False  # e.g. the CLIP an aesthetic embedding needs
+
+    def __post_init__(self) -> None:
+        """The same ranges as a sample image of a job (engine.config.sample_limits): a size of 0 or a
+        NaN scale is refused here, not as a tensor error halfway through the grid."""
+        import math
+
+        from engine.config.sample_limits import SAMPLE_LIMITS
+
+        values = {"width": [self.width], "height": [self.height], "steps": [self.steps],
+                  "cfg_scale": [self.cfg_scale], "seed": self.seeds}
+        for name, got in values.items():
+            low, high = SAMPLE_LIMITS[name]
+            bad = [v for v in got if not (math.isfinite(v) and low <= v <= high)]
+            if bad:
+                raise GridError(f"{name} must be between {low} and {high} (got {bad[0]})", "grid_range",
+                                name=name, low=low, high=high, value=bad[0])
+        if self.width % 8 or self.height % 8:
+            raise GridError(f"the image size must be a multiple of 8 (got {self.width}x{self.height})",
+                            "grid_size_multiple", width=self.width, height=self.height)
+
+
+@dataclass
+class GridResult:
+    grids: list[Path]
+    cells: dict[tuple[int, int, int], Path]  # (row, column, z) -> image
+    row_labels: list[str]
+    col_labels: list[str]
+    z_labels: list[str]
+
+
+def _z_values(job: GridJob) -> list[tuple[str, int, str]]:
+    """[(prompt, seed, label)] for each Z."""
+    if job.z_axis == "seed":
+        return [(job.prompts[0], s, f"seed {s}") for s in job.seeds]
+    return [(p, job.seeds[0], p) for p in job.prompts]
+
+
+def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
+             progress: Callable[[int, int], None] | None = None) -> GridResult:
+    if not job.checkpoints:
+        raise GridError("no checkpoints to compare", "grid_no_files")
+    swapper = NetworkSwapper(model, aesthetic=job.aesthetic, local_files_only=job.local_files_only)
+    pipe = build_pipeline(model, scheduler=job.sampler)
+    zs = _z_values(job)
+    out_dir = Path(out_dir)
+    cells: dict[tuple[int, int, int], Path] = {}
+    images: dict[tuple[int, int, int], Image.Image] = {}
+    total, done = len(job.checkpoints) * len(job.weights), 0
+    for r, ckpt in enumerate(job.checkpoints):
+        swapper.load(Path(ckpt))
+        for c, weight in enumerate(job.weights):
+            swapper.set_weight(weight)
+            specs = [SampleSpec(prompt, job.negative, seed, job.steps, job.cfg_scale, job.width, job.height)
+                     for prompt, seed, _ in zs]
+            batch = generate_batch(pipe, specs, encode=swapper.encode)
+            for z, (spec, im) in enumerate(zip(specs, batch)):
+                text = a1111_parameters(spec, job.sampler, model_name=model.name)
+                text += "\n" + swapper.prompt_tag(Path(ckpt).stem, weight)
+                name = f"r{r:02d}_c{c:02d}_z{z:02d}_{safe_name(Path(ckpt).stem)}_w{weight:g}.png"
+                cells[(r, c, z)] = save_png_with_parameters(im, out_dir / "cells" / name, text)
+                images[(r, c, z)] = im
+            done += 1
+            if progress:
+                progress(done, total)
+    rows = [checkpoint_label(Path(p)) for p in job.checkpoints]
+    cols = [f"{swapper.axis_name} {w:g}" for w in job.weights]
+    grids = []
+    for z, (_, _, zlabel) in enumerate(zs):
+        sheet = compose_grid([[images[(r, c, z)] for c in range(len(cols))] for r in range(len(rows))],
+                             rows, cols, title=zlabel)
+        path = out_dir / f"grid_{z:02d}_{safe_name(zlabel)}.png"
+        grids.append(save_png_with_parameters(sheet, path, f"XYZ grid: {zlabel}"))
+    return GridResult(grids, cells, rows, cols, [z[2] for z in zs])
+
+
+def compose_grid(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list[str],
+                 title: str = "") -> Image.Image:
+    """Paste cells into a sheet with a title line, column labels on top and row labels left."""
+    font = ImageFont.load_default()
+    w, h = cells[0][0].size
+    left = max(70, 7 * max(len(s) for s in row_labels))
+    top, title_h = 22, 18 if title else 0
+    sheet = Image.new("RGB", (left + w * len(col_labels), title_h + top + h * len(row_labels)), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((4, 3), title[:120], fill="black", font=font)
+    for c, label in enumerate(col_labels):
+        draw.text((left + c * w + 4, title_h + 5), label, fill="black", font=font)
+    for r, label in enumerate(row_labels):
+        draw.text((4, title_h + top + r * h + h // 2 - 6), label, fill="black", font=font)
+        for c, im in enumerate(cells[r]):
+            sheet.paste(im, (left + c * w, title_h + top + r * h))
+    return sheet

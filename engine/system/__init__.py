@@ -1,0 +1,1 @@
+"""This machine: hardware probe, preset tier, environment doctor."""

@@ -1,0 +1,1 @@
+"""The training run: setup from a job, the loop, its state, guards and reports."""

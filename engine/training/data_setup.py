@@ -1,0 +1,95 @@
+"""The data side of a training job: dataset index (+ regularization images), buckets, latent
+cache (memory or disk), text-encoder output cache, and the batch loader.
+
+Split from setup.py so each file keeps to one job.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from engine.config.job import JobConfig
+from engine.data.dataset import BucketBatchSampler, BucketOptions, TrainingSamples, collate
+from engine.data.folder import DatasetError, DatasetIndex, scan_dataset
+from engine.data.latent_cache import DiskLatentCache, vae_fingerprint
+from engine.models.loader import LoadedModel
+from engine.training.callbacks import Callbacks
+from engine.training.te_cache import TextEncoderCache, caption_encoder
+
+
+@dataclass
+class DataSetup:
+    dataset: TrainingSamples
+    loader: DataLoader
+    te_cache: TextEncoderCache | None
+
+
+def _usable(index: DatasetIndex, resolution: int, cb: Callbacks | None) -> DatasetIndex:
+    """Leave out what cannot be trained on (a truncated file, a text file named .png, a 16 px
+    image, an exact duplicate), saying so; never touch the files. Nothing usable: DatasetError."""
+    from engine.data.validate import excluded, usable_index
+
+    usable, report = usable_index(index, resolution)
+    left_out = excluded(report)
+    for path, why in left_out:
+        if cb is not None:
+            cb.on_log(f"left out {path}: {why}")
+    if not usable.subsets:
+        raise DatasetError(f"no usable images in {index.root}: " + "; ".join(f"{p.name}: {w}" for p, w in left_out[:5]),
+                           "dataset_none_usable", path=index.root, first=f"{left_out[0][0].name}: {left_out[0][1]}")
+    return usable
+
+
+def scan_job_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetIndex:
+    """The job's images that training can use (see _usable)."""
+    d = cfg.dataset
+    return _usable(scan_dataset(d.path, d.default_repeats, d.caption_extension), d.resolution, cb)
+
+
+def scan_reg_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetIndex | None:
+    """The regularization images, if any (scanned after missing class images were generated)."""
+    d = cfg.dataset
+    if not d.reg_path:
+        return None
+    return _usable(scan_dataset(d.reg_path, 1, d.caption_extension), d.resolution, cb)
+
+
+@torch.no_grad()
+def encode_latents(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+    """The latent distribution's mean, scaled. The mean (not a sample) makes a cached latent equal
+    to a freshly encoded one, so caching changes speed only, never the result; the SD VAE's
+    posterior is so narrow that sampling adds next to nothing."""
+    vae = model.vae
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return dist.mode() * vae.config.scaling_factor
+
+
+def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Callbacks,
+               index: DatasetIndex, reg_index: DatasetIndex | None, num_processes: int = 1,
+               rank: int = 0) -> DataSetup:
+    d, t = cfg.dataset, cfg.training
+    buckets = (BucketOptions(d.min_bucket_reso, d.max_bucket_reso, d.bucket_no_upscale)
+               if d.enable_bucket else None)
+    dataset = TrainingSamples(index, d.resolution, d.flip_aug, reg_index, d.prior_loss_weight, buckets)
+    if buckets:
+        cb.on_log(dataset.assignment.report())
+    disk = None
+    if t.cache_latents or t.cache_latents_to_disk:
+        if t.cache_latents_to_disk:
+            downscale = 2 ** (len(model.vae.config.block_out_channels) - 1)
+            disk = DiskLatentCache(vae_fingerprint(model.vae), downscale)
+        cb.on_log("caching latents" + (f" (disk: {disk.folder})" if disk else ""))
+        dataset.cache_latents(lambda px: encode_latents(model, px.to(device)), disk=disk)
+        if disk:
+            cb.on_log(f"latent cache: {disk.hits} reused, {disk.misses} encoded, {disk.rebuilt} rebuilt")
+    te_cache = None
+    if t.cache_text_encoder_outputs:
+        te_cache = TextEncoderCache()
+        te_cache.build(dataset.captions(), caption_encoder(model, t.clip_skip))
+        cb.on_log(f"text-encoder outputs cached for {len(te_cache)} distinct captions")
+    sampler = BucketBatchSampler(dataset.bucket_keys(), t.batch_size, t.seed, flip=cfg.dataset.flip_aug,
+                                 num_processes=num_processes, rank=rank)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+    return DataSetup(dataset, loader, te_cache)

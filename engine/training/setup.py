@@ -1,0 +1,212 @@
+"""Everything the loop needs, built from a JobConfig: model, LoRA, data, optimizer, schedule.
+
+Split from trainer.py so the loop itself stays short enough to read in one screen.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from engine.config.job import JobConfig
+from engine.config.lr_schedule import lr_at, parse_lr_schedule
+from engine.data.class_images import ensure_class_images
+from engine.data.dataset import TrainingSamples
+from engine.data.folder import DatasetIndex
+from engine.export.hashes import cached_sha256, legacy_hash
+from engine.export.metadata import RunInfo, vae_facts
+from engine.i18n import Explained
+from engine.methods import method_of, methods
+from engine.models.loader import LoadedModel, load_sd_components
+from engine.training.callbacks import Callbacks
+from engine.training.data_setup import build_data, encode_latents, scan_job_dataset, scan_reg_dataset
+from engine.training.optim import (
+    OptimizerUnavailable,
+    build_optimizer,
+    build_scheduler,
+    describe_optimizer,
+    param_groups,
+)
+from engine.training.te_cache import TextEncoderCache
+
+
+class SetupError(Explained, RuntimeError):
+    """The job cannot start on this machine; the message says why and what to change."""
+
+
+@dataclass
+class TrainingSetup:
+    model: LoadedModel
+    index: DatasetIndex
+    dataset: TrainingSamples
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    trainable: list[torch.nn.Parameter]
+    train_te: bool
+    total_steps: int
+    num_batches_per_epoch: int
+    weight_dtype: torch.dtype
+    run: RunInfo
+    te_cache: TextEncoderCache | None = None
+    state: Any = None  # the method's own object (TextualInversion, a LyCORIS or hypernetwork net)
+    network: torch.nn.Module | None = None  # LyCORIS / hypernetwork modules hooked into the base
+    method: Any = None  # engine.methods.TrainingMethod
+
+    @property
+    def ti(self) -> Any:
+        """The Textual Inversion / DreamArtist embeddings being learned (their method's state)."""
+        return self.state
+
+
+def resolve_mixed_precision(requested: str, cb: Callbacks) -> str:
+    """fp16 autocast needs CUDA; on a CPU fall back to fp32 and say so rather than crash."""
+    if requested == "fp16" and not torch.cuda.is_available():
+        cb.on_log("mixed_precision fp16 needs a CUDA GPU; training in fp32 on this machine")
+        return "no"
+    return requested
+
+
+def _configure_memory(cfg: JobConfig, model: LoadedModel, train_te: bool) -> None:
+    if cfg.training.attention == "xformers":
+        try:
+            model.unet.enable_xformers_memory_efficient_attention()
+        except Exception as err:  # xformers missing or no CUDA build
+            raise SetupError("training.attention = 'xformers' but xformers cannot be used here "
+                             f"({err}); use 'sdpa' (PyTorch's built-in, the default)", "xformers") from None
+    if cfg.training.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        for te in (model.text_encoders if train_te else []):
+            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
+                   model: LoadedModel | None = None) -> TrainingSetup:
+    """``model`` lets a caller that already holds the base in memory (benchmarks, the app's
+    cached base) skip loading it again; it is modified in place (LoRA layers are injected)."""
+    t = cfg.training
+    index = scan_job_dataset(cfg, cb)  # before loading the model: a bad dataset fails fast
+    if model is None:
+        model = load_sd_components(cfg.model.base, family=cfg.model.family,
+                                   local_files_only=cfg.model.local_files_only,
+                                   allow_pickle=cfg.model.allow_pickle,
+                                   single_file_config=(Path(cfg.model.config_dir)
+                                                       if cfg.model.config_dir else None),
+                                   vae=cfg.model.vae)
+    prediction_type = (model.prediction_type if cfg.model.prediction_type == "auto"
+                       else cfg.model.prediction_type)
+    model.noise_scheduler.register_to_config(prediction_type=prediction_type)
+    model.prediction_type = prediction_type
+    d = cfg.dataset
+    if d.num_class_images:
+        made = ensure_class_images(model, Path(d.reg_path), d.class_prompt, d.num_class_images,
+                                   d.resolution, t.seed, cfg.sample.steps, cfg.sample.cfg_scale,
+                                   device=accelerator.device)
+        if made:
+            cb.on_log(f"generated {made} class images for '{d.class_prompt}' in {d.reg_path}")
+    reg_index = scan_reg_dataset(cfg, cb)
+    cb.on_log(f"base model: {model.name} ({model.family}, {prediction_type}); "
+              f"{index.num_images} images, {index.num_train_images} per epoch with repeats"
+              + (f"; {reg_index.num_images} regularization images" if reg_index else ""))
+
+    fam = model.spec
+    if d.resolution < fam.lowest_good_resolution:
+        cb.on_log(f"note: {fam.label} models were trained at {fam.default_resolution} px; dataset.resolution = "
+                  f"{d.resolution} usually gives blurry, low-detail results ({fam.default_resolution} is the "
+                  "usual choice)")
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
+                                                                      torch.float32)
+    method = method_of(cfg.network)
+    train_te = method.trains_text_encoder(cfg.network)
+    for m in (model.unet, model.vae, *model.text_encoders):
+        m.requires_grad_(False)
+        m.to(accelerator.device)
+    if weight_dtype != torch.float32 and method.keeps_base_half:  # frozen base in half precision; the
+        for m in (model.unet, *model.text_encoders):                # VAE stays fp32 (fp16 SD VAEs make NaNs)
+            m.to(dtype=weight_dtype)
+    if model.family not in method.families:
+        labels = ", ".join(n for n, m in methods().items() if model.family in m.families)
+        raise SetupError(f"network.type = {method.type!r} is not available for {fam.label} yet "
+                         f"({fam.label} trains {labels})", "method_family", kind=method.type,
+                         family=fam.label, methods=labels)
+    try:
+        parts = method.attach(cfg, model, train_te, accelerator.device)
+    except ValueError as err:  # a TI token clash, a LyCORIS preset matching nothing
+        raise SetupError.wrapping(err) from None
+    unet_params, te_params = parts.unet_params, parts.te_params
+    from engine.i18n import EN
+
+    notes = [EN(f"warn.{key}", **values) for key, values in method.warnings(cfg.network)]
+    for note in notes + method.setup_notes(cfg):
+        cb.on_log("note: " + note)
+    _configure_memory(cfg, model, train_te)
+
+    data = build_data(cfg, model, accelerator.device, cb, index, reg_index,
+                      accelerator.num_processes, accelerator.process_index)
+    dataset, loader = data.dataset, data.loader
+    if t.offload_after_caching and (dataset.has_latent_cache or data.te_cache):
+        if dataset.has_latent_cache:
+            model.vae.to("cpu")
+        if data.te_cache is not None:
+            for te in model.text_encoders:
+                te.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    num_batches = len(loader)
+    steps_per_epoch = math.ceil(num_batches / t.gradient_accumulation_steps)
+    total = steps_per_epoch * t.epochs
+    if t.max_steps:
+        total = min(total, t.max_steps)
+
+    trainable = unet_params + te_params
+    try:
+        groups = param_groups(unet_params, te_params, cfg.optimizer)
+        if method.no_weight_decay:
+            groups[0]["weight_decay"] = 0.0  # decay would pull what it learns toward zero
+        optimizer = build_optimizer(cfg.optimizer, groups, accelerator.device.type)
+    except OptimizerUnavailable as err:
+        raise SetupError.wrapping(err) from None
+    except (RuntimeError, ImportError) as err:  # e.g. an optional optimizer package missing
+        raise SetupError(str(err), "optimizer_failed", error=err) from None
+    scheduler = build_scheduler(cfg.scheduler, optimizer, total, accelerator.num_processes)
+    if getattr(cfg.network, "lr_schedule", None):  # A1111 syntax (TI, hypernetwork)
+        schedule = parse_lr_schedule(cfg.network.lr_schedule)
+        base_lr = optimizer.param_groups[0]["lr"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_at(schedule, step) / base_lr)
+
+    weights = base_weights_file(model)
+    run = RunInfo(session_id=int(torch.randint(0, 2**31 - 1, (1,)).item()), started_at=time.time(),
+                  family=model.family, prediction_type=prediction_type,
+                  base_model_name=model.name, base_model_hash=cached_sha256(weights) if weights else "",
+                  base_model_legacy_hash=legacy_hash(weights) if weights else "",
+                  **vae_facts(model.vae_info),
+                  num_processes=accelerator.num_processes,
+                  optimizer=describe_optimizer(optimizer, cfg.optimizer),
+                  num_batches_per_epoch=num_batches, mixed_precision=accelerator.mixed_precision,
+                  num_reg_images=dataset.num_reg_images,
+                  reg_dataset_dirs=reg_index.dataset_dirs() if reg_index else None,
+                  bucket_counts=dict(Counter(dataset.bucket_keys())))
+    return TrainingSetup(model, index, dataset, loader, optimizer, scheduler, trainable, train_te,
+                         total, num_batches, weight_dtype, run, data.te_cache, parts.state, parts.network, method)
+
+
+def base_weights_file(model: LoadedModel) -> Path | None:
+    """The file the base model's hashes are taken of: a single-file checkpoint itself; for a
+    diffusers folder (or a hub snapshot) its UNet weights, the part a LoRA is made for (kohya
+    hashes only single files and leaves a folder's hashes empty)."""
+    if model.source_kind == "single_file":
+        return Path(model.path)
+    unet = Path(model.path) / "unet"
+    found = sorted(unet.glob("diffusion_pytorch_model*.safetensors")) if unet.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
+__all__ = ["SetupError", "TrainingSetup", "build_training", "encode_latents"]
