@@ -202,5 +202,9 @@ def test_grid_strength_axis_is_a1111_emphasis(trained_ti, tiny_model_dir, tmp_pa
     assert rows.sum() == 2
     want = plain.clone()
     want[rows] *= 0.5
-    want *= plain.mean() / want.mean()
+    # A1111 then restores the mean; only where the mean is well away from zero (on this tiny
+    # random text encoder it is ~0 after the final LayerNorm: the rows are only scaled then)
+    floor = 0.01 * plain.abs().mean()
+    if min(plain.mean().abs(), want.mean().abs()) >= floor and plain.mean() * want.mean() > 0:
+        want *= (plain.mean() / want.mean()).clamp(0.5, 2.0)
     torch.testing.assert_close(got, want)

@@ -49,11 +49,23 @@ def read_embedding(path: Path) -> tuple[torch.Tensor, str]:
     return vectors, str(data.get("name") or path.stem)
 
 
+MEAN_RESTORE_MIN = 0.01  # the output's mean must be at least this share of its mean magnitude
+MEAN_RESTORE_BOUNDS = (0.5, 2.0)  # and the restoring factor stays inside these
+
+
 def emphasize(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """A1111's "original" emphasis: scale token rows, then restore the overall mean."""
-    original_mean = hidden.mean()
+    """Scale token rows by their weights, then restore the overall mean as A1111's "original"
+    emphasis does, but only where that is a small correction. A1111 divides by the new mean; a
+    text encoder whose output mean is close to zero (the embedded model's: ~1e-8) turns that
+    ratio into noise or inf, so then the rows are only scaled (A1111's "no norm"), and otherwise
+    the factor is bounded. SD's CLIP outputs have a mean well away from zero and only a few rows
+    change, so the factor there is near 1 and the result is A1111's."""
     scaled = hidden * weights.to(hidden.dtype)[..., None]
-    return scaled * (original_mean / scaled.mean())
+    original, new = hidden.mean(), scaled.mean()
+    floor = MEAN_RESTORE_MIN * hidden.abs().mean()
+    if original.abs() < floor or new.abs() < floor or torch.sign(original) != torch.sign(new):
+        return scaled
+    return scaled * (original / new).clamp(*MEAN_RESTORE_BOUNDS)
 
 
 class EmbeddingSwapper:
