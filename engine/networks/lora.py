@@ -58,6 +58,18 @@ def find_targets(model: nn.Module, parents: tuple[str, ...], rank: int, alpha: f
     return list(targets.values())
 
 
+def _grouped_pattern(targets: list[Target], field: str, default: float) -> dict[str, float]:
+    """peft's rank/alpha pattern: one regex per value (an alternation of the module names) rather
+    than one per module. peft matches every module against every pattern; hundreds of distinct
+    patterns (LoCon-style conv ranks on SDXL) overflow Python's regex cache and the injection
+    recompiled them for each module (tens of seconds on a real SDXL UNet)."""
+    names: dict[float, list[str]] = {}
+    for t in targets:
+        if getattr(t, field) != default:
+            names.setdefault(getattr(t, field), []).append(re.escape(t.name))
+    return {"|".join(group): value for value, group in names.items()}
+
+
 def inject_lora(model: nn.Module, targets: list[Target], dropout: float = 0.0,
                 adapter_name: str = ADAPTER) -> list[nn.Parameter]:
     """Wrap every target with a peft LoRA layer (up weights start at zero: no change at step 0)."""
@@ -68,8 +80,8 @@ def inject_lora(model: nn.Module, targets: list[Target], dropout: float = 0.0,
     config = LoraConfig(
         r=base.rank, lora_alpha=base.alpha, lora_dropout=dropout, init_lora_weights=True,
         target_modules=[t.name for t in targets],
-        rank_pattern={re.escape(t.name): t.rank for t in targets if t.rank != base.rank},
-        alpha_pattern={re.escape(t.name): t.alpha for t in targets if t.alpha != base.alpha},
+        rank_pattern=_grouped_pattern(targets, "rank", base.rank),
+        alpha_pattern=_grouped_pattern(targets, "alpha", base.alpha),
     )
     inject_adapter_in_model(config, model, adapter_name=adapter_name)
     params = [p for n, p in model.named_parameters() if "lora_" in n and f".{adapter_name}." in n]
