@@ -81,10 +81,14 @@ def cmd_grid(args: argparse.Namespace) -> int:
         missing = [p for p in args.checkpoints if not Path(p).is_file()]
         if missing:
             raise GridError(f"checkpoint not found: {missing[0]}")
-        size = 512 if args.size is None else args.size
+        from engine.generate.sampling_defaults import for_base
+
+        usual = for_base(args.base)  # what this base draws best with, unless given
+        size = usual.size if args.size is None else args.size
         job = GridJob(checkpoints=[Path(p) for p in args.checkpoints], prompts=args.prompt, weights=weights,
                       seeds=seeds, z_axis="seed" if args.seeds else "prompt", negative=args.negative,
-                      steps=args.steps, cfg_scale=args.cfg, width=size, height=size,
+                      steps=usual.steps if args.steps is None else args.steps,
+                      cfg_scale=usual.cfg_scale if args.cfg is None else args.cfg, width=size, height=size,
                       aesthetic=aesthetic, local_files_only=args.offline)
         model = load_sd_components(args.base, local_files_only=args.offline, vae=args.vae)
     except (GridError, ModelLoadError, ValueError) as err:
@@ -175,9 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--weights", default="0, 0.4, 0.6, 0.8, 1.0", help="list or range '0.4-1.0(+0.2)'")
     grid.add_argument("--seed", type=int, default=42)
     grid.add_argument("--seeds", help="comma-separated seeds: makes seeds the Z axis")
-    grid.add_argument("--steps", type=int, default=20)
-    grid.add_argument("--cfg", type=float, default=7.0)
-    grid.add_argument("--size", type=int, help="image size in pixels (default 512)")
+    grid.add_argument("--steps", type=int, help="sampling steps (default: the base model's usual, 20)")
+    grid.add_argument("--cfg", type=float, help="CFG scale (default: the base model's usual: 7, the embedded 5)")
+    grid.add_argument("--size", type=int, help="image size in pixels (default: the base model's: 512, SDXL 1024, "
+                      "the embedded 64)")
     grid.add_argument("--vae", help="a separate VAE (file, diffusers folder, hub id); default: the base's own")
     grid.add_argument("--offline", action="store_true", help="never download the base model")
     grid.add_argument("--out", default="output/grid")

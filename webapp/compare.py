@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from engine.generate.sampling_defaults import EMBEDDED as EMBEDDED_SAMPLING
+from engine.generate.sampling_defaults import for_base
 from engine.i18n import EN, Translator, describe_error
 from webapp.security import LOCAL, PathNotAllowed, Workspace
 from webapp.wizard_logic import output_root
@@ -167,9 +169,10 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, vi
     with gr.Row():
         weights = gr.Textbox("0, 0.5, 1", label=t("compare.weights"), elem_id="grid-weights")
         seed = gr.Number(42, label=t("compare.seed"), precision=0)
-        size = gr.Number(64, label=t("compare.size"), precision=0)
-        steps = gr.Number(20, label=t("compare.steps"), precision=0)
-        cfg = gr.Number(7.0, label=t("compare.cfg"))
+        usual = EMBEDDED_SAMPLING  # the base box starts at the embedded model
+        size = gr.Number(usual.size, label=t("compare.size"), precision=0)
+        steps = gr.Number(usual.steps, label=t("compare.steps"), precision=0)
+        cfg = gr.Number(usual.cfg_scale, label=t("compare.cfg"))
     with gr.Accordion(t("compare.aesthetic"), open=False):
         gr.Markdown(t("compare.aesthetic_help"))
         with gr.Row():
@@ -210,6 +213,15 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, vi
         return (*(gr.skip() if run.get(k) in (None, "") and k != "vae" else run.get(k, "") for k in keys),
                 t("compare.run_files", n=len(run["files"].splitlines())))
 
+    def base_defaults(name):
+        """A base typed in: size, steps and CFG become what that base draws best with."""
+        try:
+            usual = for_base(ws.model(name) or "embedded")
+        except PathNotAllowed:
+            return gr.skip(), gr.skip(), gr.skip()
+        return usual.size, usual.steps, usual.cfg_scale
+
+    base.input(base_defaults, base, [size, steps, cfg], api_name="base_defaults")
     go.click(run, [base, files, prompts, weights, seed, size, steps, cfg, out_dir,
                    a_steps, a_lr, a_slerp, a_text, a_clip, vae], [grid, cells, message], api_name="make_grid")
     state = view.state if view is not None else gr.State({})

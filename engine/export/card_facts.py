@@ -132,31 +132,10 @@ def _family(meta: dict[str, str], extra: dict[str, Any], job: JobConfig | None) 
     if job is not None and job.model.family != "auto":
         return job.model.family
     if job is not None:
-        return _family_of_base(job.model.base)
+        from engine.models.loader import family_of_base
+
+        return family_of_base(job.model.base)
     return "unknown"
-
-
-def _family_of_base(base: str) -> str:
-    """The family of a local base model, read from its configs or tensor names (no loading)."""
-    from engine.models.loader import (
-        EMBEDDED_NAMES,
-        ModelLoadError,
-        detect_family_from_folder,
-        detect_family_from_keys,
-        single_file_keys,
-    )
-
-    if base in EMBEDDED_NAMES:
-        return families.DEFAULT.id  # the embedded model is an SD 1.x architecture
-    path = Path(base).expanduser()
-    try:
-        if path.is_dir():
-            return detect_family_from_folder(path)
-        if path.is_file() and path.suffix == ".safetensors":
-            return detect_family_from_keys(single_file_keys(path))
-    except ModelLoadError:
-        pass
-    return "unknown"  # a hub id: not looked up (that may need the network)
 
 
 def _int(value: Any) -> int | None:

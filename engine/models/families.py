@@ -29,6 +29,8 @@ class Family:
     stock_tokenizer: bool  # always OpenAI CLIP-L's tokenizer (a file's own is not needed)
     metadata_markers: tuple[str, ...]  # substrings of a file's metadata that name this family
     aesthetic_clip: str | None  # CLIP vision model an aesthetic embedding uses (None: not offered)
+    sample_cfg: float = 7.0  # what images of this family are usually generated with (grids, cards)
+    sample_steps: int = 20
 
 
 FAMILIES: tuple[Family, ...] = (

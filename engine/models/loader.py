@@ -219,6 +219,22 @@ def resolve_source(base: str, local_files_only: bool = False, cache_dir: Path | 
     return ResolvedSource("hub", folder, detect_family_from_folder(folder), base)
 
 
+def family_of_base(base: str) -> str:
+    """The family of a base model named as a job names it, read from its configs or tensor names
+    without loading it; "unknown" for a hub id (not looked up: that may need the network)."""
+    if base in EMBEDDED_NAMES:
+        return families.DEFAULT.id  # the embedded model is an SD 1.x architecture
+    path = Path(base).expanduser()
+    try:
+        if path.is_dir():
+            return detect_family_from_folder(path)
+        if path.is_file() and path.suffix == ".safetensors":
+            return detect_family_from_keys(single_file_keys(path))
+    except ModelLoadError:
+        pass
+    return "unknown"
+
+
 def _single_file_config(family: Family, explicit: Path | None) -> Path:
     """A diffusers folder describing a single file's architecture, scheduler and tokenizer: the
     one given (``model.config_dir``), else the app's own reference of that family (no network)."""
