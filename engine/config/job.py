@@ -275,9 +275,10 @@ def validation_problems(err: ValidationError) -> list[dict[str, Any]]:
     """pydantic's errors as plain problems; a validator's keyed error (engine.i18n.Explained) is
     kept as ``cause`` so it can be said in another language."""
     out = []
+    types = network_types()  # the union's tag in a location is not a field
     for e in err.errors():
         cause = (e.get("ctx") or {}).get("error")
-        out.append({"loc": ".".join(str(p) for p in e["loc"] if p not in network_types()), "type": e["type"],
+        out.append({"loc": ".".join(str(p) for p in e["loc"] if p not in types), "type": e["type"],
                     "ctx": {k: str(v) for k, v in (e.get("ctx") or {}).items()}, "input": e.get("input"),
                     "msg": _OWN_WORDS.get(e["type"], e["msg"].removeprefix("Value error, ")),
                     "cause": cause if getattr(cause, "key", None) else None})

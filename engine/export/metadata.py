@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from engine.config.job import JobConfig
 from engine.data.folder import DatasetIndex
 from engine.export.hashes import cached_sha256, legacy_hash
+from engine.methods import method_of
 from engine.models import families
 
 
@@ -61,17 +62,10 @@ def bucket_info(counts: dict) -> dict:
     return {"buckets": buckets, "mean_img_ar_error": 0.0}
 
 
-def network_module_and_args(net) -> tuple[str, dict[str, str]]:
-    """kohya's ``ss_network_module`` and ``ss_network_args`` (values as strings, as kohya writes)."""
-    from engine.methods import method_of
-
-    return method_of(net).kohya_network(net)
-
-
 def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, step: int,
                   finished_at: float) -> dict[str, str]:
     t, o, net, res = cfg.training, cfg.optimizer, cfg.network, cfg.dataset.resolution
-    module, network_args = network_module_and_args(net)
+    module, network_args = method_of(net).kohya_network(net)  # kohya's ss_network_module / _args
     meta = {
         "ss_output_name": cfg.output.name,
         "ss_session_id": str(run.session_id),

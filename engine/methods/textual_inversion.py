@@ -88,10 +88,10 @@ class TextualInversionMethod(TrainingMethod):
         return MethodParts([], [p.requires_grad_(True) for p in ti.parameters], state=ti)
 
     def prompt(self, s, caption, rng):
-        return s.ti.prompt(caption, rng)
+        return s.state.prompt(caption, rng)
 
     def after_optimizer_step(self, s) -> None:
-        s.ti.restore_frozen_rows()  # only our rows of the table learn
+        s.state.restore_frozen_rows()  # only our rows of the table learn
 
     def save(self, cfg, s, accelerator, path, epoch, step, final):
         from engine.models.families import modelspec_architecture
@@ -99,7 +99,7 @@ class TextualInversionMethod(TrainingMethod):
         arch = modelspec_architecture(s.model.family, s.model.prediction_type)
         meta = {"modelspec.architecture": f"{arch}/textual-inversion", "modelspec.title": cfg.output.name,
                 "ss_output_name": cfg.output.name, "ss_epoch": str(epoch), "ss_steps": str(step)}
-        return s.ti.save(path, cfg.output.name, step, s.run.base_model_hash, s.run.base_model_name,
+        return s.state.save(path, cfg.output.name, step, s.run.base_model_hash, s.run.base_model_name,
                          cfg.output.save_precision, meta)[0]
 
     def swappers(self):
@@ -121,7 +121,7 @@ class DreamArtistMethod(TextualInversionMethod):
 
         from engine.training.losses import guided
 
-        neg = encode([s.ti.negative_prompt()] * noisy.shape[0])
+        neg = encode([s.state.negative_prompt()] * noisy.shape[0])
         cond, uncond = unet(torch.cat([noisy, noisy]), torch.cat([timesteps, timesteps]),
                             torch.cat([hidden, neg])).sample.chunk(2)
         return guided(cond, uncond, cfg.network.cfg_scale)

@@ -60,11 +60,6 @@ class TrainingSetup:
     network: torch.nn.Module | None = None  # LyCORIS / hypernetwork modules hooked into the base
     method: Any = None  # engine.methods.TrainingMethod
 
-    @property
-    def ti(self) -> Any:
-        """The Textual Inversion / DreamArtist embeddings being learned (their method's state)."""
-        return self.state
-
 
 def resolve_mixed_precision(requested: str, cb: Callbacks) -> str:
     """fp16 autocast needs CUDA; on a CPU fall back to fp32 and say so rather than crash."""
@@ -104,6 +99,12 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                        else cfg.model.prediction_type)
     model.noise_scheduler.register_to_config(prediction_type=prediction_type)
     model.prediction_type = prediction_type
+    fam, method = model.spec, method_of(cfg.network)
+    if model.family not in method.families:  # before any work with the base (class images, devices)
+        labels = ", ".join(n for n, m in methods().items() if model.family in m.families)
+        raise SetupError(f"network.type = {method.type!r} is not available for {fam.label} yet "
+                         f"({fam.label} trains {labels})", "method_family", kind=method.type,
+                         family=fam.label, methods=labels)
     d = cfg.dataset
     if d.num_class_images:
         made = ensure_class_images(model, Path(d.reg_path), d.class_prompt, d.num_class_images,
@@ -116,14 +117,12 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
               f"{index.num_images} images, {index.num_train_images} per epoch with repeats"
               + (f"; {reg_index.num_images} regularization images" if reg_index else ""))
 
-    fam = model.spec
     if d.resolution < fam.lowest_good_resolution:
         cb.on_log(f"note: {fam.label} models were trained at {fam.default_resolution} px; dataset.resolution = "
                   f"{d.resolution} usually gives blurry, low-detail results ({fam.default_resolution} is the "
                   "usual choice)")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
                                                                       torch.float32)
-    method = method_of(cfg.network)
     train_te = method.trains_text_encoder(cfg.network)
     for m in (model.unet, model.vae, *model.text_encoders):
         m.requires_grad_(False)
@@ -131,11 +130,6 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     if weight_dtype != torch.float32 and method.keeps_base_half:  # frozen base in half precision; the
         for m in (model.unet, *model.text_encoders):                # VAE stays fp32 (fp16 SD VAEs make NaNs)
             m.to(dtype=weight_dtype)
-    if model.family not in method.families:
-        labels = ", ".join(n for n, m in methods().items() if model.family in m.families)
-        raise SetupError(f"network.type = {method.type!r} is not available for {fam.label} yet "
-                         f"({fam.label} trains {labels})", "method_family", kind=method.type,
-                         family=fam.label, methods=labels)
     try:
         parts = method.attach(cfg, model, train_te, accelerator.device)
     except ValueError as err:  # a TI token clash, a LyCORIS preset matching nothing
