@@ -57,7 +57,7 @@ FIELDS: list[FormField] = [
     F("optimizer", "type", True), F("optimizer", "unet_lr", True), F("optimizer", "text_encoder_lr", True),
     F("scheduler", "type", True), F("scheduler", "warmup_steps", True),
     F("training", "mixed_precision", True), F("training", "gradient_checkpointing", True),
-    F("network", "conv_dim", True), F("network", "conv_alpha", True),
+    F("network", "conv_dim", True), F("network", "conv_alpha", True), F("network", "max_norm", True),
     F("dataset", "enable_bucket", True), F("dataset", "flip_aug", True), F("dataset", "shuffle_caption", True),
     F("dataset", "keep_tokens", True), F("training", "noise_offset", True), F("training", "min_snr_gamma", True),
     F("training", "clip_skip", True), F("output", "save_state", True), F("output", "keep_states", True),

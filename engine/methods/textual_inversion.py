@@ -13,6 +13,7 @@ from engine.i18n import UserInputError
 from engine.methods.base import MethodParts, TrainingMethod
 
 TEMPLATE_NAMES = ("subject", "style", "subject_filewords", "style_filewords", "filewords")
+MAX_NORM = 3.0  # x the vocabulary's mean norm; measured on the demo, see TextualInversionConfig
 
 
 def check_lr_schedule(text: Optional[str]) -> Optional[str]:
@@ -37,6 +38,10 @@ class TextualInversionConfig(Section):
                                         description="Own templates with [name] and/or [filewords].")
     lr_schedule: Optional[str] = Field(default=None, description="A1111 syntax, e.g. "
                                        "'0.005:100, 1e-3:1000, 1e-5' (overrides optimizer.lr).")
+    max_norm: Optional[float] = Field(
+        default=MAX_NORM, ge=0.5, le=50.0,
+        description="Longest a learned vector may grow, in multiples of a normal word's length "
+                    "(unbounded vectors grow ~7x and the model draws blank images); empty: no limit.")
 
     _schedule_parses = field_validator("lr_schedule")(check_lr_schedule)
 
@@ -82,7 +87,7 @@ class TextualInversionMethod(TrainingMethod):
 
         net = cfg.network
         ti = TextualInversion(model, net.token, net.num_vectors, net.init_text, net.template,
-                              net.custom_templates, negative=self.negative(net))
+                              net.custom_templates, negative=self.negative(net), max_norm=net.max_norm)
         for te in model.text_encoders:
             te.to(device)  # the resized embedding tables
         return MethodParts([], [p.requires_grad_(True) for p in ti.parameters], state=ti)

@@ -48,6 +48,8 @@ class _Table:
         self.original = emb.detach().clone()
         self.keep = torch.ones(emb.shape[0], dtype=torch.bool)
         self.keep[self.ids] = False
+        # the vocabulary's typical word length: what "a normal word" weighs in this encoder
+        self.word_norm = float(self.original[self.keep].float().norm(dim=1).mean())
 
     @property
     def parameter(self) -> torch.nn.Parameter:
@@ -59,6 +61,18 @@ class _Table:
         keep = self.keep.to(emb.device)
         emb[keep] = self.original.to(emb.device, emb.dtype)[keep]
 
+    @torch.no_grad()
+    def limit_norm(self, ratio: float) -> None:
+        """Shrink any of our rows longer than ``ratio`` x the vocabulary's mean norm back to that
+        length (direction kept). Unbounded rows grow to many times a normal word's length and
+        the model then draws blank images, the embedding's own samples included."""
+        emb = self.parameter
+        ids = torch.tensor(self.ids, device=emb.device)
+        rows = emb[ids].float()
+        norms = rows.norm(dim=1, keepdim=True)
+        cap = ratio * self.word_norm
+        emb[ids] = (rows * (cap / norms).clamp(max=1.0)).to(emb.dtype)
+
     def vectors(self, rows: slice = slice(None)) -> torch.Tensor:
         return self.parameter.detach()[self.ids[rows]].float().cpu().clone()
 
@@ -69,9 +83,11 @@ class TextualInversion:
 
     def __init__(self, model, token: str, num_vectors: int, init_text: str, template: str,
                  custom_templates: list[str] | None = None,
-                 negative: tuple[int, str] | None = None):
+                 negative: tuple[int, str] | None = None, max_norm: float | None = None):
         """``negative`` = (num_vectors, init_text) adds DreamArtist's negative embedding, the
-        word ``<token>-neg``."""
+        word ``<token>-neg``. ``max_norm``: longest a learned vector may grow, as a multiple of
+        the vocabulary's mean norm (None: no limit)."""
+        self.max_norm = max_norm
         self.model = model
         self.token = token
         self.names = token_names(token, num_vectors)
@@ -116,6 +132,8 @@ class TextualInversion:
         sees a gradient or weight decay for)."""
         for table in self.tables:
             table.restore()
+            if self.max_norm is not None:
+                table.limit_norm(self.max_norm)
 
     def vectors(self, negative: bool = False) -> torch.Tensor:
         n = len(self.names)
