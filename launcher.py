@@ -85,11 +85,13 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
         usual = for_base(args.base)  # what this base draws best with, unless given
         size = usual.size if args.size is None else args.size
+        per_cell = usual.seeds_per_cell if args.seeds_per_cell is None else args.seeds_per_cell
         job = GridJob(checkpoints=[Path(p) for p in args.checkpoints], prompts=args.prompt, weights=weights,
                       seeds=seeds, z_axis="seed" if args.seeds else "prompt", negative=args.negative,
                       steps=usual.steps if args.steps is None else args.steps,
                       cfg_scale=usual.cfg_scale if args.cfg is None else args.cfg, width=size, height=size,
-                      aesthetic=aesthetic, local_files_only=args.offline)
+                      aesthetic=aesthetic, local_files_only=args.offline, seeds_per_cell=per_cell,
+                      control_prompt=args.control_prompt, references=Path(args.dataset) if args.dataset else None)
         model = load_sd_components(args.base, local_files_only=args.offline, vae=args.vae)
     except (GridError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -104,6 +106,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
     bar.close()
     for path in result.grids:
         print(f"grid: {path}")
+    for line in result.summary_lines:
+        print(f"  {line}")
+    if result.summary_csv:
+        print(f"summary: {result.summary_csv}")
     return 0
 
 
@@ -179,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--weights", default="0, 0.4, 0.6, 0.8, 1.0", help="list or range '0.4-1.0(+0.2)'")
     grid.add_argument("--seed", type=int, default=42)
     grid.add_argument("--seeds", help="comma-separated seeds: makes seeds the Z axis")
+    grid.add_argument("--seeds-per-cell", type=int,
+                      help="images per cell (seeds seed, seed+1, ...), tiled: one seed is too noisy to pick "
+                           "by (default: the base model's usual: 2, the embedded 4)")
+    grid.add_argument("--dataset", help="the training images: each row gets a likeness figure (0-100)")
+    grid.add_argument("--control-prompt", default="",
+                      help="a prompt WITHOUT the trigger: its own grid, and each row's bleed figure (0-100)")
     grid.add_argument("--steps", type=int, help="sampling steps (default: the base model's usual, 20)")
     grid.add_argument("--cfg", type=float, help="CFG scale (default: the base model's usual: 7, the embedded 5)")
     grid.add_argument("--size", type=int, help="image size in pixels (default: the base model's: 512, SDXL 1024, "

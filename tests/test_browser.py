@@ -150,8 +150,10 @@ def test_click_through_the_wizard_with_my_own_images(app_url, tmp_path, lang, lo
         page.locator("#grid-files textarea").fill(page.locator("#grid-files textarea").input_value().splitlines()[-1])
         page.locator("#grid-weights textarea, #grid-weights input").first.fill("0, 1")
         page.locator("#make-grid").click()
+        # two grids: the prompt, and the run's prompt without the trigger (bleed); figures per file
         expect(page.locator("#grid-message textarea")).to_have_value(
-            has(before_folder(t("compare.saved", grids=1, cells=2, folder="\0"))), timeout=120_000)
+            has(before_folder(t("compare.saved", grids=2, cells=2, folder="\0"))), timeout=120_000)
+        expect(page.locator("#grid-message textarea")).to_have_value(has(t("compare.summary")))
         page.locator("#grid-cells img").nth(1).click()
         expect(page.locator("#pick-message textarea")).to_have_value(
             has(t("compare.chosen", name="my_green.safetensors", weight="1")))

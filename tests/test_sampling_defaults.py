@@ -32,5 +32,5 @@ def test_the_compare_tab_follows_a_typed_base(server, tiny_model_dir):
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    assert tuple(client.predict(str(tiny_model_dir), api_name="/base_defaults")) == (512, 20, 7.0)
-    assert tuple(client.predict("embedded", api_name="/base_defaults")) == (64, 20, 5.0)
+    assert tuple(client.predict(str(tiny_model_dir), api_name="/base_defaults")) == (512, 20, 7.0, 2)
+    assert tuple(client.predict("embedded", api_name="/base_defaults")) == (64, 20, 5.0, 4)

@@ -279,6 +279,9 @@ def test_exposed_compare_and_export_stay_inside_the_workspace(client, exposed, p
     args[1], args[8] = str(root / "x.safetensors"), str(root / "grid")
     args[14] = str(private / "vae.safetensors")  # a VAE read from outside, checked before anything runs
     assert outside(client.predict(*args, api_name="/make_grid")[2])
+    args[14] = ""
+    args += [1, "a star", str(private)]  # training images for the likeness figure, read from outside
+    assert outside(client.predict(*args, api_name="/make_grid")[2])
     _, message = client.predict(str(lora), 1.0, "stolen", api_name="/keep_pick")
     assert outside(message)
     message, readme, *_ = client.predict(str(lora), str(root / "card"), "", "", 0, api_name="/export_card")

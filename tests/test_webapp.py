@@ -60,12 +60,14 @@ def test_listen_requires_auth():
 
 def grid_args(base, files, out_dir, weights="0, 1", prompt="zkz star, purple", vae="", **aesthetic):
     """Arguments of /make_grid in the order of the compare tab's inputs."""
-    a = {"steps": 5, "lr": 1e-4, "slerp": False, "text": "", "clip": ""} | aesthetic
+    a = {"steps": 5, "lr": 1e-4, "slerp": False, "text": "", "clip": "", "per_cell": 1, "control": "",
+         "refs": ""} | aesthetic
     return (str(base), "\n".join(str(f) for f in files), prompt, weights, 42, 64, 3, 5.0, str(out_dir),
-            a["steps"], a["lr"], a["slerp"], a["text"], a["clip"], str(vae))
+            a["steps"], a["lr"], a["slerp"], a["text"], a["clip"], str(vae), a["per_cell"], a["control"],
+            a["refs"])
 
 
-def test_compare_grid_through_the_api(server, tmp_path, tiny_model_dir, trained_lora):
+def test_compare_grid_through_the_api(server, tmp_path, tiny_model_dir, trained_lora, tiny_dataset):
     from gradio_client import Client
     from PIL import Image
 
@@ -90,3 +92,11 @@ def test_compare_grid_through_the_api(server, tmp_path, tiny_model_dir, trained_
     _, _, message = client.predict(*grid_args(tiny_model_dir, [lora], tmp_path, weights="a, b"),
                                    api_name="/make_grid")
     assert "weights must be numbers" in message
+    # several seeds a cell, and the per-file figures: likeness to the training images, bleed into
+    # a prompt without the trigger (its own grid, not in the gallery)
+    grid, cells, message = client.predict(*grid_args(tiny_model_dir, [lora], tmp_path, per_cell=2,
+                                                     control="a red circle", refs=str(tiny_dataset)),
+                                          api_name="/make_grid")
+    assert message.startswith("saved 2 grid(s) and 2 cells"), message
+    assert "likeness" in message and "bleed" in message and "<- best" in message, message
+    assert Image.open(cells[1]["image"]).size == (128, 64)

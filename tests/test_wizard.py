@@ -192,10 +192,12 @@ def test_3_5_6_stop_resume_a_second_run_and_a_reload(server, tmp_path):
     assert hashlib.sha256((first / "zkz_star.safetensors").read_bytes()).hexdigest() == digest
     # 6: after a reload the runs are read from disk; the newest is used
     reloaded = page(server)
-    files, base, vae, prompt, size, steps, cfg, note = reloaded(str(second), api_name="/use_run_files")
+    files, base, vae, prompt, size, steps, cfg, control, refs, note = reloaded(str(second), api_name="/use_run_files")
     assert files.splitlines() == [str(second / "zkz_star.safetensors")] and base == "embedded", note
     assert vae == ""  # the run used the base's own VAE
     assert (prompt, size, steps, cfg) == ("zkz, a star on a white background", 64, 12, 5.0)  # the run's sampling
+    # the grid's likeness and bleed figures: the run's training images, its prompt without the trigger
+    assert control == "a star on a white background" and Path(refs).is_dir(), (control, refs)
     files, *_ = reloaded(str(first), api_name="/use_run_files")
     assert files.splitlines() == [str(first / "zkz_star-000001.safetensors"), str(first / "zkz_star-000002.safetensors"),
                                   str(first / "zkz_star.safetensors")]

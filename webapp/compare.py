@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from engine.config.sample_limits import SEEDS_PER_CELL
 from engine.generate.sampling_defaults import EMBEDDED as EMBEDDED_SAMPLING
 from engine.generate.sampling_defaults import for_base
 from engine.i18n import EN, Translator, describe_error
@@ -21,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: float, size: float,
               steps: float, cfg: float, out_dir: str, a_steps: float, a_lr: float, a_slerp: bool,
-              a_text: str, a_clip: str, vae: str = "", progress=None, t: Translator = EN,
-              ws: Workspace = LOCAL):
+              a_text: str, a_clip: str, vae: str = "", per_cell: float = 1, control: str = "",
+              refs: str = "", progress=None, t: Translator = EN, ws: Workspace = LOCAL):
     """(grid image path, cell image paths, message). Holds the runner while it draws, so
     training cannot start meanwhile (and the grid waits for no training)."""
     from engine.training.jobs import JobBusy
@@ -30,13 +31,13 @@ def make_grid(runner, base: str, files: str, prompts: str, weights: str, seed: f
     try:
         with runner.exclusive("grid"):
             return _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a_steps,
-                              a_lr, a_slerp, a_text, a_clip, vae, progress, t, ws)
+                              a_lr, a_slerp, a_text, a_clip, vae, per_cell, control, refs, progress, t, ws)
     except JobBusy as err:
         return None, [], t("compare.busy") if err.work == "training" else t("compare.busy_grid")
 
 
 def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a_steps, a_lr, a_slerp,
-               a_text, a_clip, vae, progress, t: Translator, ws: Workspace):
+               a_text, a_clip, vae, per_cell, control, refs, progress, t: Translator, ws: Workspace):
     from pydantic import ValidationError
 
     from engine.generate.aesthetic import AestheticSettings
@@ -47,6 +48,7 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
         out = ws.path(out_dir.strip() or output_root() / "grid") / time.strftime("%Y%m%d-%H%M%S")
         paths = [ws.path(line) for line in files.splitlines() if line.strip()]
         vae_file = ws.model(vae) or None
+        ref_dir = ws.path(refs.strip()) if refs and refs.strip() else None
         if not paths:
             raise GridError(t("compare.no_files"))
         missing = [p for p in paths if not p.is_file()]
@@ -59,7 +61,8 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
                                       text=a_text or "", clip=ws.model(a_clip) or None)
         job = GridJob(checkpoints=paths, prompts=prompt_list, weights=parse_weights(weights),
                       seeds=[int(seed)], steps=int(steps), cfg_scale=float(cfg), width=int(size),
-                      height=int(size), aesthetic=aesthetic)
+                      height=int(size), aesthetic=aesthetic, seeds_per_cell=int(per_cell or 1),
+                      control_prompt=control or "", references=ref_dir if ref_dir and ref_dir.is_dir() else None)
         model = load_sd_components(ws.model(base) or "embedded", vae=vae_file)
         tick = (lambda done, total: progress((done, total), desc=t("compare.progress"), unit="cells")
                 ) if progress else None
@@ -67,9 +70,15 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
         ws.serve(out)
     except (GridError, ModelLoadError, ValidationError, ValueError, OSError) as err:
         return None, [], t("compare.error", error=describe_error(err, t))
+    # labelled: which file (epoch) and which weight; the control prompt's cells (the last Z) are
+    # in their own grid, not in the gallery, so a gallery index is (file, weight, prompt) only
+    shown = len(prompt_list) if job.z_axis == "prompt" else len(job.seeds)
     cells = [(str(result.cells[key]), f"{result.row_labels[key[0]]} · {result.col_labels[key[1]]}")
-             for key in sorted(result.cells)]  # labelled: which file (epoch) and which weight
-    return str(result.grids[0]), cells, t("compare.saved", grids=len(result.grids), cells=len(cells), folder=out)
+             for key in sorted(result.cells) if key[2] < shown]
+    message = t("compare.saved", grids=len(result.grids), cells=len(cells), folder=out)
+    if result.summary_lines:
+        message += "\n" + t("compare.summary") + "\n" + "\n".join(result.summary_lines)
+    return str(result.grids[0]), cells, message
 
 
 def cell_choice(files: str, weights: str, prompts: str, index: float, t: Translator = EN) -> tuple[str, float]:
@@ -142,9 +151,21 @@ def files_of_run(folder: str, ws: Workspace = LOCAL) -> dict:
     except ConfigError:
         return out
     sample = SampleSettings.from_job(job)
-    return {**out, "base": job.model.base, "vae": job.model.vae or "",
-            "prompt": (sample.prompts or [job.output.trigger_phrase])[0], "size": sample.size,
-            "steps": sample.steps, "cfg": sample.cfg_scale}
+    prompt = (sample.prompts or [job.output.trigger_phrase])[0]
+    return {**out, "base": job.model.base, "vae": job.model.vae or "", "prompt": prompt,
+            "size": sample.size, "steps": sample.steps, "cfg": sample.cfg_scale,
+            "control": without_trigger(prompt, job.output.trigger_phrase), "refs": str(job.dataset.path)}
+
+
+def without_trigger(prompt: str, trigger: str | None) -> str:
+    """The prompt with its trigger words taken out: what the add-on should leave alone (bleed)."""
+    import re
+
+    if not trigger or not trigger.strip():
+        return ""
+    text = re.sub(rf"(?<![\w]){re.escape(trigger.strip())}(?![\w])", "", prompt)
+    text = re.sub(r"\s*,\s*(,\s*)+", ", ", text)
+    return text.strip(" ,") if text.strip(" ,") != prompt.strip(" ,") else ""
 
 
 def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, view=None):
@@ -173,6 +194,11 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, vi
         size = gr.Number(usual.size, label=t("compare.size"), precision=0)
         steps = gr.Number(usual.steps, label=t("compare.steps"), precision=0)
         cfg = gr.Number(usual.cfg_scale, label=t("compare.cfg"))
+        per_cell = gr.Number(usual.seeds_per_cell, label=t("compare.per_cell"), precision=0,
+                             minimum=SEEDS_PER_CELL[0], maximum=SEEDS_PER_CELL[1], elem_id="grid-per-cell")
+    with gr.Row():
+        control = gr.Textbox("", label=t("compare.control"), elem_id="grid-control")
+        refs = gr.Textbox("", label=t("compare.refs"), elem_id="grid-refs")
     with gr.Accordion(t("compare.aesthetic"), open=False):
         gr.Markdown(t("compare.aesthetic_help"))
         with gr.Row():
@@ -186,8 +212,8 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, vi
     grid = gr.Image(label=t("compare.grid"), type="filepath", interactive=False, elem_id="grid-image")
     cells = gr.Gallery(label=t("compare.cells"), columns=6, elem_id="grid-cells")
 
-    def run(b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, v, progress=gr.Progress()):
-        return make_grid(runner, b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, v, progress, t, ws)
+    def run(b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, v, pc, ctl, rf, progress=gr.Progress()):
+        return make_grid(runner, b, f, p, w, s, sz, st, c, o, ast, alr, asl, at, ac, v, pc, ctl, rf, progress, t, ws)
 
     def listed(job, chosen):
         """The runs on disk (newest first): the one the user chose stays chosen, else the newest."""
@@ -200,8 +226,8 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, vi
         keep = chosen if chosen in [c[1] for c in choices] else (choices[0][1] if choices else None)
         return gr.Dropdown(choices=choices, value=keep)
 
-    filled = [files, base, vae, prompts, size, steps, cfg]
-    keys = ("files", "base", "vae", "prompt", "size", "steps", "cfg")
+    filled = [files, base, vae, prompts, size, steps, cfg, control, refs]
+    keys = ("files", "base", "vae", "prompt", "size", "steps", "cfg", "control", "refs")
 
     def use_run(folder):
         try:
@@ -210,7 +236,8 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, vi
             return *(gr.skip() for _ in filled), t("compare.error", error=describe_error(err, t))
         if not run.get("files"):
             return *(gr.skip() for _ in filled), t("compare.no_run")
-        return (*(gr.skip() if run.get(k) in (None, "") and k != "vae" else run.get(k, "") for k in keys),
+        return (*(gr.skip() if run.get(k) in (None, "") and k not in ("vae", "control") else run.get(k, "")
+                  for k in keys),
                 t("compare.run_files", n=len(run["files"].splitlines())))
 
     def base_defaults(name):
@@ -218,12 +245,12 @@ def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, vi
         try:
             usual = for_base(ws.model(name) or "embedded")
         except PathNotAllowed:
-            return gr.skip(), gr.skip(), gr.skip()
-        return usual.size, usual.steps, usual.cfg_scale
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return usual.size, usual.steps, usual.cfg_scale, usual.seeds_per_cell
 
-    base.input(base_defaults, base, [size, steps, cfg], api_name="base_defaults")
-    go.click(run, [base, files, prompts, weights, seed, size, steps, cfg, out_dir,
-                   a_steps, a_lr, a_slerp, a_text, a_clip, vae], [grid, cells, message], api_name="make_grid")
+    base.input(base_defaults, base, [size, steps, cfg, per_cell], api_name="base_defaults")
+    go.click(run, [base, files, prompts, weights, seed, size, steps, cfg, out_dir, a_steps, a_lr, a_slerp,
+                   a_text, a_clip, vae, per_cell, control, refs], [grid, cells, message], api_name="make_grid")
     state = view.state if view is not None else gr.State({})
     chosen = gr.State(None)  # a run the user picked from the list (else the newest is used)
     run_list.input(lambda v: v, run_list, chosen, api_visibility="private")

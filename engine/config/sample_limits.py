@@ -10,3 +10,6 @@ SAMPLE_LIMITS: dict[str, tuple[float, float]] = {
     "steps": (1, 150),
     "cfg_scale": (1.0, 30.0),
 }
+
+# images per grid cell (seeds seed .. seed + n - 1, tiled): the grid's and the Compare tab's range
+SEEDS_PER_CELL: tuple[int, int] = (1, 16)
