@@ -34,3 +34,25 @@ def test_the_compare_tab_follows_a_typed_base(server, tiny_model_dir):
     client = Client(server, verbose=False)
     assert tuple(client.predict(str(tiny_model_dir), api_name="/base_defaults")) == (512, 20, 7.0, 2)
     assert tuple(client.predict("embedded", api_name="/base_defaults")) == (64, 20, 5.0, 4)
+
+
+def test_card_samples_follow_the_run_else_the_base(tiny_model_dir):
+    """A card's sample settings when none are given: the run's [sample] line if it had one, else
+    what the base draws best with (the embedded model at CFG 5 and 64 px, not SD's 7)."""
+    from engine.config.job import parse_config
+    from engine.export.card import SampleSettings
+
+    def job(base, **sample):
+        j = {"model": {"base": base}, "dataset": {"path": "d", "resolution": 64},
+             "output": {"dir": "o", "name": "n"}}
+        if sample:
+            j["sample"] = sample
+        return parse_config(j)
+
+    got = SampleSettings.usual(job("embedded"), None)
+    assert (got.cfg_scale, got.steps, got.size) == (5.0, 20, 64)
+    got = SampleSettings.usual(job("embedded", prompts=["zkz --l 6 --s 12"]), None)
+    assert (got.cfg_scale, got.steps, got.prompts) == (6.0, 12, ["zkz"])
+    got = SampleSettings.usual(None, str(tiny_model_dir))
+    assert (got.cfg_scale, got.size) == (7.0, 512)
+    assert SampleSettings.usual(None, "embedded").cfg_scale == 5.0

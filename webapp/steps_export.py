@@ -33,7 +33,7 @@ def export_card_files(model: str, out_dir: str, description: str, license_id: st
         if job is not None:
             ws.job(job)  # (an exposed server: the job's base must be inside the workspace too)
         out = export_card(path, folder, info, job=job,
-                          samples=SampleSettings.from_job(job, int(sample_count)), local_files_only=True,
+                          samples=SampleSettings.usual(job, None, int(sample_count)), local_files_only=True,
                           progress=tick, lang=t.lang)
         archive = zip_folder(out.folder)
     except (ValidationError, ModelLoadError, CardError, ValueError, OSError) as err:

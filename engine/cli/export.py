@@ -25,8 +25,11 @@ def cmd_card(args: argparse.Namespace) -> int:
                         allow_commercial_use=["None"] if args.no_commercial else
                         (args.commercial_use or ["Image", "RentCivit", "Rent", "Sell"]))
         job = load_job_for(Path(args.model), Path(args.job) if args.job else None)
+        usual = SampleSettings.usual(job, args.base)
         samples = SampleSettings(prompts=args.prompt or [], negative=args.negative, count=args.count,
-                                 seed=args.seed, steps=args.steps, cfg_scale=args.cfg, size=args.size)
+                                 seed=args.seed, steps=usual.steps if args.steps is None else args.steps,
+                                 cfg_scale=usual.cfg_scale if args.cfg is None else args.cfg,
+                                 size=usual.size if args.size is None else args.size)
         bar, update = _bar("sample images")
         result = export_card(Path(args.model), Path(args.out), info, job=job, base=args.base,
                              samples=samples, preferred_weight=args.weight,
@@ -66,9 +69,12 @@ def add_export_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--lang", choices=["en", "zh"], default="en",
                    help="language of README.md and card.html (zh = 简体中文)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cfg", type=float, default=7.0)
-    p.add_argument("--size", type=int, help="sample size in pixels (default: the job's resolution)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the run's sample settings, else the "
+                   "base model's usual, 20)")
+    p.add_argument("--cfg", type=float, help="CFG scale (default: the run's sample settings, else the base "
+                   "model's usual: 7, the embedded 5)")
+    p.add_argument("--size", type=int, help="sample size in pixels (default: the run's sample size, else the "
+                   "job's resolution, else the base model's)")
     p.add_argument("--description", default="")
     p.add_argument("--author", default="")
     p.add_argument("--notes", default="")

@@ -52,6 +52,19 @@ class SampleSettings:
                    cfg_scale=first.cfg_scale if first else s.cfg_scale,
                    size=first.width if first else job.dataset.resolution, sampler=s.sampler)
 
+    @classmethod
+    def usual(cls, job: JobConfig | None, base: str | None, count: int = 2) -> "SampleSettings":
+        """What the card draws with unless told otherwise: the run's own sampling when it had
+        sample prompts (what the user watched), else what the base draws best with
+        (engine.generate.sampling_defaults: CFG 5 and 64 px on the embedded model, not SD's 7)."""
+        if job is not None and job.sample.prompts:
+            return cls.from_job(job, count)
+        from engine.generate.sampling_defaults import for_base
+
+        d = for_base(base or (job.model.base if job is not None else ""))
+        return cls(count=count, steps=d.steps, cfg_scale=d.cfg_scale,
+                   size=job.dataset.resolution if job is not None else d.size)
+
 
 @dataclass
 class CardExport:
