@@ -232,7 +232,7 @@ def demo_ti(request, tmp_path_factory):
     job.pop("sample")
     result = train(parse_config(job))
     model = load_sd_components("embedded", local_files_only=True)
-    word = float(model.text_encoder.get_input_embeddings().weight.norm(dim=1).mean())
+    word = float(model.text_encoder.get_input_embeddings().weight.detach().norm(dim=1).mean())
     specs = [SampleSpec("zkzstar", seed=s, steps=20, cfg_scale=5.0, width=64, height=64) for s in range(8)]
     pipe = build_pipeline(model)
     before = generate_batch(pipe, specs)  # no embedding: "zkzstar" is just letters to the base
