@@ -72,9 +72,8 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
         return None, [], t("compare.error", error=describe_error(err, t))
     # labelled: which file (epoch) and which weight; the control prompt's cells (the last Z) are
     # in their own grid, not in the gallery, so a gallery index is (file, weight, prompt) only
-    shown = len(prompt_list) if job.z_axis == "prompt" else len(job.seeds)
     cells = [(str(result.cells[key]), f"{result.row_labels[key[0]]} · {result.col_labels[key[1]]}")
-             for key in sorted(result.cells) if key[2] < shown]
+             for key in sorted(result.cells) if key[2] < len(prompt_list)]
     message = t("compare.saved", grids=len(result.grids), cells=len(cells), folder=out)
     if result.summary_lines:
         message += "\n" + t("compare.summary") + "\n" + "\n".join(result.summary_lines)

@@ -200,13 +200,15 @@ def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
                 name = f"r{r:02d}_c{c:02d}_z{z:02d}_{safe_name(Path(ckpt).stem)}_w{weight:g}.png"
                 images[(r, c, z)] = tile(ims)
                 cells[(r, c, z)] = save_png_with_parameters(images[(r, c, z)], out_dir / "cells" / name, text)
-                seen[(r, c, z)] = ims
+                if measured:
+                    seen[(r, c, z)] = ims
             done += 1
             if progress:
                 progress(done, total)
     rows = [checkpoint_label(Path(p)) for p in job.checkpoints]
     cols = [f"{swapper.axis_name} {w:g}" for w in job.weights]
     summary, lines, csv_path = None, [], None
+    sheet_rows = rows  # the sheet's row labels: with the figures under each, when measured
     if measured:
         base_of = {z: base_images[z * n:(z + 1) * n] for z in range(len(zs))}
         summary = _summarise(seen, rows, cols, len(zs), control, refs, base_of)
@@ -215,15 +217,14 @@ def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
         csv_path = summary.write_csv(out_dir / "summary.csv")
         best = summary.best_row(column)
         rows = [f"{label} *" if r == best else label for r, label in enumerate(rows)]
-        rows = [f"{label}\n{_figures(summary, r, column)}" for r, label in enumerate(rows)]
+        sheet_rows = [f"{label}\n{summary.short(r, column)}" for r, label in enumerate(rows)]
     grids = []
     for z, (_, _, zlabel) in enumerate(zs):
         sheet = compose_grid([[images[(r, c, z)] for c in range(len(cols))] for r in range(len(rows))],
-                             rows, cols, title=zlabel)
+                             sheet_rows, cols, title=zlabel)
         path = out_dir / f"grid_{z:02d}_{safe_name(zlabel)}.png"
         grids.append(save_png_with_parameters(sheet, path, f"XYZ grid: {zlabel}"))
-    return GridResult(grids, cells, [r.split("\n")[0] for r in rows], cols, [z[2] for z in zs],
-                      summary, lines, csv_path)
+    return GridResult(grids, cells, rows, cols, [z[2] for z in zs], summary, lines, csv_path)
 
 
 def _summarise(seen, rows, cols, nz, control, refs, base_of) -> GridSummary:
@@ -236,16 +237,7 @@ def _summarise(seen, rows, cols, nz, control, refs, base_of) -> GridSummary:
                                         [im for z in prompt_zs for im in base_of[z]], refs)
             if control is not None:
                 bl[(r, c)] = bleed(seen[(r, c, control)], base_of[control])
-    return GridSummary([r for r in rows], cols, like, bl)
-
-
-def _figures(summary: GridSummary, r: int, column: int) -> str:
-    parts = []
-    if (r, column) in summary.likeness:
-        parts.append(f"like {summary.likeness[(r, column)]:.0f}")
-    if (r, column) in summary.bleed:
-        parts.append(f"bleed {summary.bleed[(r, column)]:.0f}")
-    return " ".join(parts)
+    return GridSummary(list(rows), cols, like, bl)
 
 
 def compose_grid(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list[str],

@@ -91,18 +91,20 @@ class GridSummary:
             return None
         return max(rows, key=lambda r: self.likeness[(r, column)] - self.bleed.get((r, column), 0.0))
 
+    def _figures(self, r: int, column: int) -> list[tuple[str, float]]:
+        return [(name, got[(r, column)]) for name, got in (("likeness", self.likeness), ("bleed", self.bleed))
+                if (r, column) in got]
+
     def lines(self, column: int) -> list[str]:
         """One plain line per row for the page and the terminal."""
         best = self.best_row(column)
-        out = []
-        for r, label in enumerate(self.row_labels):
-            parts = [label]
-            if (r, column) in self.likeness:
-                parts.append(f"likeness {self.likeness[(r, column)]:.1f}")
-            if (r, column) in self.bleed:
-                parts.append(f"bleed {self.bleed[(r, column)]:.1f}")
-            out.append(", ".join(parts) + ("  <- best" if r == best else ""))
-        return out
+        return [", ".join([label] + [f"{name} {value:.1f}" for name, value in self._figures(r, column)])
+                + ("  <- best" if r == best else "") for r, label in enumerate(self.row_labels)]
+
+    def short(self, r: int, column: int) -> str:
+        """Row ``r``'s figures in a few characters, for under its label in the grid sheet."""
+        return " ".join(f"{'like' if name == 'likeness' else name} {value:.0f}"
+                        for name, value in self._figures(r, column))
 
     def write_csv(self, path: Path) -> Path:
         from engine.fileio import atomic_write
