@@ -38,27 +38,39 @@ def test_sampler_shards_are_the_single_process_batches():
     assert any(len(w) % 2 for w in single)  # the padding case was exercised
 
 
-def test_two_process_run_equals_one_process_with_the_same_global_batch(tmp_path, tiny_model_dir,
-                                                                         tiny_dataset):
-    from engine.config.job import parse_config
-    from engine.training.loop import train
-
-    # 4 images x 3 repeats = 12 per epoch: 6 global batches of 2, so every batch is full
-    multi_job = lora_job(tiny_model_dir, tiny_dataset, tmp_path / "multi",
-                         training={"epochs": 2, "batch_size": 1, "seed": 1})
-    job_file = tmp_path / "multi.toml"
-    job_file.write_text(tomli_w.dumps(multi_job))
+def _launch_two(job_file: Path, cwd: Path, *extra: str) -> str:
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         str(ROOT / "launcher.py"), "train", "--config", str(job_file)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+         str(ROOT / "launcher.py"), "train", "--config", str(job_file), *extra],
+        capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
+    return log
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, tiny_model_dir, tiny_dataset):
+    """One unbroken run on 2 processes (with states, for the resume test): 4 images x 3 repeats
+    = 12 per epoch, 6 global batches of 2, so every batch is full."""
+    folder = tmp_path_factory.mktemp("distributed")
+    job = lora_job(tiny_model_dir, tiny_dataset, folder / "multi",
+                   training={"epochs": 2, "batch_size": 1, "seed": 1}, output={"save_state": True})
+    job_file = folder / "multi.toml"
+    job_file.write_text(tomli_w.dumps(job))
+    log = _launch_two(job_file, folder)
+    return folder, job_file, log, load_file(folder / "multi" / "tiny.safetensors")
+
+
+def test_two_process_run_equals_one_process_with_the_same_global_batch(two_process_run, tmp_path, tiny_model_dir,
+                                                                         tiny_dataset):
+    from engine.config.job import parse_config
+    from engine.training.loop import train
+
+    folder, _, log, multi = two_process_run
     assert "2 processes: trained weights identical on every process" in log
     assert log.count("done: 12 steps") == 1  # 12 global steps; only the first process reports
-    multi = load_file(tmp_path / "multi" / "tiny.safetensors")
 
     single_cfg = parse_config(lora_job(tiny_model_dir, tiny_dataset, tmp_path / "single",
                                        training={"epochs": 2, "batch_size": 2, "seed": 1}))
@@ -73,34 +85,17 @@ def test_two_process_run_equals_one_process_with_the_same_global_batch(tmp_path,
     train(other_cfg)
     assert _max_diff(load_file(tmp_path / "other" / "tiny.safetensors"), single) > 100 * diff
     # the epoch file is written once, by the first process, and matches too
-    epoch1 = tmp_path / "multi" / "tiny-000001.safetensors"
+    epoch1 = folder / "multi" / "tiny-000001.safetensors"
     assert _max_diff(load_file(epoch1), load_file(tmp_path / "single" / "tiny-000001.safetensors")) < 1e-4
 
 
-def _launch_two(job_file: Path, cwd: Path, *extra: str) -> str:
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         str(ROOT / "launcher.py"), "train", "--config", str(job_file), *extra],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-3000:]
-    return log
-
-
-def test_two_process_run_resumes_to_the_same_lora(tmp_path, tiny_model_dir, tiny_dataset):
+def test_two_process_run_resumes_to_the_same_lora(two_process_run):
     """Both processes restore the state process 0 saved after epoch 1 and finish epoch 2 with
     the weights of the unbroken run."""
-    job = lora_job(tiny_model_dir, tiny_dataset, tmp_path / "run",
-                   training={"epochs": 2, "batch_size": 1, "seed": 1}, output={"save_state": True})
-    job_file = tmp_path / "job.toml"
-    job_file.write_text(tomli_w.dumps(job))
-    _launch_two(job_file, tmp_path)
-    final = tmp_path / "run" / "tiny.safetensors"
-    unbroken = load_file(final)
+    folder, job_file, _, unbroken = two_process_run
+    final = folder / "multi" / "tiny.safetensors"
     final.unlink()
-    log = _launch_two(job_file, tmp_path, "--resume")
+    log = _launch_two(job_file, folder, "--resume")
     assert "resumed from" in log and "(step 6, epoch 2" in log
     assert _max_diff(load_file(final), unbroken) < 1e-6
 
