@@ -101,6 +101,34 @@ def test_sample_images_carry_a1111_parameters_and_show_the_lora(card, tiny_model
     assert plain.tobytes() != Image.open(paths[0]).convert("RGB").tobytes()
 
 
+def test_the_card_measures_bleed_into_the_prompt_without_the_trigger(card, tiny_model_dir):
+    """The sample prompt without its trigger ("purple"), drawn with the same seeds by the base
+    and with the file: their mean pixel change is the card's bleed figure, shown in all three
+    card files."""
+    from engine.generate.grid_summary import bleed
+    from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
+    from engine.generate.swappers import NetworkSwapper
+    from engine.models.loader import load_sd_components
+
+    (measured,) = card.bleed
+    assert (measured.prompt, measured.weight, measured.seeds) == ("purple", 1.0, 2)
+    model = load_sd_components(str(tiny_model_dir))
+    swapper = NetworkSwapper(model)
+    swapper.load(card.model)
+    pipe = build_pipeline(model)
+    specs = [SampleSpec("purple", "blurry", 42 + i, 3, 7.0, 64, 64) for i in range(2)]
+    swapper.set_weight(1.0)
+    ours = generate_batch(pipe, specs, encode=swapper.encode)
+    plain = generate_batch(build_pipeline(load_sd_components(str(tiny_model_dir))), specs)
+    assert measured.value == pytest.approx(bleed(ours, plain), abs=0.051) and measured.value > 0
+    readme = (card.folder / "README.md").read_text(encoding="utf-8")
+    assert "## Bleed" in readme and f"- `purple`: {measured.value:g} at weight 1 (2 seeds)" in readme
+    page = (card.folder / "card.html").read_text(encoding="utf-8")
+    assert f"purple: {measured.value:g} at weight 1 (2 seeds)" in page
+    data = json.loads((card.folder / "card.json").read_text(encoding="utf-8"))
+    assert data["loraForge"]["bleed"] == [{"prompt": "purple", "value": measured.value, "weight": 1.0, "seeds": 2}]
+
+
 def test_sidecar_readme_and_html(card):
     sidecar = json.loads((card.folder / "tiny.json").read_text(encoding="utf-8"))
     assert list(sidecar) == SIDECAR_KEYS

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import lora_job
+from conftest import draw_shape_images, lora_job
 from PIL import Image
 from safetensors import safe_open
 
 from engine.config.job import ConfigError, parse_config
+from engine.training.callbacks import Callbacks
 from engine.training.loop import train
+
+
+class Log(Callbacks):
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+
+    def on_log(self, message: str) -> None:
+        self.lines.append(message)
 
 
 def test_class_images_are_generated_once_by_the_base_model(tmp_path, tiny_model_dir, tiny_dataset):
@@ -44,3 +53,55 @@ def test_class_images_are_generated_once_by_the_base_model(tmp_path, tiny_model_
 def test_num_class_images_needs_a_prompt_and_a_folder(tmp_path):
     with pytest.raises(ConfigError, match="num_class_images needs dataset.class_prompt"):
         parse_config(lora_job(tmp_path, tmp_path, tmp_path, dataset={"num_class_images": 4}))
+
+
+def test_prior_preservation_draws_the_captions_without_the_trigger(tmp_path, tiny_model_dir):
+    """One switch: the base draws each training caption without the trigger, once; those images
+    train beside the user's (twice the steps, counted in the metadata); a caption without the
+    trigger gets none; a second run reuses them and a changed seed redraws them."""
+    data = tmp_path / "data"
+    draw_shape_images(data / "3_zkz", 3, caption="zkz star, purple, on white")
+    draw_shape_images(data / "1_other", 1, colour=(30, 60, 220), caption="a plain circle")
+    out = tmp_path / "out"
+    job = lora_job(tiny_model_dir, data, out, training={"epochs": 1}, dataset={"prior_preservation": True},
+                   sample={"steps": 4, "cfg_scale": 5.0})
+    logs: list[str] = []
+    result = train(parse_config(job), Log(logs))
+    folder = out / "prior_images" / "1_prior"
+    made = sorted(folder.glob("prior_*.png"))
+    assert [p.name for p in made] == ["prior_00000.png", "prior_00001.png", "prior_00002.png"]
+    assert {p.with_suffix(".txt").read_text(encoding="utf-8") for p in made} == {"purple, on white"}
+    assert any("1 of 4 captions do not contain the trigger 'zkz star'" in line for line in logs), logs
+    assert result.steps == 10  # (9 + 1) training samples + as many prior samples, batch 2
+    with safe_open(str(out / "tiny.safetensors"), "pt") as f:
+        assert f.metadata()["ss_num_reg_images"] == "3"
+
+    # the base's own picture of the caption, as the sampler draws it with the job's settings
+    from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
+    from engine.models.loader import load_sd_components
+
+    base = load_sd_components(str(tiny_model_dir), local_files_only=True)
+    specs = [SampleSpec("purple, on white", "", seed, 4, 5.0, 64, 64) for seed in (1, 2, 3)]  # job seed 1 + i
+    again = generate_batch(build_pipeline(base), specs)
+    assert all(np.array_equal(np.asarray(a), np.asarray(Image.open(m))) for a, m in zip(again, made))
+
+    stamps = [p.stat().st_mtime_ns for p in made]
+    short = {**job["training"], "max_steps": 1}
+    train(parse_config({**job, "training": short}))
+    assert [p.stat().st_mtime_ns for p in made] == stamps  # reused
+    train(parse_config({**job, "training": {**short, "seed": 5}}))
+    assert [p.stat().st_mtime_ns for p in made] != stamps  # another recipe: drawn again
+
+
+def test_prior_preservation_needs_a_trigger_and_skips_captions_without_it(tmp_path, tiny_model_dir):
+    job = lora_job(tmp_path, tmp_path, tmp_path, dataset={"prior_preservation": True})
+    job["output"]["trigger_phrase"] = " "
+    with pytest.raises(ConfigError, match="prior_preservation needs output.trigger_phrase"):
+        parse_config(job)
+    # no caption has the trigger: the run trains without prior images and says why
+    data = draw_shape_images(tmp_path / "d" / "2_green", 2, caption="a green disc")
+    logs: list[str] = []
+    job = lora_job(tiny_model_dir, data.parent, tmp_path / "out", training={"epochs": 1, "max_steps": 1},
+                   dataset={"prior_preservation": True})
+    train(parse_config(job), Log(logs))
+    assert any("prior preservation is off for this run: none of the 2 captions" in line for line in logs), logs

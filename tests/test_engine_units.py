@@ -160,3 +160,18 @@ def test_scan_errors(tmp_path):
         scan_dataset(tmp_path / "nope")
     with pytest.raises(DatasetError, match="no images found"):
         scan_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("text, word, expected", [
+    ("zkz, a star on a white background", "zkz", "a star on a white background"),
+    ("a star, zkz, on white", "zkz", "a star, on white"),
+    ("zkzstar and zkz_2 stay", "zkz", "zkzstar and zkz_2 stay"),   # whole words only
+    ("my trigger here, trigger", "my trigger", "here, trigger"),
+    ("a.b c", "a.b", "c"),                                          # no regex in a trigger
+    ("nothing to take", "", "nothing to take"),
+])
+def test_without_word_takes_whole_words_and_tidies_commas(text, word, expected):
+    from engine.data.words import has_word, without_word
+
+    assert without_word(text, word) == expected
+    assert has_word(text, word) == (expected != text)

@@ -124,3 +124,21 @@ def test_loss_curve_csv_and_png_written(trained_lora):
     assert [float(r["loss"]) for r in rows] == pytest.approx(result.losses, abs=1e-6)
     png = Image.open(out / "tiny_loss.png")
     assert png.width > 300 and png.height > 200
+
+
+def test_a_training_images_folder_without_images_is_an_error(trained_lora, tiny_model_dir, tmp_path):
+    """Asked for a likeness figure against a folder that is missing or empty, the grid says so
+    instead of quietly drawing without it."""
+    from engine.i18n import Translator, describe_error
+    from engine.models.loader import load_sd_components
+
+    (tmp_path / "empty").mkdir()
+    model = load_sd_components(str(tiny_model_dir))
+    for folder in (tmp_path / "nowhere", tmp_path / "empty"):
+        job = GridJob(checkpoints=trained_lora[1].saved[:1], prompts=["zkz star"], weights=[1.0], seeds=[7],
+                      steps=2, cfg_scale=5.0, width=64, height=64, references=folder)
+        with pytest.raises(GridError) as err:
+            run_grid(model, job, tmp_path / "out")
+        assert str(folder) in describe_error(err.value, Translator("zh")) and "没有图片" in describe_error(
+            err.value, Translator("zh"))
+    assert not (tmp_path / "out").exists()

@@ -47,6 +47,9 @@ def test_default_job_is_the_embedded_demo_and_trains(server, tmp_path):
     assert progress.startswith("done") and "shapes-base" in log, (progress, log)
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert files.splitlines() == [str(run / "zkz_star.safetensors")]
+    # the demo's prior preservation: the base drew its 12 captions without "zkz", in the run's folder
+    assert "the base drew 12 prior-preservation images" in log, log
+    assert len(list((run / "prior_images" / "1_prior").glob("prior_*.png"))) == 12
 
 
 def test_listen_requires_auth():

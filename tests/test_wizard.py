@@ -121,6 +121,9 @@ def test_1_every_view_edits_the_same_job(server, tmp_path, tiny_model_dir):
     assert kept["network"]["conv_dim"] == 4 and kept["network"]["dropout"] == 0.1
     assert kept["optimizer"]["type"] == "Lion" and kept["training"] == {**job["training"], "epochs": 3}
     assert kept["output"]["save_precision"] == job["output"]["save_precision"]
+    # the prior-preservation switch is a field like the others (the demo ships with it on)
+    views = wizard.set("dataset.prior_preservation", False)
+    assert tomllib.loads(views[-4])["dataset"]["prior_preservation"] is False
     # the method decides which fields there are: Textual Inversion has a token, no dim
     views = wizard("textual_inversion", api_name="/set_method")
     ti = tomllib.loads(views[-4])
@@ -164,6 +167,7 @@ def test_2_save_caption_never_wipes_a_caption(server, tmp_path):
 
 def test_3_5_6_stop_resume_a_second_run_and_a_reload(server, tmp_path):
     wizard = page(server)
+    wizard.set("dataset.prior_preservation", False)  # the steps below count the demo's images only
     wizard.set("training.epochs", 3)
     wizard.set("sample.every_n_epochs", 0)
     first = Path(wizard.start().split("writing to ")[1])
@@ -205,6 +209,7 @@ def test_3_5_6_stop_resume_a_second_run_and_a_reload(server, tmp_path):
 
 def test_3_a_resume_that_cannot_work_says_why_and_keeps_the_view(server, tmp_path):
     wizard = page(server)
+    wizard.set("dataset.prior_preservation", False)  # the steps below count the demo's images only
     wizard.set("training.epochs", 1)
     wizard.start()
     wizard.wait(300)
@@ -383,3 +388,31 @@ def test_the_servers_terminal_shows_progress_not_library_noise(tmp_path):
     assert "step 30/30" in text and "LoRA Forge running at" in text, text
     for noise in ("kernels-community", "requires torchvision", "UserWarning"):
         assert noise not in text, (noise, text)
+
+
+def test_prior_preservation_is_one_switch_that_counts_its_steps(tmp_path):
+    """The switch is there for the methods that can bleed (not for an embedding, which only adds
+    a word). On a newcomer's own images whose captions lack the trigger it says it cannot work;
+    once the trigger is in the captions the summary counts the base's images too (twice the
+    steps), as the trainer will."""
+    from conftest import draw_shape_images
+
+    from webapp.job_form import BY_KEY, applies
+    from webapp.wizard_logic import demo_job, plan
+
+    switch = BY_KEY["dataset-prior_preservation"]
+    assert applies(switch, "lora") and applies(switch, "hypernetwork") and not applies(switch, "textual_inversion")
+    folder = draw_shape_images(tmp_path / "mine" / "2_green", 4, caption="a green disc")
+    job = demo_job()
+    job["dataset"].update(path=str(folder.parent), prior_preservation=True)
+    job["training"].update(epochs=2, batch_size=2)
+    before = plan(job)
+    assert before.ok and "Steps: 8 (2 epochs x 4 per epoch)" in as_read(before.text), before.text
+    assert any("none of your captions contains the trigger word 'zkz'" in w for w in before.warnings), before.warnings
+    for caption in folder.glob("*.txt"):
+        caption.write_text("zkz, " + caption.read_text(encoding="utf-8"), encoding="utf-8")
+    after = plan(job)
+    assert "Steps: 16 (2 epochs x 8 per epoch)" in as_read(after.text), after.text
+    assert not any("trigger word" in w for w in after.warnings), after.warnings
+    job["dataset"]["prior_preservation"] = False
+    assert "Steps: 8 (2 epochs x 4 per epoch)" in as_read(plan(job).text)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from engine.config.sample_limits import SEEDS_PER_CELL
+from engine.data.words import without_word
 from engine.generate.sampling_defaults import EMBEDDED as EMBEDDED_SAMPLING
 from engine.generate.sampling_defaults import for_base
 from engine.i18n import EN, Translator, describe_error
@@ -62,7 +63,7 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
         job = GridJob(checkpoints=paths, prompts=prompt_list, weights=parse_weights(weights),
                       seeds=[int(seed)], steps=int(steps), cfg_scale=float(cfg), width=int(size),
                       height=int(size), aesthetic=aesthetic, seeds_per_cell=int(per_cell or 1),
-                      control_prompt=control or "", references=ref_dir if ref_dir and ref_dir.is_dir() else None)
+                      control_prompt=control or "", references=ref_dir)
         model = load_sd_components(ws.model(base) or "embedded", vae=vae_file)
         tick = (lambda done, total: progress((done, total), desc=t("compare.progress"), unit="cells")
                 ) if progress else None
@@ -158,13 +159,10 @@ def files_of_run(folder: str, ws: Workspace = LOCAL) -> dict:
 
 def without_trigger(prompt: str, trigger: str | None) -> str:
     """The prompt with its trigger words taken out: what the add-on should leave alone (bleed)."""
-    import re
-
     if not trigger or not trigger.strip():
         return ""
-    text = re.sub(rf"(?<![\w]){re.escape(trigger.strip())}(?![\w])", "", prompt)
-    text = re.sub(r"\s*,\s*(,\s*)+", ", ", text)
-    return text.strip(" ,") if text.strip(" ,") != prompt.strip(" ,") else ""
+    text = without_word(prompt, trigger)
+    return text if text != prompt else ""
 
 
 def build_compare_tab(t: Translator, ws: Workspace, runner, saved_files=None, view=None):

@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 
 from engine.config.job import JobConfig, network_types, parse_config
 from engine.i18n import EN, Translator
+from engine.methods import usage_of
 
 Path2 = tuple[str, str]
 
@@ -31,6 +32,7 @@ class FormField:
     name: str
     advanced: bool = False
     only_for: tuple[str, ...] = ()   # methods that use it beyond the schema's own rule (below)
+    not_usage: str = ""  # methods of this usage (engine.methods) never use it
 
     @property
     def path(self) -> str:
@@ -50,6 +52,8 @@ FIELDS: list[FormField] = [
     F("network", "token"), F("network", "init_text"), F("network", "num_vectors"),
     F("network", "layer_structure"), F("network", "activation"), F("network", "layer_norm"),
     F("network", "train_text_encoder"),
+    # embeddings only add words: a prompt without them cannot change, so nothing to preserve
+    F("dataset", "prior_preservation", not_usage="embedding"),
     F("dataset", "class_prompt", only_for=("dreambooth",)),
     F("dataset", "prior_loss_weight", only_for=("dreambooth",)),
     F("output", "save_every_n_epochs"), F("training", "seed"), F("sample", "prompts"),
@@ -94,7 +98,8 @@ def field_info(field: FormField, method: str) -> FieldInfo | None:
 def applies(field: FormField, method: str) -> bool:
     """Whether the form shows ``field`` for ``method``: network fields where that method's schema
     has them (dim and alpha for LoRA/LyCORIS, token for Textual Inversion, ...)."""
-    return field_info(field, method) is not None and (not field.only_for or method in field.only_for)
+    return (field_info(field, method) is not None and (not field.only_for or method in field.only_for)
+            and usage_of(method) != field.not_usage)
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:

@@ -159,6 +159,7 @@ def plan(job: dict[str, Any], t: Translator = EN, ws=None, seconds_per_step: flo
     it, the base model's headers) and say what will train."""
     from engine.config.job import ConfigError, parse_config
     from engine.models.loader import EMBEDDED_DIR, ModelLoadError, resolve_source
+    from engine.training.data_setup import regularized
     from webapp.job_form import method_label, steps_of
 
     try:
@@ -176,7 +177,7 @@ def plan(job: dict[str, Any], t: Translator = EN, ws=None, seconds_per_step: flo
                              allow_pickle=cfg.model.allow_pickle)
     except (ModelLoadError, OSError) as err:
         return Plan(False, t("train.cannot_start", error=describe_error(err, t)), dataset=data)
-    per, total = steps_of(cfg, data.num_per_epoch)
+    per, total = steps_of(cfg, data.num_per_epoch * (2 if regularized(cfg) else 1))
     folder = Path(cfg.output.dir) / f"{cfg.output.name}-{t('train.date_time')}"
     text = t("train.summary", base=f"{src.name} ({t('base.family_' + src.family)})", path=d.path,
              images=data.num_images, per_epoch=data.num_per_epoch, method=method_label(t, cfg.network.type),
@@ -197,6 +198,7 @@ def soft_warnings(cfg, num_images: int, total_steps: int, family: str, t: Transl
     out = []
     from engine.methods import method_of
     from engine.models import families
+    from engine.training.data_setup import regularized, uses_prior_images
 
     method = method_of(cfg.network)
     low, high = method.usual_lr
@@ -222,6 +224,8 @@ def soft_warnings(cfg, num_images: int, total_steps: int, family: str, t: Transl
     expected = families.BY_ID[family].default_resolution if family in families.BY_ID else None
     if expected and cfg.dataset.resolution < expected * 3 // 4:
         out.append(t("warn.resolution", resolution=cfg.dataset.resolution, expected=expected))
+    if uses_prior_images(cfg) and not cfg.dataset.reg_path and not regularized(cfg):
+        out.append(t("warn.prior_no_trigger", word=cfg.output.trigger_phrase))
     if seconds_per_step:
         minutes = math.ceil(total_steps * seconds_per_step / 60)
         out.append(t("warn.time", minutes=minutes, steps=total_steps))

@@ -62,6 +62,10 @@ class DatasetConfig(Section):
                                         "'a photo of a dog': caption of generated class images.")
     num_class_images: int = Field(default=0, ge=0, le=100000, description="Generate class images "
                                   "with the base model until reg_path holds this many (0 = never).")
+    prior_preservation: bool = Field(default=False, description="Against bleed: the base draws one "
+                                     "image per training image from its caption without the trigger "
+                                     "words, and training keeps those prompts as the base drew them "
+                                     "(kept in reg_path, else <output dir>/prior_images).")
     enable_bucket: bool = Field(default=False, description="Aspect-ratio buckets instead of square crops.")
     min_bucket_reso: int = Field(default=256, ge=64, le=4096, multiple_of=64)
     max_bucket_reso: int = Field(default=1024, ge=64, le=8192, multiple_of=64)
@@ -209,6 +213,9 @@ class JobConfig(Section):
         if d.num_class_images and not (d.class_prompt and d.reg_path):
             raise UserInputError("dataset.num_class_images needs dataset.class_prompt and dataset.reg_path "
                                  "(where the generated class images are kept)", "cfg_class_images")
+        if d.prior_preservation and not self.output.trigger_phrase.strip():
+            raise UserInputError("dataset.prior_preservation needs output.trigger_phrase: the base's "
+                                 "images are drawn from your captions without it", "cfg_prior_trigger")
         if self.training.cache_text_encoder_outputs:
             from engine.data.captions import caption_is_fixed
 

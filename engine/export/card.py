@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from engine.config.job import JOB_SUFFIX, ConfigError, JobConfig, load_config
+from engine.data.words import has_word, replace_word, without_word
 from engine.export.card_facts import CardError, CardFacts, gather_facts
-from engine.export.card_render import CardInfo, CardSample, card_html, card_json, readme, sidecar, usage_tag
+from engine.export.card_render import CardBleed, CardInfo, CardSample, card_html, card_json, readme, sidecar, usage_tag
 from engine.fileio import atomic_write, atomic_write_bytes
 from engine.methods import usage_of
 
@@ -73,6 +74,7 @@ class CardExport:
     files: dict[str, Path]
     facts: CardFacts
     samples: list[CardSample]
+    bleed: list[CardBleed] = field(default_factory=list)
 
 
 def job_path_for(model_file: Path) -> Path | None:
@@ -122,14 +124,47 @@ def _prompt_for_display(facts: CardFacts, prompt: str) -> str:
     tag = usage_tag(facts)
     if usage_of(facts.kind) == "embedding":
         word = facts.trigger_words[0]
-        return re.sub(rf"(?<![\w(]){re.escape(word)}(?![\w])", tag, prompt, count=1) if tag != word else prompt
+        return replace_word(prompt, word, tag, count=1, not_after=r"\w(") if tag != word else prompt
     return f"{prompt} {tag}".strip() if tag else prompt
+
+
+def control_prompts(prompts: list[str], trigger_words: list[str]) -> list[str]:
+    """The sample prompts that hold a trigger word, without it: what the file should leave alone."""
+    out = []
+    for prompt in prompts:
+        text = prompt
+        for word in trigger_words:
+            text = without_word(text, word)
+        if text != prompt and text and text not in out:
+            out.append(text)
+    return out
+
+
+def measure_bleed(pipe, swapper, prompts: list[str], settings: SampleSettings, size: int,
+                  weight: float) -> list[CardBleed]:
+    """Each control prompt drawn with the file at 0 and at ``weight``, same seeds: the mean
+    pixel change (0-100), the grid's bleed figure."""
+    from engine.generate.grid_summary import bleed
+    from engine.generate.sampler import SampleSpec, generate_batch
+
+    out = []
+    for prompt in prompts:
+        specs = [SampleSpec(prompt, settings.negative, settings.seed + i, settings.steps, settings.cfg_scale,
+                            size, size) for i in range(settings.count)]
+        drawn = {}
+        for w in (0.0, weight):
+            swapper.set_weight(w)
+            drawn[w] = generate_batch(pipe, specs, encode=swapper.encode)
+        out.append(CardBleed(prompt, round(bleed(drawn[weight], drawn[0.0]), 1), weight, len(specs)))
+    swapper.set_weight(weight)
+    return out
 
 
 def make_samples(facts: CardFacts, base: str, folder: Path, settings: SampleSettings,
                  job: JobConfig | None, local_files_only: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> list[CardSample]:
-    """Generate the card's images with the file applied at its recommended weight."""
+                 progress: Callable[[int, int], None] | None = None) -> tuple[list[CardSample], list[CardBleed]]:
+    """Generate the card's images with the file applied at its recommended weight, and for a
+    network (LoRA, LyCORIS, hypernetwork) the bleed into its prompts without the trigger."""
     from engine.generate.prompts import a1111_parameters, save_png_with_parameters
     from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
     from engine.generate.swappers import NetworkSwapper
@@ -149,7 +184,7 @@ def make_samples(facts: CardFacts, base: str, folder: Path, settings: SampleSett
     prompts = settings.prompts or [", ".join(facts.trigger_words) or facts.name]
     if usage_of(facts.kind) == "embedding":
         word = facts.trigger_words[0]
-        prompts = [p if re.search(rf"(?<!\w){re.escape(word)}(?!\w)", p) else f"{word}, {p}" for p in prompts]
+        prompts = [p if has_word(p, word) else f"{word}, {p}" for p in prompts]
     base_hash = facts.hashes["SHA256"].lower() if is_checkpoint else facts.base_model_hash
     lora_hashes = ({facts.file.stem: facts.hashes["AutoV3"].lower()}
                    if usage_of(facts.kind) == "network" and "AutoV3" in facts.hashes else None)
@@ -169,7 +204,10 @@ def make_samples(facts: CardFacts, base: str, folder: Path, settings: SampleSett
                                   settings.sampler, spec.cfg_scale, spec.width, spec.height))
             if progress:
                 progress(len(out), total)
-    return out
+    bleeds = usage_of(facts.kind) in ("network", "hypernetwork")  # an embedding only acts through its word
+    controls = control_prompts(prompts, facts.trigger_words) if bleeds else []
+    return out, (measure_bleed(pipe, swapper, controls, settings, size, facts.preferred_weight)
+                 if swapper and controls else [])
 
 
 def export_card(model_file: Path, out_dir: Path, info: CardInfo | None = None,
@@ -196,16 +234,18 @@ def export_card(model_file: Path, out_dir: Path, info: CardInfo | None = None,
     base = base or (job.model.base if job else None)
     settings = samples or SampleSettings()
     made: list[CardSample] = []
+    leaks: list[CardBleed] = []
     if settings.count > 0 and (base or usage_of(facts.kind) == "checkpoint"):
-        made = make_samples(facts, base or "", folder, settings, job, local_files_only, progress)
+        made, leaks = make_samples(facts, base or "", folder, settings, job, local_files_only, progress)
     files = {"model": model_copy}
     if made:
         files["preview"] = atomic_write(folder / f"{model_file.stem}.preview.png",
                                         lambda tmp: shutil.copyfile(folder / made[0].path, tmp))
     files["sidecar"] = atomic_write_bytes(folder / f"{model_file.stem}.json", json.dumps(
         sidecar(facts, info), indent=4, ensure_ascii=False).encode("utf-8"))
-    files["readme"] = atomic_write_bytes(folder / "README.md", readme(facts, info, made, t).encode("utf-8"))
+    files["readme"] = atomic_write_bytes(folder / "README.md", readme(facts, info, made, t, leaks).encode("utf-8"))
     files["card_json"] = atomic_write_bytes(folder / "card.json", json.dumps(
-        card_json(facts, info, made), indent=2, ensure_ascii=False).encode("utf-8"))
-    files["card_html"] = atomic_write_bytes(folder / "card.html", card_html(facts, info, made, t).encode("utf-8"))
-    return CardExport(folder, model_copy, files, facts, made)
+        card_json(facts, info, made, leaks), indent=2, ensure_ascii=False).encode("utf-8"))
+    files["card_html"] = atomic_write_bytes(folder / "card.html",
+                                            card_html(facts, info, made, t, leaks).encode("utf-8"))
+    return CardExport(folder, model_copy, files, facts, made, leaks)

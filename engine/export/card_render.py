@@ -9,7 +9,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +37,16 @@ class CardInfo(BaseModel):
     negative_text: str = ""
     notes: str = ""
     top_tags: int = Field(10, ge=0, le=1000)
+
+
+@dataclass(frozen=True)
+class CardBleed:
+    """How much the file changes a prompt without its trigger (0 = not at all, 100 = every pixel
+    to its opposite), at ``weight``, over ``seeds`` images."""
+    prompt: str
+    value: float
+    weight: float
+    seeds: int
 
 
 @dataclass
@@ -74,7 +84,8 @@ def sidecar(facts: CardFacts, info: CardInfo) -> dict[str, Any]:
             "notes": info.notes}
 
 
-def card_json(facts: CardFacts, info: CardInfo, samples: list[CardSample]) -> dict[str, Any]:
+def card_json(facts: CardFacts, info: CardInfo, samples: list[CardSample],
+              bleed: Sequence[CardBleed] = ()) -> dict[str, Any]:
     """Civitai's model + model-version fields (what its API returns and its uploader asks for)."""
     images = [{"url": s.path.as_posix(), "width": s.width, "height": s.height, "nsfw": "None",
                "meta": {"prompt": s.prompt, "negativePrompt": s.negative, "seed": s.seed,
@@ -104,7 +115,9 @@ def card_json(facts: CardFacts, info: CardInfo, samples: list[CardSample]) -> di
         "loraForge": {"kind": facts.kind, "loraType": lora_type, "datasetImages": facts.num_images,
                       "datasetDirs": facts.dataset_dirs,
                       "tagFrequency": dict(facts.tag_counts[:info.top_tags]),
-                      "license": info.license},
+                      "license": info.license,
+                      "bleed": [{"prompt": b.prompt, "value": b.value, "weight": b.weight, "seeds": b.seeds}
+                                for b in bleed]},
     }
 
 
@@ -175,7 +188,8 @@ def _md_table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("", "")) -> 
     return "\n".join(lines)
 
 
-def readme(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Translator = EN) -> str:
+def readme(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Translator = EN,
+           bleed: Sequence[CardBleed] = ()) -> str:
     """Civitai-style card; the front matter makes it a Hugging Face model card too."""
     tags = ["stable-diffusion", "text-to-image", facts.kind.replace("_", "-"), *info.tags]
     front = ["---", f"license: {_yaml(info.license)}", f"tags: {_yaml(tags)}"]
@@ -192,6 +206,9 @@ def readme(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Trans
             line = t("card.sample_line", seed=s.seed, steps=s.steps, cfg=f"{s.cfg_scale:g}")
             alt = re.sub(r"([\[\]\\])", r"\\\1", _md_cell(s.prompt))
             out += [f"![{alt}]({s.path.as_posix()})", "", f"{md_code(s.prompt)} ({line})", ""]
+    if bleed:
+        out += [f"## {t('card.bleed')}", "", t("card.bleed_about"), "",
+                *[f"- {line}" for line in bleed_lines(bleed, t, md_code)], ""]
     out += [f"## {t('card.how_to_use')}", "", *usage_lines(facts, t, md_code), ""]
     if facts.params:
         out += [f"## {t('card.training_parameters')}", "",
@@ -204,6 +221,11 @@ def readme(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Trans
     if info.notes:
         out += [f"## {t('card.notes')}", "", _md_text(info.notes), ""]
     return "\n".join(out)
+
+
+def bleed_lines(bleed: Sequence[CardBleed], t: Translator = EN, code=_plain) -> list[str]:
+    return [t("card.bleed_line", prompt=code(b.prompt), value=f"{b.value:g}", weight=f"{b.weight:g}", seeds=b.seeds)
+            for b in bleed]
 
 
 def usage_lines(facts: CardFacts, t: Translator = EN, code=_plain) -> list[str]:
@@ -235,7 +257,8 @@ def _html_table(rows: list[tuple[str, Any]], head: tuple[str, str] | None = None
     return f"<table>{th}{body}</table>"
 
 
-def card_html(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Translator = EN) -> str:
+def card_html(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Translator = EN,
+              bleed: Sequence[CardBleed] = ()) -> str:
     """A self-contained preview page (images by relative path); nothing unescaped from users."""
     e = html.escape
     parts = [f"<h1>{e(facts.name)}</h1>"]
@@ -248,6 +271,9 @@ def card_html(facts: CardFacts, info: CardInfo, samples: list[CardSample], t: Tr
                        f"({e(t('card.sample_line', seed=s.seed, steps=s.steps, cfg=f'{s.cfg_scale:g}'))})"
                        "</figcaption></figure>" for s in samples)
         parts.append(f"<h2>{e(t('card.samples'))}</h2><div class='samples'>{figs}</div>")
+    if bleed:
+        parts.append(f"<h2>{e(t('card.bleed'))}</h2><p>{e(t('card.bleed_about'))}</p><ul>"
+                     + "".join(f"<li>{e(line)}</li>" for line in bleed_lines(bleed, t)) + "</ul>")
     parts.append(f"<h2>{e(t('card.how_to_use'))}</h2><ul>"
                  + "".join(f"<li>{e(line[2:])}</li>" for line in usage_lines(facts, t)) + "</ul>")
     if facts.params:

@@ -171,6 +171,9 @@ def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
     n = job.seeds_per_cell
     control = len(zs) - 1 if job.control_prompt.strip() else None
     refs: References | None = load_references(job.references) if job.references else None
+    if job.references and refs is None:  # a likeness column nobody asked to lose: say so
+        raise GridError(f"no images in the training images folder {job.references}", "grid_no_references",
+                        folder=job.references)
     out_dir = Path(out_dir)
     cells: dict[tuple[int, int, int], Path] = {}
     images: dict[tuple[int, int, int], Image.Image] = {}

@@ -40,3 +40,13 @@ def for_base(base: str) -> SamplingDefaults:
 
     found = family_of_base(base.strip())
     return for_family(found if found in families.BY_ID else families.DEFAULT.id)
+
+
+def for_job(job) -> SamplingDefaults:
+    """The base's defaults, with the job's ``[sample]`` steps / cfg_scale / sampler where the job
+    sets them (what images drawn for training, such as class images, are made with)."""
+    from dataclasses import replace
+
+    found = for_base(job.model.base)
+    given = {k: getattr(job.sample, k) for k in ("steps", "cfg_scale", "sampler") if k in job.sample.model_fields_set}
+    return replace(found, **given)

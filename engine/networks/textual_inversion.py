@@ -11,11 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import random
-import re
 from pathlib import Path
 
 import torch
 
+from engine.data.words import replace_word
 from engine.export.pt_io import save_pt
 from engine.fileio import atomic_write
 from engine.i18n import UserInputError
@@ -120,7 +120,7 @@ class TextualInversion:
 
     def expand(self, text: str) -> str:
         """``name`` -> ``name name_1 ... name_{n-1}`` (whole words only)."""
-        return re.sub(rf"(?<![\w]){re.escape(self.token)}(?![\w])", " ".join(self.names), text)
+        return replace_word(text, self.token, " ".join(self.names))
 
     def prompt(self, caption: str, rng: random.Random) -> str:
         """A random template with [name] = the tokens and [filewords] = the image's caption."""

@@ -6,13 +6,14 @@ Split from setup.py so each file keeps to one job.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from engine.config.job import JobConfig
 from engine.data.dataset import BucketBatchSampler, BucketOptions, TrainingSamples, collate
-from engine.data.folder import DatasetError, DatasetIndex, scan_dataset
+from engine.data.folder import DatasetError, DatasetIndex, images_under, scan_dataset
 from engine.data.latent_cache import DiskLatentCache, vae_fingerprint
 from engine.models.loader import LoadedModel
 from engine.training.callbacks import Callbacks
@@ -48,12 +49,46 @@ def scan_job_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetInde
     return _usable(scan_dataset(d.path, d.default_repeats, d.caption_extension), d.resolution, cb)
 
 
-def scan_reg_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetIndex | None:
-    """The regularization images, if any (scanned after missing class images were generated)."""
+def uses_prior_images(cfg: JobConfig) -> bool:
+    """dataset.prior_preservation, for the methods it can help: an embedding only adds a word,
+    so a prompt without it cannot change and the base's images would teach it nothing."""
+    from engine.methods import usage_of
+
+    return cfg.dataset.prior_preservation and usage_of(cfg.network.type) != "embedding"
+
+
+def reg_root(cfg: JobConfig) -> Path | None:
+    """Where the job's regularization images are: reg_path, else the prior-preservation images'
+    own folder in the run's output folder, else none."""
     d = cfg.dataset
-    if not d.reg_path:
+    if d.reg_path:
+        return Path(d.reg_path)
+    return Path(cfg.output.dir) / "prior_images" if uses_prior_images(cfg) else None
+
+
+def regularized(cfg: JobConfig) -> bool:
+    """Whether training will pair samples with regularization images: kohya's rule then puts as
+    many of them in each epoch as training samples, so the epoch has twice the steps."""
+    from engine.data.prior_images import prior_prompts
+
+    d = cfg.dataset
+    if d.reg_path:
+        return d.num_class_images > 0 or bool(images_under(Path(d.reg_path)))
+    if not uses_prior_images(cfg):
+        return False
+    try:
+        index = scan_dataset(d.path, d.default_repeats, d.caption_extension)
+    except DatasetError:
+        return False
+    return bool(prior_prompts(index, cfg.output.trigger_phrase))
+
+
+def scan_reg_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetIndex | None:
+    """The regularization images, if any (scanned after missing class / prior images were made)."""
+    root = reg_root(cfg)
+    if root is None or (not cfg.dataset.reg_path and not images_under(root)):  # no caption had the trigger
         return None
-    return _usable(scan_dataset(d.reg_path, 1, d.caption_extension), d.resolution, cb)
+    return _usable(scan_dataset(root, 1, cfg.dataset.caption_extension), cfg.dataset.resolution, cb)
 
 
 @torch.no_grad()

@@ -20,13 +20,22 @@ from engine.config.lr_schedule import lr_at, parse_lr_schedule
 from engine.data.class_images import ensure_class_images
 from engine.data.dataset import TrainingSamples
 from engine.data.folder import DatasetIndex
+from engine.data.prior_images import PriorRecipe, ensure_prior_images, prior_prompts
 from engine.export.hashes import cached_sha256, legacy_hash
 from engine.export.metadata import RunInfo, vae_facts
+from engine.generate.sampling_defaults import for_job
 from engine.i18n import Explained
 from engine.methods import method_of, methods
 from engine.models.loader import LoadedModel, load_sd_components
 from engine.training.callbacks import Callbacks
-from engine.training.data_setup import build_data, encode_latents, scan_job_dataset, scan_reg_dataset
+from engine.training.data_setup import (
+    build_data,
+    encode_latents,
+    reg_root,
+    scan_job_dataset,
+    scan_reg_dataset,
+    uses_prior_images,
+)
 from engine.training.optim import (
     OptimizerUnavailable,
     build_optimizer,
@@ -82,6 +91,25 @@ def _configure_memory(cfg: JobConfig, model: LoadedModel, train_te: bool) -> Non
             te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def _prior_images(cfg: JobConfig, model: LoadedModel, index: DatasetIndex, drawing, device, cb: Callbacks) -> None:
+    """dataset.prior_preservation: the base draws the captions without the trigger word(s)."""
+    d, trigger = cfg.dataset, cfg.output.trigger_phrase
+    root = reg_root(cfg)
+    assert root is not None
+    prompts = prior_prompts(index, trigger)
+    if not prompts:
+        cb.on_log(f"prior preservation is off for this run: none of the {index.num_images} captions contains the "
+                  f"trigger '{trigger}' (add the trigger word to them)")
+    elif len(prompts) < index.num_images:
+        cb.on_log(f"prior preservation: {index.num_images - len(prompts)} of {index.num_images} captions do "
+                  f"not contain the trigger '{trigger}' and get no base image (add the trigger word to them)")
+    recipe = PriorRecipe(model.name, d.resolution, cfg.training.seed, drawing.steps, drawing.cfg_scale,
+                         drawing.sampler)
+    made = ensure_prior_images(model, root, prompts, recipe, d.caption_extension, device=device)
+    if made:
+        cb.on_log(f"the base drew {made} prior-preservation images (your captions without '{trigger}') in {root}")
+
+
 def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                    model: LoadedModel | None = None) -> TrainingSetup:
     """``model`` lets a caller that already holds the base in memory (benchmarks, the app's
@@ -106,12 +134,17 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                          f"({fam.label} trains {labels})", "method_family", kind=method.type,
                          family=fam.label, methods=labels)
     d = cfg.dataset
+    drawing = for_job(cfg)  # what this base draws best with, unless the job says
     if d.num_class_images:
         made = ensure_class_images(model, Path(d.reg_path), d.class_prompt, d.num_class_images,
-                                   d.resolution, t.seed, cfg.sample.steps, cfg.sample.cfg_scale,
+                                   d.resolution, t.seed, drawing.steps, drawing.cfg_scale,
                                    device=accelerator.device)
         if made:
             cb.on_log(f"generated {made} class images for '{d.class_prompt}' in {d.reg_path}")
+    if uses_prior_images(cfg):
+        _prior_images(cfg, model, index, drawing, accelerator.device, cb)
+    elif d.prior_preservation:
+        cb.on_log("prior preservation does nothing for an embedding (it only adds a word); skipped")
     reg_index = scan_reg_dataset(cfg, cb)
     cb.on_log(f"base model: {model.name} ({model.family}, {prediction_type}); "
               f"{index.num_images} images, {index.num_train_images} per epoch with repeats"
