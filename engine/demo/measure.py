@@ -110,6 +110,18 @@ def shape_class(im: Image.Image) -> str | None:
     return "square" if _corner_fill(box) >= 0.67 else "circle"
 
 
+def is_cross(im: Image.Image) -> bool:
+    """A plus-shaped cross (the learning tests' new shape): it fills a good part of its box
+    (drawn: 0.62; a star 0.4) but leaves the box's corners empty (drawn: 0; a circle 0.23-0.34,
+    a square 1.0) and covers the box's centre."""
+    box = _shape_box(im)
+    if box is None:
+        return False
+    h, w = box.shape
+    centre = box[h * 3 // 8:h - h * 3 // 8, w * 3 // 8:w - w * 3 // 8].mean()
+    return box.mean() >= 0.45 and _corner_fill(box) < 0.12 and centre > 0.9
+
+
 def mean_hue(im: Image.Image) -> float | None:
     """Circular mean hue (degrees) of the foreground, weighted by saturation."""
     mask = foreground_mask(im)

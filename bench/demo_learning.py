@@ -1,0 +1,61 @@
+"""Do the demo recipes learn for any training seed, and how much do they bleed? Before/after.
+
+Trains each shipped demo job (and the recipe it replaced) with several training seeds on the
+embedded model, then counts with engine.demo.learning: images showing the concept at weight 1
+and 0 (8 sampling seeds), control images ("a blue square on a white background", no trigger)
+still drawn as a square at weight 1, and the control's mean pixel change (bleed, 0-100). Prints
+a Markdown table for BENCHMARKS.md.
+
+    python bench/demo_learning.py                       # every variant, seeds 42 7 123
+    python bench/demo_learning.py --only demo_lora --seeds 42 7 123 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.demo.learning import GREEN_CROSS, PURPLE_STAR, train_and_score  # noqa: E402
+
+# (label, demo job, concept, job overrides); the "before" rows are the recipes of the previous
+# release, rebuilt from today's job by overriding what changed
+VARIANTS = [
+    ("LoCon, before: 4 epochs, no prior preservation", "demo_lora", PURPLE_STAR,
+     {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}),
+    ("LoCon, shipped", "demo_lora", PURPLE_STAR, {}),
+    ("LoCon, before, green cross", "demo_lora", GREEN_CROSS,
+     {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}),
+    ("LoCon, shipped, green cross", "demo_lora", GREEN_CROSS, {}),
+    ("LoHa, shipped (4 epochs, no prior preservation)", "demo_loha", PURPLE_STAR, {}),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
+    ap.add_argument("--only", default="", help="only variants of this demo job")
+    args = ap.parse_args(argv)
+    print("| recipe | training seed | concept at 1 | at 0 | control kept at 1 | bleed | s (train + count) |")
+    print("|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        datasets = {GREEN_CROSS.name: GREEN_CROSS.write(Path(tmp) / "cross")}
+        for label, name, concept, overrides in VARIANTS:
+            if args.only and name != args.only:
+                continue
+            for seed in args.seeds:
+                start = time.perf_counter()
+                s, _ = train_and_score(name, seed, Path(tmp) / f"{name}-{seed}-{len(label)}", concept,
+                                       datasets.get(concept.name), overrides)
+                took = time.perf_counter() - start
+                print(f"| {label} | {seed} | {s.hits[1.0]}/{s.seeds} | {s.hits[0.0]}/{s.seeds} | "
+                      f"{s.kept[1.0]}/{s.seeds} | {s.bleed:.1f} | {took:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
