@@ -87,6 +87,20 @@ def test_shape_measure_is_right_on_ground_truth():
         assert shape_class(im) == {"square": "square", "circle": "circle"}.get(spec.shape, "pointy"), spec
 
 
+def test_cross_measure_tells_the_new_shape_from_the_known_ones():
+    """The learning tests' new shape: every drawn cross counts as one, no circle, square,
+    triangle or star does (10 positions x 2 colours x 2 backgrounds each)."""
+    import random
+
+    from engine.demo.measure import is_cross
+    from engine.demo.shapes import BACKGROUNDS, COLOURS, SHAPES, draw_shape
+
+    for shape in ("cross", *SHAPES):
+        found = [is_cross(draw_shape(shape, COLOURS[c], BACKGROUNDS[b], 64, random.Random(k)))
+                 for k in range(10) for c in ("red", "blue") for b in ("white", "black")]
+        assert sum(found) == (len(found) if shape == "cross" else 0), shape
+
+
 def test_shape_measure_ignores_a_stray_speck():
     """A dark pixel in a corner (left by the VAE's zero padding on white) is not part of the shape."""
     import random
