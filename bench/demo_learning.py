@@ -31,7 +31,9 @@ VARIANTS = [
     ("LoCon, before, green cross", "demo_lora", GREEN_CROSS,
      {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}),
     ("LoCon, shipped, green cross", "demo_lora", GREEN_CROSS, {}),
-    ("LoHa, shipped (4 epochs, no prior preservation)", "demo_loha", PURPLE_STAR, {}),
+    ("LoHa, before: 4 epochs, no prior preservation", "demo_loha", PURPLE_STAR,
+     {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}),
+    ("LoHa, shipped", "demo_loha", PURPLE_STAR, {}),
 ]
 
 
