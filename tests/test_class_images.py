@@ -13,6 +13,18 @@ from engine.training.callbacks import Callbacks
 from engine.training.loop import train
 
 
+def assert_drawn_by_the_base(model_dir, prompt: str, files) -> None:
+    """Each file is what the untouched base draws for ``prompt`` (4 steps, CFG 5, as the jobs
+    here set) with seed = the job's seed 1 + its index, drawn in one batch as the trainer does."""
+    from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
+    from engine.models.loader import load_sd_components
+
+    base = load_sd_components(str(model_dir), local_files_only=True)
+    specs = [SampleSpec(prompt, "", 1 + i, 4, 5.0, 64, 64) for i in range(len(files))]
+    again = generate_batch(build_pipeline(base), specs)
+    assert all(np.array_equal(np.asarray(a), np.asarray(Image.open(m))) for a, m in zip(again, files))
+
+
 class Log(Callbacks):
     def __init__(self, lines: list[str]):
         self.lines = lines
@@ -36,14 +48,7 @@ def test_class_images_are_generated_once_by_the_base_model(tmp_path, tiny_model_
     with safe_open(str(tmp_path / "out" / "tiny.safetensors"), "pt") as f:
         assert f.metadata()["ss_num_reg_images"] == "3"
 
-    # they show the base model, not the LoRA: regenerate with the plain base and compare
-    from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
-    from engine.models.loader import load_sd_components
-
-    base = load_sd_components(str(tiny_model_dir), local_files_only=True)
-    specs = [SampleSpec("a star", "", seed, 4, 5.0, 64, 64) for seed in (1, 2, 3)]  # job seed 1 + i
-    again = generate_batch(build_pipeline(base), specs)
-    assert all(np.array_equal(np.asarray(a), np.asarray(Image.open(m))) for a, m in zip(again, made))
+    assert_drawn_by_the_base(tiny_model_dir, "a star", made)  # the base's images, not the LoRA's
 
     stamps = [p.stat().st_mtime_ns for p in made]
     train(parse_config({**job, "output": {**job["output"], "dir": str(tmp_path / "out2")}}))
@@ -76,14 +81,7 @@ def test_prior_preservation_draws_the_captions_without_the_trigger(tmp_path, tin
     with safe_open(str(out / "tiny.safetensors"), "pt") as f:
         assert f.metadata()["ss_num_reg_images"] == "3"
 
-    # the base's own picture of the caption, as the sampler draws it with the job's settings
-    from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
-    from engine.models.loader import load_sd_components
-
-    base = load_sd_components(str(tiny_model_dir), local_files_only=True)
-    specs = [SampleSpec("purple, on white", "", seed, 4, 5.0, 64, 64) for seed in (1, 2, 3)]  # job seed 1 + i
-    again = generate_batch(build_pipeline(base), specs)
-    assert all(np.array_equal(np.asarray(a), np.asarray(Image.open(m))) for a, m in zip(again, made))
+    assert_drawn_by_the_base(tiny_model_dir, "purple, on white", made)
 
     stamps = [p.stat().st_mtime_ns for p in made]
     short = {**job["training"], "max_steps": 1}
