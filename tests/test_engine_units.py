@@ -175,3 +175,21 @@ def test_without_word_takes_whole_words_and_tidies_commas(text, word, expected):
 
     assert without_word(text, word) == expected
     assert has_word(text, word) == (expected != text)
+
+
+@pytest.mark.parametrize("prompt, trigger, expected", [
+    ("zkz, purple star, on white", "zkz, purple", "star, on white"),   # each word of the phrase
+    ("zkz purple star", "zkz", "purple star"),
+    ("a purple zkz star", "zkz, purple", "a star"),                    # words apart in the prompt
+    ("a star", "zkz, purple", ""),                                     # no trigger: no control prompt
+    ("zkz star", " , ", ""),
+])
+def test_the_control_prompt_drops_every_word_of_a_trigger_phrase(prompt, trigger, expected):
+    """The Compare tab's control prompt, the card's control prompts and the prior images split a
+    comma phrase the same way: each word goes, not only the whole phrase."""
+    from engine.data.words import trigger_words, without_words
+    from webapp.compare import without_trigger
+
+    assert without_trigger(prompt, trigger) == expected
+    if expected:
+        assert without_words(prompt, trigger_words(trigger)) == expected

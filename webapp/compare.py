@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from engine.config.sample_limits import SEEDS_PER_CELL
-from engine.data.words import without_word
+from engine.data.words import trigger_words, without_words
 from engine.generate.sampling_defaults import EMBEDDED as EMBEDDED_SAMPLING
 from engine.generate.sampling_defaults import for_base
 from engine.i18n import EN, Translator, describe_error
@@ -159,9 +159,10 @@ def files_of_run(folder: str, ws: Workspace = LOCAL) -> dict:
 
 def without_trigger(prompt: str, trigger: str | None) -> str:
     """The prompt with its trigger words taken out: what the add-on should leave alone (bleed)."""
-    if not trigger or not trigger.strip():
+    words = trigger_words(trigger)
+    if not words:
         return ""
-    text = without_word(prompt, trigger)
+    text = without_words(prompt, words)
     return text if text != prompt else ""
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.data.folder import DatasetIndex
-from engine.data.words import has_word, without_word
+from engine.data.words import has_word, trigger_words, without_words
 from engine.fileio import atomic_write, atomic_write_bytes
 
 SUBSET = "1_prior"
@@ -33,11 +33,6 @@ class PriorRecipe:
     sampler: str = "euler_a"
 
 
-def trigger_words(phrase: str) -> list[str]:
-    """A trigger phrase as the card lists it: comma-separated words."""
-    return [w.strip() for w in phrase.split(",") if w.strip()]
-
-
 def prior_prompts(index: DatasetIndex, trigger_phrase: str) -> list[str]:
     """The base's prompts: each training caption that holds a trigger word, without it. A caption
     without one is left out: its image without the trigger would be your concept again, and
@@ -47,10 +42,7 @@ def prior_prompts(index: DatasetIndex, trigger_phrase: str) -> list[str]:
     for item in index.items:
         if not any(has_word(item.caption, w) for w in words):
             continue
-        text = item.caption
-        for word in words:
-            text = without_word(text, word)
-        out.append(text)
+        out.append(without_words(item.caption, words))
     return out
 
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 import re
 
 
+def trigger_words(phrase: str | None) -> list[str]:
+    """A trigger phrase as users write it and the card lists it: comma-separated words."""
+    return [w.strip() for w in (phrase or "").split(",") if w.strip()]
+
+
 def word_pattern(word: str, not_after: str = r"\w") -> re.Pattern[str]:
     """``word`` as a whole word; ``not_after`` is the character class that may not precede it."""
     return re.compile(rf"(?<![{not_after.strip('[]')}]){re.escape(word.strip())}(?!\w)")
@@ -32,3 +37,10 @@ def without_word(text: str, word: str) -> str:
         return text
     out = re.sub(r"\s*,\s*(,\s*)+", ", ", out)
     return re.sub(r"\s{2,}", " ", out).strip(" ,")
+
+
+def without_words(text: str, words: list[str]) -> str:
+    """``text`` with each of ``words`` taken out (see ``without_word``)."""
+    for word in words:
+        text = without_word(text, word)
+    return text

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.config.job import JOB_SUFFIX, ConfigError, JobConfig, load_config
-from engine.data.words import has_word, replace_word, without_word
+from engine.data.words import has_word, replace_word, without_words
 from engine.export.card_facts import CardError, CardFacts, gather_facts
 from engine.export.card_render import CardBleed, CardInfo, CardSample, card_html, card_json, readme, sidecar, usage_tag
 from engine.fileio import atomic_write, atomic_write_bytes
@@ -132,9 +132,7 @@ def control_prompts(prompts: list[str], trigger_words: list[str]) -> list[str]:
     """The sample prompts that hold a trigger word, without it: what the file should leave alone."""
     out = []
     for prompt in prompts:
-        text = prompt
-        for word in trigger_words:
-            text = without_word(text, word)
+        text = without_words(prompt, trigger_words)
         if text != prompt and text and text not in out:
             out.append(text)
     return out

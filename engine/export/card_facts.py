@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config.job import JobConfig
+from engine.data.words import trigger_words
 from engine.export.file_kind import read_kind
 from engine.export.hashes import file_digests, legacy_hash
 from engine.i18n import Explained
@@ -152,7 +153,7 @@ def _trigger_words(meta: dict[str, str], kind: str, name: str, job: JobConfig | 
         return [meta.get("name") or name]
     phrase = meta.get("modelspec.trigger_phrase") or (job.output.trigger_phrase if job else "")
     if phrase:
-        return [w.strip() for w in phrase.split(",") if w.strip()]
+        return trigger_words(phrase)
     concepts = [re.sub(r"^\d+_", "", d) for d in dirs]
     return [c for c in dict.fromkeys(concepts) if c]
 
