@@ -392,7 +392,7 @@ def test_the_servers_terminal_shows_progress_not_library_noise(tmp_path):
         assert noise not in text, (noise, text)
 
 
-def test_prior_preservation_is_one_switch_that_counts_its_steps(tmp_path):
+def test_prior_preservation_is_one_switch_that_counts_its_steps(tmp_path, monkeypatch):
     """The switch is there for the methods that can bleed (not for an embedding, which only adds
     a word). On a newcomer's own images whose captions lack the trigger it says it cannot work;
     once the trigger is in the captions the summary counts the base's images too (twice the
@@ -413,7 +413,16 @@ def test_prior_preservation_is_one_switch_that_counts_its_steps(tmp_path):
     assert any("none of your captions contains the trigger word 'zkz'" in w for w in before.warnings), before.warnings
     for caption in folder.glob("*.txt"):
         caption.write_text("zkz, " + caption.read_text(encoding="utf-8"), encoding="utf-8")
+    import engine.data.folder
+    import engine.training.data_setup
+
+    scans = []
+    real_scan = engine.data.folder.scan_dataset
+    for module in (engine.data.folder, engine.training.data_setup):
+        monkeypatch.setattr(module, "scan_dataset", lambda *a, **k: scans.append(a) or real_scan(*a, **k))
     after = plan(job)
+    monkeypatch.undo()
+    assert len(scans) == 1, scans  # every edit re-plans: the user's folder is read once, not per question
     assert "Steps: 16 (2 epochs x 8 per epoch)" in as_read(after.text), after.text
     assert not any("trigger word" in w for w in after.warnings), after.warnings
     job["dataset"]["prior_preservation"] = False

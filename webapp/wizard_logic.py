@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from engine.data.words import trigger_words
 from engine.i18n import EN, Translator, describe_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +92,7 @@ class DatasetSummary:
     num_per_epoch: int         # those x repeats
     labels: dict[str, str] = field(default_factory=dict)  # gallery captions: why a file is left out
     usable: bool = False
+    index: Any = None          # the usable DatasetIndex, as training will scan it
 
 
 def summarize_dataset(path: str, t: Translator = EN, resolution: int = 512, default_repeats: int = 1,
@@ -129,7 +131,7 @@ def summarize_dataset(path: str, t: Translator = EN, resolution: int = 512, defa
     labels = {str(p): t("dataset.left_out_label", why=t(f"validate.{i.key}", **i.params))
               for p, i in groups["error"]}
     return DatasetSummary("\n".join(lines), [str(it.path) for it in index.items], usable.num_images,
-                          usable.num_train_images, labels, bool(usable.subsets))
+                          usable.num_train_images, labels, bool(usable.subsets), usable)
 
 
 # ---------------------------------------------------------------- what a job will train
@@ -177,13 +179,15 @@ def plan(job: dict[str, Any], t: Translator = EN, ws=None, seconds_per_step: flo
                              allow_pickle=cfg.model.allow_pickle)
     except (ModelLoadError, OSError) as err:
         return Plan(False, t("train.cannot_start", error=describe_error(err, t)), dataset=data)
-    per, total = steps_of(cfg, data.num_per_epoch * (2 if regularized(cfg) else 1))
+    paired = regularized(cfg, data.index)
+    per, total = steps_of(cfg, data.num_per_epoch * (2 if paired else 1))
     folder = Path(cfg.output.dir) / f"{cfg.output.name}-{t('train.date_time')}"
     text = t("train.summary", base=f"{src.name} ({t('base.family_' + src.family)})", path=d.path,
              images=data.num_images, per_epoch=data.num_per_epoch, method=method_label(t, cfg.network.type),
              steps=total, epochs=cfg.training.epochs, per=per, folder=folder)
     family = "" if src.path == EMBEDDED_DIR else src.family  # the toy model has no "usual" ranges
-    return Plan(True, text, soft_warnings(cfg, data.num_images, total, family, t, seconds_per_step), cfg, data)
+    return Plan(True, text, soft_warnings(cfg, data.num_images, total, family, t, seconds_per_step, paired),
+                cfg, data)
 
 
 # Words that make poor trigger words: the model already knows them well (A1111/kohya guides)
@@ -192,9 +196,10 @@ COMMON_WORDS = {"a", "an", "the", "girl", "boy", "man", "woman", "person", "cat"
 
 
 def soft_warnings(cfg, num_images: int, total_steps: int, family: str, t: Translator = EN,
-                  seconds_per_step: float | None = None) -> list[str]:
+                  seconds_per_step: float | None = None, paired: bool | None = None) -> list[str]:
     """What a kohya_ss/OneTrainer user would want pointed out before hours of training; each
-    says why. None of them stops the job."""
+    says why. None of them stops the job. ``paired``: whether training has regularization images
+    (``regularized``), when the caller already knows."""
     out = []
     from engine.methods import method_of
     from engine.models import families
@@ -218,13 +223,15 @@ def soft_warnings(cfg, num_images: int, total_steps: int, family: str, t: Transl
         elif total_steps < 200:
             out.append(t("warn.steps_low", steps=total_steps))
     out += [t(f"warn.{key}", **values) for key, values in method.warnings(net)]
-    trigger = cfg.output.trigger_phrase.split(",")[0].strip().lower()
+    trigger = (trigger_words(cfg.output.trigger_phrase) or [""])[0].lower()
     if trigger in COMMON_WORDS:
         out.append(t("warn.trigger_common", word=trigger))
     expected = families.BY_ID[family].default_resolution if family in families.BY_ID else None
     if expected and cfg.dataset.resolution < expected * 3 // 4:
         out.append(t("warn.resolution", resolution=cfg.dataset.resolution, expected=expected))
-    if uses_prior_images(cfg) and not cfg.dataset.reg_path and not regularized(cfg):
+    if paired is None:
+        paired = regularized(cfg)
+    if uses_prior_images(cfg) and not cfg.dataset.reg_path and not paired:
         out.append(t("warn.prior_no_trigger", word=cfg.output.trigger_phrase))
     if seconds_per_step:
         minutes = math.ceil(total_steps * seconds_per_step / 60)

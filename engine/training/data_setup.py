@@ -66,9 +66,10 @@ def reg_root(cfg: JobConfig) -> Path | None:
     return Path(cfg.output.dir) / "prior_images" if uses_prior_images(cfg) else None
 
 
-def regularized(cfg: JobConfig) -> bool:
+def regularized(cfg: JobConfig, index: DatasetIndex | None = None) -> bool:
     """Whether training will pair samples with regularization images: kohya's rule then puts as
-    many of them in each epoch as training samples, so the epoch has twice the steps."""
+    many of them in each epoch as training samples, so the epoch has twice the steps. ``index``:
+    the usable training images when the caller already has them (else they are scanned)."""
     from engine.data.prior_images import prior_prompts
 
     d = cfg.dataset
@@ -76,10 +77,11 @@ def regularized(cfg: JobConfig) -> bool:
         return d.num_class_images > 0 or bool(images_under(Path(d.reg_path)))
     if not uses_prior_images(cfg):
         return False
-    try:
-        index = scan_dataset(d.path, d.default_repeats, d.caption_extension)
-    except DatasetError:
-        return False
+    if index is None:
+        try:
+            index = scan_job_dataset(cfg)
+        except DatasetError:
+            return False
     return bool(prior_prompts(index, cfg.output.trigger_phrase))
 
 
