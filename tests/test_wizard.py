@@ -168,7 +168,7 @@ def test_2_save_caption_never_wipes_a_caption(server, tmp_path):
 def test_3_5_6_stop_resume_a_second_run_and_a_reload(server, tmp_path):
     wizard = page(server)
     wizard.set("dataset.prior_preservation", False)  # the steps below count the demo's images only
-    wizard.set("training.epochs", 3)
+    wizard.set("training.epochs", 2)
     wizard.set("sample.every_n_epochs", 0)
     first = Path(wizard.start().split("writing to ")[1])
     wait_for_step(wizard, 1)
@@ -183,7 +183,7 @@ def test_3_5_6_stop_resume_a_second_run_and_a_reload(server, tmp_path):
     message, _, progress, log, frame, _, saved = wizard.wait(300)
     assert message == f"done: {first / 'zkz_star.safetensors'}" and "resumed from" in log, (message, log)
     rows = (first / "zkz_star_loss.csv").read_text(encoding="utf-8").splitlines()[1:]
-    assert [int(r.split(",")[0]) for r in rows] == list(range(1, 91))  # one loss curve across the stop
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, 61))  # one loss curve across the stop
     assert str(stopped) in saved.splitlines()  # the stopped file stays listed and on disk
     digest = hashlib.sha256((first / "zkz_star.safetensors").read_bytes()).hexdigest()
     # a second run of the same job gets its own folder; the first run's files are untouched.
@@ -203,8 +203,7 @@ def test_3_5_6_stop_resume_a_second_run_and_a_reload(server, tmp_path):
     # the grid's likeness and bleed figures: the run's training images, its prompt without the trigger
     assert control == "a star on a white background" and Path(refs).is_dir(), (control, refs)
     files, *_ = reloaded(str(first), api_name="/use_run_files")
-    assert files.splitlines() == [str(first / "zkz_star-000001.safetensors"), str(first / "zkz_star-000002.safetensors"),
-                                  str(first / "zkz_star.safetensors")]
+    assert files.splitlines() == [str(first / "zkz_star-000001.safetensors"), str(first / "zkz_star.safetensors")]
 
 
 def test_3_a_resume_that_cannot_work_says_why_and_keeps_the_view(server, tmp_path):
@@ -270,6 +269,7 @@ def test_7_export_makes_samples_with_the_runs_base_and_settings(server, tmp_path
     AutoencoderKL.from_config(AutoencoderKL.load_config(reference_config_dir("sd15"), subfolder="vae")
                               ).save_pretrained(vae_folder)
     wizard = page(server)
+    wizard.set("dataset.prior_preservation", False)  # about export; the demo's prior images cost 30 more steps
     wizard.set("training.epochs", 1)
     wizard.set("model.vae", str(vae_folder))
     assert tomllib.loads(wizard.job_toml())["model"]["vae"] == str(vae_folder)
