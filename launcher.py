@@ -11,6 +11,7 @@
     python launcher.py card output/mylora.safetensors   # model card + A1111 sidecar folder
     python launcher.py preset export --config job.toml --name mine --code   # share settings
     python launcher.py doctor               # what hardware was found, which preset tier
+    python launcher.py doctor --job job.toml --tier auto   # will this job fit the GPU? (predicted peak)
 """
 from __future__ import annotations
 
@@ -127,9 +128,18 @@ def cmd_pick(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from engine.system.doctor import doctor_report
+    from engine.system.doctor import doctor_report, job_report
 
     print(doctor_report())
+    if args.job:
+        from engine.config.job import ConfigError
+        from engine.models.loader import ModelLoadError
+
+        try:
+            print(job_report(Path(args.job), args.tier))
+        except (ConfigError, ModelLoadError, ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -209,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     pick.set_defaults(func=cmd_pick)
 
     doctor = sub.add_parser("doctor", help="report GPU/VRAM, packages and the chosen preset tier")
+    doctor.add_argument("--job", help="a job file: predict its peak GPU memory and say whether it fits")
+    doctor.add_argument("--tier", help="layer this preset tier under the job, as train --tier does (or 'auto')")
     doctor.set_defaults(func=cmd_doctor)
 
     from engine.cli.dataset import add_dataset_commands

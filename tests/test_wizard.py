@@ -189,7 +189,9 @@ def test_3_5_6_stop_resume_a_second_run_and_a_reload(server, tmp_path):
     # a second run of the same job gets its own folder; the first run's files are untouched.
     # Check job now knows this machine's speed for this kind of job
     wizard.set("training.epochs", 1)
-    assert "minutes on this machine for 30 steps" in wizard.check()
+    checked = wizard.check()
+    assert "minutes on this machine for 30 steps" in checked
+    assert "GPU memory at the peak (predicted):" in checked and "no GPU on this machine" in checked, checked
     second = Path(wizard.start().split("writing to ")[1])
     wizard.wait(300)
     assert second != first and (second / "zkz_star.safetensors").is_file()

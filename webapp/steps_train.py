@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.i18n import Translator, describe_error
 from webapp import job_form as jf
 from webapp.job_view import CONCURRENCY
-from webapp.wizard_logic import job_from_shared_preset, wizard_job
+from webapp.wizard_logic import job_from_shared_preset, vram_line, wizard_job
 
 
 def field_widget(t: Translator, field: jf.FormField, method: str, value, help_text: str):
@@ -96,6 +96,8 @@ def build_method_step(t: Translator, ws, view, tier_name: str, tier_reason: str)
         checked = view.plan(job)
         head = t("method.ready") if checked.ok else t("method.not_ready")
         lines = [head, checked.text.replace("**", ""), *(f"- {w}" for w in checked.warnings)]
+        if checked.ok:
+            lines.append(vram_line(checked.cfg, t))
         return ["\n".join(lines), *view.render(job, checked=checked, before=job)]
 
     preset_file.upload(load_preset_file, preset_file, [preset_text, verdict], api_visibility="private")

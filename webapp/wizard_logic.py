@@ -263,3 +263,27 @@ def job_from_shared_preset(text: str, base: str, dataset: str, t: Translator = E
     if job["model"]["base"] == "embedded":
         job["model"]["local_files_only"] = True
     return job, t("method.preset_used", method=method_label(t, cfg.network.type), epochs=cfg.training.epochs)
+
+
+def vram_line(cfg, t: Translator = EN, vram_gib: float | None = None) -> str:
+    """Check job's memory line: the job's predicted peak (engine.system.vram) against this
+    machine's GPU (``vram_gib``, else the first CUDA GPU's), in the page's language."""
+    from engine.system.vram import GIB, fits, gpu_memory_gib, predict_vram
+
+    try:
+        p = predict_vram(cfg)
+    except Exception as err:  # noqa: BLE001 - a forecast; Start stays possible
+        return t("method.vram_unknown", error=describe_error(err, t))
+    total = vram_gib if vram_gib is not None else gpu_memory_gib()
+    if total is None:
+        verdict, of = t("method.vram_no_gpu"), ""
+    else:
+        verdict = t("method.vram_fits") if fits(p, total) else t("method.vram_too_big")
+        of = t("method.vram_of", total=f"{total:.1f}")
+
+    def gib(n: int) -> str:
+        return f"{n / GIB:.2f}"
+
+    return t("method.vram", peak=f"{p.peak_gib:.1f}", of=of, verdict=verdict, weights=gib(p.weights),
+             trained=gib(p.trainable), optimizer=gib(p.optimizer), activations=gib(p.activations),
+             margin=gib(p.margin))

@@ -138,3 +138,26 @@ def doctor_report(info: Optional[HardwareInfo] = None, *, packages: Sequence[str
         lines.append("Notes:")
         lines.extend(f"  - {note}" for note in notes)
     return "\n".join(lines)
+
+
+def job_report(job_file: Path, tier: Optional[str] = None, info: Optional[HardwareInfo] = None) -> str:
+    """``doctor --job``: the job's predicted GPU memory peak (engine.system.vram), against this
+    machine's GPU when it has one. ``tier`` layers a preset tier under the job, as ``train --tier`` does."""
+    from engine.config.job import parse_config, read_toml_file
+    from engine.config.tiers import apply_tier
+    from engine.system.vram import PRECISION_LABEL, predict_vram, verdict
+
+    info = info if info is not None else probe()
+    data = read_toml_file(job_file)
+    if tier:
+        data = apply_tier({}, pick_tier(info) if tier == "auto" else tier, data)
+    cfg = parse_config(data)
+    prediction = predict_vram(cfg)
+    vram = info.vram_gib if info.backend == "cuda" else None
+    lines = [f"Job: {job_file}" + (f" (tier {tier})" if tier else ""),
+             f"  {prediction.line(vram)}: {verdict(prediction, vram)}",
+             f"  architecture {prediction.architecture} ({prediction.family}), batch {cfg.training.batch_size}, "
+             f"{cfg.dataset.resolution} px, {PRECISION_LABEL[cfg.training.mixed_precision]}, gradient checkpointing "
+             f"{'on' if cfg.training.gradient_checkpointing else 'off'}, optimizer {cfg.optimizer.type}",
+             "  not counted: " + "; ".join(prediction.left_out + tuple(prediction.notes))]
+    return "\n".join(lines)

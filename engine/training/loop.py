@@ -135,6 +135,10 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(t.mixed_precision, cb),
                               gradient_accumulation_steps=t.gradient_accumulation_steps)
     set_seed(t.seed)
+    if accelerator.device.type == "cuda" and main:
+        from engine.system.vram import log_line
+
+        cb.on_log(log_line(cfg, accelerator.device))
     with accelerator.main_process_first():  # the others then reuse its disk latent cache
         s = build_training(cfg, accelerator, cb, model)
     tes = s.model.text_encoders  # SDXL has two
