@@ -275,3 +275,44 @@ def test_package_status_for_missing_and_broken_packages(tmp_path, monkeypatch):
 def test_live_doctor_report_runs():
     text = doctor_report(try_import=False)
     assert "Preset tier:" in text and "Packages:" in text
+
+
+def test_family_tables_are_sparse_and_sized_for_their_family():
+    """A [family.<id>] table lists only what differs from its tier for that family; a job whose
+    base is of that family gets it (model.family, or read from the base), others do not."""
+    import tomllib
+
+    from engine.config.tiers import TIERS_DIR, job_family
+
+    defaults = parse_config(MINIMAL).model_dump()
+    for tier in list_tiers():
+        data = tomllib.loads((TIERS_DIR / f"{tier}.toml").read_text(encoding="utf-8"))
+        own = load_tier(tier)
+        for family, table in data.get("family", {}).items():
+            for section, values in table.items():
+                for key, value in values.items():
+                    fallback = defaults[section].get(key)
+                    assert own.get(section, {}).get(key, fallback) != value, f"{tier} {family}: {section}.{key}"
+    sdxl = {**MINIMAL, "model": {"base": "some/model", "family": "sdxl"}}
+    assert job_family(sdxl) == "sdxl" and job_family(MINIMAL) is None
+    assert job_family({"model": {"base": "embedded"}}) == "sd15"
+    cfg = parse_config(apply_tier({}, "12gb", sdxl))
+    assert (cfg.training.batch_size, cfg.network.train_unet_only, cfg.training.cache_text_encoder_outputs) == (1, True, True)
+    assert parse_config(apply_tier({}, "12gb", MINIMAL)).training.batch_size == 2  # SD 1.x sizing
+
+
+def test_a_tier_never_makes_a_job_invalid_by_caching_a_trained_text_encoder():
+    """The SDXL 12 GB table caches the text encoders' outputs with a UNet-only LoRA; a LoCon
+    (its own network fields) or a user who trains the text encoder keeps a valid job."""
+    from webapp.job_view import apply_tier as page_apply_tier
+
+    sdxl = {"base": "some/model", "family": "sdxl"}
+    locon = parse_config(apply_tier({}, "12gb", {**MINIMAL, "model": sdxl, "network": {"type": "locon"}}))
+    assert not locon.training.cache_text_encoder_outputs and locon.training.gradient_checkpointing
+    mine = parse_config(apply_tier({}, "12gb", {**MINIMAL, "model": sdxl, "network": {"train_unet_only": False}}))
+    assert not mine.network.train_unet_only and not mine.training.cache_text_encoder_outputs
+    shuffled = parse_config(apply_tier({}, "12gb", {**MINIMAL, "model": sdxl,
+                                                    "dataset": {**MINIMAL["dataset"], "shuffle_caption": True}}))
+    assert shuffled.network.train_unet_only and not shuffled.training.cache_text_encoder_outputs
+    page = page_apply_tier({**MINIMAL, "model": sdxl, "network": {"type": "locon"}}, "12gb")
+    assert not page.get("training", {}).get("cache_text_encoder_outputs") and parse_config(page)

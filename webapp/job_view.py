@@ -203,11 +203,11 @@ def md_lines(text: str) -> str:
 
 def apply_tier(job: dict[str, Any], tier: str) -> dict[str, Any]:
     """The tier's memory settings over the job (the keys the job's method has)."""
-    from engine.config.tiers import load_tier
+    from engine.config.tiers import job_family, keep_text_encoder_cache_valid, load_tier
 
     method = jf.method_of(job)
-    for section, values in load_tier(tier).items():
+    for section, values in load_tier(tier, job_family(job)).items():
         for name, value in values.items():
             if jf.field_info(jf.FormField(section, name), method) is not None:
                 job = jf.set_value(job, f"{section}.{name}", value)
-    return job
+    return keep_text_encoder_cache_valid(job)

@@ -35,11 +35,11 @@ def build_method_step(t: Translator, ws, view, tier_name: str, tier_reason: str)
     import gradio as gr
     import tomli_w
 
-    from engine.config.tiers import list_tiers, load_tier
+    from engine.config.tiers import job_family, list_tiers, load_tier
 
     job = wizard_job()
     method = jf.method_of(job)
-    values, tier_values = jf.form_values(job), load_tier(tier_name)
+    values, tier_values = jf.form_values(job), load_tier(tier_name, job_family(job))
     gr.Markdown(f"{t('method.title')}\n\n{t('method.tier_apply')}")
     with gr.Row():
         view.method = gr.Dropdown([(jf.method_label(t, m), m) for m in jf.METHODS], value=method,

@@ -18,7 +18,6 @@ import contextlib
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 import torch
@@ -224,6 +223,11 @@ def _fake_to(self: torch.nn.Module, *args, **kwargs) -> torch.nn.Module:
     return self
 
 
+def _module_bytes(module: torch.nn.Module) -> int:
+    return sum(-(-t.numel() * t.element_size() // ALLOCATOR_BLOCK) * ALLOCATOR_BLOCK
+               for t in [*module.parameters(), *module.buffers()])
+
+
 def _state_bytes(optimizer: str, params: list[torch.Tensor]) -> tuple[int, int]:
     n = sum(p.numel() for p in params)
     return int(STATE_BYTES.get(optimizer, 8) * n), int(STEP_TEMP.get(optimizer, 1) * 4 * n)
@@ -276,6 +280,8 @@ def _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter) 
         for p in trainable:
             counter.add(p)
         weights = counter.live
+        # caching runs before the UNet joins the VAE and text encoders on the GPU (training.setup)
+        caching_weights = sum(_module_bytes(m) for m in (model.vae, *model.text_encoders))
         state, temp = _state_bytes(cfg.optimizer.type, trainable)
         autocast = (torch.autocast("cpu", dtype=mixed) if mixed is not None else contextlib.nullcontext())
         with counter, autocast:
@@ -304,16 +310,14 @@ def _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter) 
             after_backward = counter.live - weights
     grads = sum(p.numel() * p.element_size() for p in trainable)
     own = sum(p.numel() * p.element_size() for p in trainable) + grads
-    activations = max(step_peak, after_backward + temp, cache_peak) - grads
+    activations = max(step_peak, after_backward + temp) - grads
     notes = []
+    training_total = weights + grads + state + activations
+    if caching_weights + cache_peak > training_total:  # caching is the peak: shown as activations
+        activations += caching_weights + cache_peak - training_total
+        notes.append("the peak is while latents are cached, before training")
     if cfg.training.attention == "xformers":
         notes.append("xformers counted as SDPA")
     return VramPrediction(weights=weights - (own - grads), trainable=own, optimizer=state,
                           activations=max(activations, 0), family=family, architecture=folder.name, notes=notes)
 
-
-def predict_for_job(job: dict[str, Any]) -> VramPrediction:
-    """``predict_vram`` for a job dict (the wizard's and doctor's form)."""
-    from engine.config.job import parse_config
-
-    return predict_vram(parse_config(job))

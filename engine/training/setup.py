@@ -159,6 +159,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     train_te = method.trains_text_encoder(cfg.network)
     for m in (model.unet, model.vae, *model.text_encoders):
         m.requires_grad_(False)
+    for m in (model.vae, *model.text_encoders):  # the UNet joins them after caching (below)
         m.to(accelerator.device)
     if weight_dtype != torch.float32 and method.keeps_base_half:  # frozen base in half precision; the
         for m in (model.unet, *model.text_encoders):                # VAE stays fp32 (fp16 SD VAEs make NaNs)
@@ -186,6 +187,9 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                 te.to("cpu")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    # only now: while latents and text-encoder outputs were cached the UNet (the largest part)
+    # was not on the GPU, so caching's peak and training's peak do not add up on small cards
+    model.unet.to(accelerator.device)
     num_batches = len(loader)
     steps_per_epoch = math.ceil(num_batches / t.gradient_accumulation_steps)
     total = steps_per_epoch * t.epochs
