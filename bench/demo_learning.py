@@ -8,6 +8,7 @@ a Markdown table for BENCHMARKS.md.
 
     python bench/demo_learning.py                       # every variant, seeds 42 7 123
     python bench/demo_learning.py --only demo_lora --seeds 42 7 123 1 2
+    python bench/demo_learning.py --only demo_lora --match shipped
 """
 from __future__ import annotations
 
@@ -41,13 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
     ap.add_argument("--only", default="", help="only variants of this demo job")
+    ap.add_argument("--match", default="", help="only variants whose label holds this text")
     args = ap.parse_args(argv)
     print("| recipe | training seed | concept at 1 | at 0 | control kept at 1 | bleed | s (train + count) |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         datasets = {GREEN_CROSS.name: GREEN_CROSS.write(Path(tmp) / "cross")}
         for label, name, concept, overrides in VARIANTS:
-            if args.only and name != args.only:
+            if (args.only and name != args.only) or args.match not in label:
                 continue
             for seed in args.seeds:
                 start = time.perf_counter()

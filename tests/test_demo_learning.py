@@ -28,7 +28,7 @@ def demo_lora(request, tmp_path_factory):
 
 def test_demo_lora_draws_the_concept_for_every_training_seed(demo_lora):
     """Purple pointy shapes for most sampling seeds at weight 1, none at weight 0 (the base
-    draws a pale yellow star). Measured for seeds 42 / 7 / 123: 6 / 8 / 8 of 8; the recipe it
+    draws a pale yellow star). Measured for seeds 42 / 7 / 123: 8 / 8 / 8 of 8; the recipe it
     replaced (4 epochs, no prior preservation) drew 6 / 7 / 0."""
     s, _ = demo_lora
     assert s.hits[1.0] >= 5 and s.hits[0.0] == 0, s.line()
@@ -36,7 +36,7 @@ def test_demo_lora_draws_the_concept_for_every_training_seed(demo_lora):
 
 def test_demo_lora_leaves_prompts_without_the_trigger_alone(demo_lora):
     """The prior-preservation images keep "a blue square on a white background" a square at
-    weight 1 for most seeds (measured 6 / 7 / 7 of 8; 0 / 0 / 0 without them)."""
+    weight 1 for most seeds (measured 6 / 7 / 6 of 8; 0 / 0 / 0 without them)."""
     s, _ = demo_lora
     assert s.kept[0.0] == 8 and s.kept[1.0] >= 5, s.line()
 
