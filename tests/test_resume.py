@@ -160,3 +160,17 @@ def test_resume_from_an_epoch_end_state_is_exact(tmp_path, tiny_model_dir, tiny_
     assert load_state(state, job_fingerprint(cfg)).position.skip_batches == 0  # an epoch-end state
     resumed = load_file(train(cfg, resume="auto").final_path)
     assert all(torch.equal(resumed[k], unbroken[k]) for k in unbroken)
+
+
+def test_the_resume_fingerprint_counts_changed_settings_not_new_defaults(tiny_model_dir, tiny_dataset, tmp_path):
+    """A setting at its default counts as absent, so a state saved before an option existed still
+    resumes; a changed setting, or another method with the same numbers, does not."""
+    plain = lora_job(tiny_model_dir, tiny_dataset, tmp_path)
+    fp = job_fingerprint(parse_config(plain))
+    spelled_out = lora_job(tiny_model_dir, tiny_dataset, tmp_path, training={"loss_type": "l2", "min_timestep": 0})
+    assert job_fingerprint(parse_config(spelled_out)) == fp
+    huber = lora_job(tiny_model_dir, tiny_dataset, tmp_path, training={"loss_type": "huber"})
+    assert job_fingerprint(parse_config(huber)) != fp
+    locon = lora_job(tiny_model_dir, tiny_dataset, tmp_path, network={"type": "locon", "dim": 4, "alpha": 2.0})
+    assert job_fingerprint(parse_config(locon)) != fp
+    assert job_fingerprint(parse_config({**plain, "output": {**plain["output"], "name": "other"}})) == fp

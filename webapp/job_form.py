@@ -64,6 +64,10 @@ FIELDS: list[FormField] = [
     F("network", "conv_dim", True), F("network", "conv_alpha", True), F("network", "max_norm", True),
     F("dataset", "enable_bucket", True), F("dataset", "flip_aug", True), F("dataset", "shuffle_caption", True),
     F("dataset", "keep_tokens", True), F("training", "noise_offset", True), F("training", "min_snr_gamma", True),
+    *(F("training", name, True) for name in (
+        "multires_noise_iterations", "multires_noise_discount", "ip_noise_gamma", "zero_terminal_snr",
+        "debiased_estimation_loss", "loss_type", "huber_schedule", "huber_c", "huber_scale", "min_timestep",
+        "max_timestep")),
     F("training", "clip_skip", True), F("output", "save_state", True), F("output", "keep_states", True),
     F("output", "save_precision", True), F("sample", "sampler", True), F("sample", "every_n_epochs", True),
     F("sample", "every_n_steps", True), F("dataset", "reg_path", True),

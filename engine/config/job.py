@@ -126,6 +126,28 @@ class TrainingConfig(Section):
     seed: int = Field(default=42, ge=0, le=2**32 - 1)
     noise_offset: float = Field(default=0.0, ge=0.0, le=1.0)
     min_snr_gamma: Optional[float] = Field(default=None, gt=0)
+    # noise and loss options under kohya sd-scripts' names (README: "Noise and loss options")
+    multires_noise_iterations: int = Field(default=0, ge=0, le=10, description="Multi-resolution "
+                                           "noise levels, 6-10 usual; 0 = off.")
+    multires_noise_discount: float = Field(default=0.3, gt=0.0, lt=1.0, description="Weight of each "
+                                           "coarser level (to the level's power), 0.1-0.3 usual.")
+    ip_noise_gamma: float = Field(default=0.0, ge=0.0, le=1.0, description="Input perturbation: extra "
+                                  "noise on the input only, 0.1 usual; 0 = off.")
+    zero_terminal_snr: bool = Field(default=False, description="Rescale the noise schedule so the last "
+                                    "timestep is pure noise (v-prediction models only).")
+    debiased_estimation_loss: bool = Field(default=False, description="Weight the loss by 1/sqrt(SNR) "
+                                           "so low-noise timesteps count less.")
+    loss_type: Literal["l2", "l1", "huber", "smooth_l1"] = Field(
+        default="l2", description="l2 = mean squared error; huber / smooth_l1 bound the pull of "
+                                  "outlier images.")
+    huber_schedule: Literal["constant", "exponential", "snr"] = Field(
+        default="snr", description="How the Huber threshold changes with the timestep.")
+    huber_c: float = Field(default=0.1, gt=0.0, le=1.0, description="Huber threshold (its lowest "
+                           "value for the exponential and snr schedules), 0.1 usual.")
+    huber_scale: float = Field(default=1.0, gt=0.0, le=10.0, description="Multiplies the constant and "
+                               "exponential thresholds.")
+    min_timestep: int = Field(default=0, ge=0, le=999, description="Train only timesteps from here.")
+    max_timestep: int = Field(default=1000, ge=1, le=1000, description="... up to (not including) here.")
     clip_skip: int = Field(default=1, ge=1, le=12)
 
 
@@ -204,7 +226,7 @@ class JobConfig(Section):
             raise UserInputError("scheduler.warmup_steps needs scheduler.type "
                                  "'constant_with_warmup' (or another schedule); 'constant' ignores it",
                                  "cfg_warmup_constant")
-        d = self.dataset
+        d, t = self.dataset, self.training
         if d.enable_bucket and not d.min_bucket_reso <= d.resolution <= d.max_bucket_reso:
             raise UserInputError("dataset.min_bucket_reso <= dataset.resolution <= dataset.max_bucket_reso "
                                  f"is needed for buckets (got {d.min_bucket_reso}, {d.resolution}, "
@@ -227,6 +249,13 @@ class JobConfig(Section):
                 raise UserInputError("training.cache_text_encoder_outputs cannot be combined with "
                                      "dataset.shuffle_caption / caption_dropout_rate / tag_dropout_rate "
                                      "(the captions change every step)", "cfg_cache_te_changing")
+        if t.multires_noise_iterations and t.noise_offset:
+            raise UserInputError("training.noise_offset and training.multires_noise_iterations cannot be "
+                                 "used together (both shape the noise; choose one)", "cfg_noise_both")
+        if t.min_timestep >= t.max_timestep:
+            raise UserInputError(f"training.min_timestep ({t.min_timestep}) must be below "
+                                 f"training.max_timestep ({t.max_timestep})", "cfg_timestep_range",
+                                 low=t.min_timestep, high=t.max_timestep)
         if self.optimizer.type == "Prodigy" and self.optimizer.lr < 0.1:
             raise UserInputError("optimizer.lr: Prodigy adapts the step size itself; "
                                  "set lr to about 1.0 (got %g)" % self.optimizer.lr, "cfg_prodigy_lr",

@@ -194,12 +194,56 @@ def _params(meta: dict[str, str], kind: str, job: JobConfig | None,
              "minSnrGamma": f("ss_min_snr_gamma") or 0, "shuffleCaption": f("ss_shuffle_caption", boolean),
              "trainBatchSize": f("ss_batch_size_per_device", int),
              "targetSteps": f("ss_max_train_steps", int)}
+    p |= _noise_and_loss(job.training.model_dump() if job is not None else _noise_and_loss_from(meta))
     if dirs:
         p["numRepeats"] = max(d.get("n_repeats", 1) for d in dirs.values())
     p["loraType"] = kind if usage_of(kind) == "network" else None
     if kind == "lora" and '"conv_dim"' in meta.get("ss_network_args", ""):
         p["loraType"] = "locon"  # kohya's LoRA with 3x3 conv layers is what Civitai calls LoCon
     return {k: v for k, v in p.items() if v is not None}
+
+
+# the noise and loss options the card lists when a job changed them: job field -> the file's key
+NOISE_AND_LOSS = {"multires_noise_iterations": "ss_multires_noise_iterations",
+                  "multires_noise_discount": "ss_multires_noise_discount", "ip_noise_gamma": "ss_ip_noise_gamma",
+                  "zero_terminal_snr": "ss_zero_terminal_snr", "debiased_estimation_loss": "ss_debiased_estimation",
+                  "loss_type": "ss_loss_type", "huber_schedule": "ss_huber_schedule", "huber_c": "ss_huber_c",
+                  "huber_scale": "ss_huber_scale"}
+
+
+def _noise_and_loss(values: dict[str, Any]) -> dict[str, Any]:
+    """camelCase parameters for the options that differ from the schema's defaults; the
+    multires discount and the Huber settings only where they are used."""
+    from engine.config.job import TrainingConfig
+
+    fields = TrainingConfig.model_fields
+    shown = {k: v for k, v in values.items() if k in NOISE_AND_LOSS or k in ("min_timestep", "max_timestep")}
+    # settings that belong to an option: shown with it (defaults included), else not at all
+    parts = {"multires_noise_discount": bool(shown.get("multires_noise_iterations"))} | dict.fromkeys(
+        ("huber_schedule", "huber_c", "huber_scale"), shown.get("loss_type") in ("huber", "smooth_l1"))
+    out = {k: shown.pop(k) for k, used in parts.items() if k in shown and used}
+    out |= {k: v for k, v in shown.items() if k not in parts and v is not None and v != fields[k].default}
+    return {re.sub(r"_(\w)", lambda m: m.group(1).upper(), k): v for k, v in out.items()}
+
+
+def _noise_and_loss_from(meta: dict[str, str]) -> dict[str, Any]:
+    """The same options read back from a file's sd-scripts keys (and our timestep range)."""
+    from engine.config.job import TrainingConfig
+
+    out: dict[str, Any] = {}
+    for name, key in NOISE_AND_LOSS.items():
+        raw = meta.get(key)
+        if raw in (None, "", "None"):
+            continue
+        kind = type(TrainingConfig.model_fields[name].default)
+        try:
+            out[name] = (raw == "True") if kind is bool else kind(raw)
+        except ValueError:
+            continue
+    low, _, high = (meta.get("loraforge_timestep_range") or "").partition("-")
+    if low.isdigit() and high.isdigit():
+        out |= {"min_timestep": int(low), "max_timestep": int(high)}
+    return out
 
 
 def _dataset(meta: dict[str, str], job: JobConfig | None

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
-from engine.config.job import JobConfig
+from engine.config.job import JobConfig, TrainingConfig
 from engine.data.folder import DatasetIndex
 from engine.export.hashes import cached_sha256, legacy_hash
 from engine.methods import method_of
@@ -110,8 +111,7 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         "ss_sd_model_hash": run.base_model_legacy_hash,
         **({"ss_vae_name": run.vae_name, "ss_vae_hash": run.vae_legacy_hash, "ss_new_vae_hash": run.vae_hash}
            if run.vae_name else {}),
-        "ss_noise_offset": str(t.noise_offset),
-        "ss_min_snr_gamma": str(t.min_snr_gamma),
+        **noise_and_loss_metadata(t),
         "ss_tag_frequency": json.dumps(data.tag_frequency(), ensure_ascii=False),
         "ss_dataset_dirs": json.dumps(data.dataset_dirs(), ensure_ascii=False),
         "ss_bucket_info": json.dumps(bucket_info(run.bucket_counts or {(res, res): data.num_train_images})),
@@ -139,3 +139,25 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         "modelspec.description": cfg.output.description,
     }
     return meta
+
+
+def noise_and_loss_metadata(t: TrainingConfig) -> dict[str, str]:
+    """The noise and loss options under sd-scripts' keys, written as sd-scripts writes them
+    ("None" for an option that is off); the timestep range has no sd-scripts key and is ours."""
+    def off_none(value: Any) -> str:
+        return str(value if value else None)
+
+    return {
+        "ss_noise_offset": str(t.noise_offset),
+        "ss_min_snr_gamma": str(t.min_snr_gamma),
+        "ss_multires_noise_iterations": off_none(t.multires_noise_iterations),
+        "ss_multires_noise_discount": str(t.multires_noise_discount),
+        "ss_ip_noise_gamma": off_none(t.ip_noise_gamma),
+        "ss_zero_terminal_snr": str(t.zero_terminal_snr),
+        "ss_debiased_estimation": str(t.debiased_estimation_loss),
+        "ss_loss_type": t.loss_type,
+        "ss_huber_schedule": t.huber_schedule,
+        "ss_huber_c": str(t.huber_c),
+        "ss_huber_scale": str(t.huber_scale),
+        "loraforge_timestep_range": f"{t.min_timestep}-{t.max_timestep}",
+    }

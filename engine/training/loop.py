@@ -30,7 +30,17 @@ from engine.training.distributed import (
     prepare_for_training,
 )
 from engine.training.guards import bytes_needed, check_finite, check_loss, guarded_save
-from engine.training.losses import diffusion_loss, min_snr_weights, offset_noise, training_target
+from engine.training.losses import (
+    debiased_weights,
+    diffusion_loss,
+    huber_threshold,
+    min_snr_weights,
+    noisy_input,
+    offset_noise,
+    pyramid_noise,
+    sample_timesteps,
+    training_target,
+)
 from engine.training.samples import sample_during_training, should_sample
 from engine.training.setup import SetupError, TrainingSetup, build_training, encode_latents, resolve_mixed_precision
 from engine.training.state import (
@@ -233,10 +243,14 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                                          accelerator.num_processes)
                 whole = (latents if shard.total == latents.shape[0]
                          else latents.new_empty((shard.total, *latents.shape[1:])))
-                noise = shard.rows(offset_noise(whole, t.noise_offset))
-                timesteps = shard.rows(torch.randint(0, noise_sched.config.num_train_timesteps,
-                                                     (shard.total,), device=latents.device))
-                noisy = noise_sched.add_noise(latents, noise, timesteps)
+                noise = offset_noise(whole, t.noise_offset)
+                if t.multires_noise_iterations:
+                    noise = pyramid_noise(noise, t.multires_noise_iterations, t.multires_noise_discount)
+                noise = shard.rows(noise)
+                timesteps = shard.rows(sample_timesteps(shard.total, t.min_timestep, t.max_timestep,
+                                                        noise_sched, latents.device))
+                extra = shard.rows(torch.randn_like(whole)) if t.ip_noise_gamma else None
+                noisy = noisy_input(noise_sched, latents, noise, timesteps, t.ip_noise_gamma, extra)
                 captions = [process_caption(c, caption_rng, cfg.dataset.shuffle_caption,
                                             cfg.dataset.keep_tokens, cfg.dataset.caption_dropout_rate,
                                             cfg.dataset.tag_dropout_rate)
@@ -255,7 +269,11 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                 weights = batch["loss_weights"].to(latents.device)  # prior_loss_weight on reg images
                 if t.min_snr_gamma:
                     weights = weights * min_snr_weights(noise_sched, timesteps, t.min_snr_gamma, pred_type)
-                loss = diffusion_loss(pred, target, weights)
+                if t.debiased_estimation_loss:
+                    weights = weights * debiased_weights(noise_sched, timesteps, pred_type)
+                threshold = (huber_threshold(noise_sched, timesteps, t.huber_schedule, t.huber_c, t.huber_scale)
+                             if t.loss_type in ("huber", "smooth_l1") else None)
+                loss = diffusion_loss(pred, target, weights, t.loss_type, threshold)
                 loss_value = mean_over_processes(accelerator, loss)
                 check_loss(loss_value, step + 1, epoch, last_good(), t.mixed_precision)
                 accelerator.backward(loss)

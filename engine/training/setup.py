@@ -36,6 +36,7 @@ from engine.training.data_setup import (
     scan_reg_dataset,
     uses_prior_images,
 )
+from engine.training.losses import zero_terminal_snr
 from engine.training.optim import (
     OptimizerUnavailable,
     build_optimizer,
@@ -127,6 +128,11 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                        else cfg.model.prediction_type)
     model.noise_scheduler.register_to_config(prediction_type=prediction_type)
     model.prediction_type = prediction_type
+    if cfg.training.zero_terminal_snr and prediction_type != "v_prediction":
+        raise SetupError("training.zero_terminal_snr needs a v-prediction model (SD 2.x 768-v, or set "
+                         "model.prediction_type = \"v_prediction\" for a v-model): at the last timestep "
+                         f"the input is pure noise, which a {prediction_type} model cannot predict",
+                         "setup_ztsnr_epsilon", prediction=prediction_type)
     fam, method = model.spec, method_of(cfg.network)
     if model.family not in method.families:  # before any work with the base (class images, devices)
         labels = ", ".join(n for n, m in methods().items() if model.family in m.families)
@@ -154,6 +160,9 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         cb.on_log(f"note: {fam.label} models were trained at {fam.default_resolution} px; dataset.resolution = "
                   f"{d.resolution} usually gives blurry, low-detail results ({fam.default_resolution} is the "
                   "usual choice)")
+    if cfg.training.zero_terminal_snr:  # after the base drew its prior images with its own schedule
+        model.noise_scheduler = zero_terminal_snr(model.noise_scheduler)
+        cb.on_log("noise schedule rescaled to zero terminal SNR (samples and saved checkpoints use it too)")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
                                                                       torch.float32)
     train_te = method.trains_text_encoder(cfg.network)

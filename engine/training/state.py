@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.config.job import JobConfig, config_to_dict
+from engine.config.job import JobConfig
 from engine.fileio import atomic_write_bytes
 from engine.i18n import Explained
 
@@ -40,9 +40,12 @@ def state_root(cfg: JobConfig) -> Path:
 
 
 def job_fingerprint(cfg: JobConfig) -> str:
-    """What must not change between a run and its resumption (not output/sample settings)."""
-    data = config_to_dict(cfg)
-    keep = {k: data[k] for k in ("model", "dataset", "network", "optimizer", "scheduler", "training")}
+    """What must not change between a run and its resumption (not output/sample settings): the
+    values that differ from the defaults, so a new option (at its default) does not make a state
+    saved before it existed unresumable; the method's type always counts."""
+    data = cfg.model_dump(mode="json", exclude_defaults=True)
+    keep = {k: data.get(k, {}) for k in ("model", "dataset", "network", "optimizer", "scheduler", "training")}
+    keep["network"] = {**keep["network"], "type": cfg.network.type}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
