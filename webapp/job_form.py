@@ -62,6 +62,8 @@ FIELDS: list[FormField] = [
     F("scheduler", "type", True), F("scheduler", "warmup_steps", True),
     F("training", "mixed_precision", True), F("training", "gradient_checkpointing", True),
     F("network", "conv_dim", True), F("network", "conv_alpha", True), F("network", "max_norm", True),
+    F("network", "loraplus_lr_ratio", True), F("network", "loraplus_unet_lr_ratio", True),
+    F("network", "loraplus_text_encoder_lr_ratio", True),
     F("dataset", "enable_bucket", True), F("dataset", "flip_aug", True), F("dataset", "shuffle_caption", True),
     F("dataset", "keep_tokens", True), F("training", "noise_offset", True), F("training", "min_snr_gamma", True),
     *(F("training", name, True) for name in (

@@ -195,6 +195,7 @@ def _params(meta: dict[str, str], kind: str, job: JobConfig | None,
              "trainBatchSize": f("ss_batch_size_per_device", int),
              "targetSteps": f("ss_max_train_steps", int)}
     p |= _noise_and_loss(job.training.model_dump() if job is not None else _noise_and_loss_from(meta))
+    p |= {_camel(k): v for k, v in _loraplus(meta, job).items()}
     if dirs:
         p["numRepeats"] = max(d.get("n_repeats", 1) for d in dirs.values())
     p["loraType"] = kind if usage_of(kind) == "network" else None
@@ -211,6 +212,29 @@ NOISE_AND_LOSS = {"multires_noise_iterations": "ss_multires_noise_iterations",
                   "huber_scale": "ss_huber_scale"}
 
 
+def _camel(name: str) -> str:
+    return re.sub(r"_(\w)", lambda m: m.group(1).upper(), name)
+
+
+def _loraplus(meta: dict[str, str], job: JobConfig | None) -> dict[str, float]:
+    """LoRA+ ratios that were set: the job's, else the file's ss_network_args (kohya's place)."""
+    args: Any = {}
+    if job is not None:
+        args = job.network.loraplus_args() if hasattr(job.network, "loraplus_args") else {}
+    else:
+        try:
+            args = json.loads(meta.get("ss_network_args") or "{}")
+        except ValueError:
+            pass
+    out = {}
+    for k, v in (args.items() if isinstance(args, dict) else ()):
+        try:
+            out[k] = float(v) if k.startswith("loraplus_") else None
+        except (TypeError, ValueError):
+            continue
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def _noise_and_loss(values: dict[str, Any]) -> dict[str, Any]:
     """camelCase parameters for the options that differ from the schema's defaults; the
     multires discount and the Huber settings only where they are used."""
@@ -223,7 +247,7 @@ def _noise_and_loss(values: dict[str, Any]) -> dict[str, Any]:
         ("huber_schedule", "huber_c", "huber_scale"), shown.get("loss_type") in ("huber", "smooth_l1"))
     out = {k: shown.pop(k) for k, used in parts.items() if k in shown and used}
     out |= {k: v for k, v in shown.items() if k not in parts and v is not None and v != fields[k].default}
-    return {re.sub(r"_(\w)", lambda m: m.group(1).upper(), k): v for k, v in out.items()}
+    return {_camel(k): v for k, v in out.items()}
 
 
 def _noise_and_loss_from(meta: dict[str, str]) -> dict[str, Any]:

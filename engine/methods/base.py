@@ -10,7 +10,7 @@ Torch-free at import: the hooks import the training code they drive when they ru
 from __future__ import annotations
 
 import builtins
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -38,6 +38,7 @@ class MethodParts:
     te_params: list[torch.nn.Parameter]
     state: Any = None  # the method's own object (TextualInversion, a LyCORIS or hypernetwork net)
     network: Any = None  # modules hooked into the base that train()/eval() with the run
+    up_params: list[torch.nn.Parameter] = field(default_factory=list)  # LoRA's B / "up" matrices (LoRA+)
 
 
 class TrainingMethod:

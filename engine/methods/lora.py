@@ -2,7 +2,7 @@
 convs with conv_dim (LoCon-style), trained through peft layers."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -10,7 +10,32 @@ from engine.config.base import Section
 from engine.methods.base import MethodParts, TrainingMethod
 
 
-class LoraNetworkConfig(Section):
+class LoraPlusFields(Section):
+    """LoRA+ (Hayou et al., "LoRA+: Efficient Low Rank Adaptation of Large Models", 2024): the B
+    ("up") matrices learn at ``ratio`` x the learning rate of the A ("down") ones; kohya's
+    network_args of the same names. Empty = off; the UNet / text-encoder ratios override the
+    shared one for their part."""
+    loraplus_lr_ratio: Optional[float] = Field(default=None, ge=1.0, le=1000.0, description="LoRA+: "
+                                               "the up matrices' learning rate x this; 16 usual, empty = off.")
+    loraplus_unet_lr_ratio: Optional[float] = Field(default=None, ge=1.0, le=1000.0,
+                                                    description="LoRA+ ratio for the UNet (empty = the one above).")
+    loraplus_text_encoder_lr_ratio: Optional[float] = Field(default=None, ge=1.0, le=1000.0,
+                                                            description="LoRA+ ratio for the text encoder "
+                                                                        "(empty = the one above).")
+
+    def loraplus_ratios(self) -> tuple[float, float]:
+        """(UNet, text encoder) multipliers for the up matrices' learning rate (1 = off)."""
+        shared = self.loraplus_lr_ratio or 1.0
+        return self.loraplus_unet_lr_ratio or shared, self.loraplus_text_encoder_lr_ratio or shared
+
+    def loraplus_args(self) -> dict[str, str]:
+        """The ratios that are set, as kohya writes them into ss_network_args."""
+        return {name: str(getattr(self, name)) for name in
+                ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
+                if getattr(self, name) is not None}
+
+
+class LoraNetworkConfig(LoraPlusFields):
     type: Literal["lora"] = "lora"
     dim: int = Field(default=16, ge=1, le=1024)
     alpha: float = Field(default=8.0, gt=0)
@@ -54,7 +79,10 @@ class LoraMethod(LoraNetworkFiles):
         te_params = [p for te in (tes if train_te else [])
                      for p in lora.inject_lora(te, lora.text_encoder_targets(te, net), net.dropout)]
         cast_training_params([model.unet, *tes], dtype=torch.float32)
-        return MethodParts(unet_params, te_params)
+        trained = {id(p) for p in unet_params + te_params}
+        up = [p for m in (model.unet, *tes) for name, p in m.named_parameters()
+              if ".lora_B." in name and id(p) in trained]
+        return MethodParts(unet_params, te_params, up_params=up)
 
     def state_dict(self, s, accelerator):
         from engine.networks import lora
@@ -72,7 +100,7 @@ class LoraMethod(LoraNetworkFiles):
             args = {"conv_dim": str(net.conv_dim), "conv_alpha": str(net.conv_alpha)}
         if net.dropout:
             args["dropout"] = str(net.dropout)
-        return "networks.lora", args
+        return "networks.lora", args | net.loraplus_args()
 
     def swappers(self):
         from engine.generate.lora_apply import LoraSwapper

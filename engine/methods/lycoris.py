@@ -6,13 +6,12 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from engine.config.base import Section
 from engine.i18n import UserInputError
 from engine.methods.base import MethodParts
-from engine.methods.lora import LoraNetworkFiles
+from engine.methods.lora import LoraNetworkFiles, LoraPlusFields
 
 
-class LycorisNetworkConfig(Section):
+class LycorisNetworkConfig(LoraPlusFields):
     """LyCORIS through lycoris-lora: LoCon (low rank incl. 3x3 convs), LoHa (Hadamard product of
     two low-rank pairs: rank up to dim^2 for the same file size), LoKr (Kronecker product)."""
     type: Literal["locon", "loha", "lokr"]
@@ -34,6 +33,9 @@ class LycorisNetworkConfig(Section):
 
     @model_validator(mode="after")
     def _lokr_only_fields(self) -> "LycorisNetworkConfig":
+        if self.type != "locon" and self.loraplus_args():
+            raise UserInputError(f"network.loraplus_*: LoRA+ speeds up the up matrices of LoRA and LoCon; "
+                                 f"{self.type} has none", "cfg_loraplus_type", type=self.type)
         if self.type != "lokr" and (self.factor != -1 or self.decompose_both):
             raise UserInputError(f"network.factor / network.decompose_both only apply to 'lokr' "
                                  f"(type is {self.type!r})", "cfg_lokr_only", type=self.type)
@@ -60,9 +62,11 @@ class LycorisMethod(LoraNetworkFiles):
         tes = model.text_encoders
         network = lycoris_net.create_network(model.unet, tes if train_te else None, cfg.network)
         network.to(device, dtype=torch.float32)  # the network's own modules learn, in fp32
+        up = [p for m in (*network.unet_loras, *network.text_encoder_loras)
+              for name, p in m.named_parameters() if name.startswith("lora_up") and p.requires_grad]
         return MethodParts([p for m in network.unet_loras for p in m.parameters() if p.requires_grad],
                            [p for m in network.text_encoder_loras for p in m.parameters() if p.requires_grad],
-                           state=network, network=network)
+                           state=network, network=network, up_params=up)
 
     def state_dict(self, s, accelerator):
         from engine.networks import lycoris_net
@@ -79,7 +83,7 @@ class LycorisMethod(LoraNetworkFiles):
         for name in ("dropout", "rank_dropout", "module_dropout"):
             if getattr(net, name):
                 args[name] = str(getattr(net, name))
-        return "lycoris.kohya", args
+        return "lycoris.kohya", args | net.loraplus_args()
 
     def swappers(self):
         from engine.generate.swappers import LycorisSwapper

@@ -54,11 +54,18 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, tota
     )
 
 
-def param_groups(unet_params: Iterable, te_params: Iterable, cfg: OptimizerConfig) -> list[dict]:
+def param_groups(unet_params: Iterable, te_params: Iterable, cfg: OptimizerConfig,
+                 up_params: Iterable = (), ratios: tuple[float, float] = (1.0, 1.0)) -> list[dict]:
+    """One group per part (UNet, text encoder) at its learning rate; with LoRA+ (``ratios`` above
+    1) each part's up matrices (``up_params``) get a group of their own at lr x ratio."""
     groups = []
-    unet_params, te_params = list(unet_params), list(te_params)
-    if unet_params:
-        groups.append({"params": unet_params, "lr": cfg.unet_lr or cfg.lr})
-    if te_params:
-        groups.append({"params": te_params, "lr": cfg.text_encoder_lr or cfg.lr})
+    up = {id(p) for p in up_params}
+    for params, lr, ratio in ((list(unet_params), cfg.unet_lr or cfg.lr, ratios[0]),
+                              (list(te_params), cfg.text_encoder_lr or cfg.lr, ratios[1])):
+        faster = [p for p in params if id(p) in up] if ratio != 1.0 else []
+        rest = [p for p in params if id(p) not in up] if faster else params
+        if rest:
+            groups.append({"params": rest, "lr": lr})
+        if faster:
+            groups.append({"params": faster, "lr": lr * ratio})
     return groups

@@ -207,7 +207,8 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
 
     trainable = unet_params + te_params
     try:
-        groups = param_groups(unet_params, te_params, cfg.optimizer)
+        ratios = cfg.network.loraplus_ratios() if hasattr(cfg.network, "loraplus_ratios") else (1.0, 1.0)
+        groups = param_groups(unet_params, te_params, cfg.optimizer, parts.up_params, ratios)
         if method.no_weight_decay:
             groups[0]["weight_decay"] = 0.0  # decay would pull what it learns toward zero
         optimizer = build_optimizer(cfg.optimizer, groups, accelerator.device.type)
