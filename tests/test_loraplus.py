@@ -12,16 +12,17 @@ from safetensors.torch import load_file
 
 from engine.config.job import parse_config
 from engine.training.loop import train
-from engine.training.optim import param_groups
+from engine.training.optim import lr_multipliers, param_groups
 
 
 def test_param_groups_put_each_parts_up_matrices_in_a_faster_group():
     cfg = parse_config(lora_job("m", "d", "o", optimizer={"lr": 1e-4, "text_encoder_lr": 5e-5})).optimizer
     down_u, up_u, down_t, up_t = (torch.nn.Parameter(torch.zeros(2)) for _ in range(4))
-    groups = param_groups([down_u, up_u], [down_t, up_t], cfg, [up_u, up_t], (16.0, 4.0))
+    scale = lr_multipliers([down_u, up_u], [up_u, up_t], (16.0, 4.0), {})
+    groups = param_groups([down_u, up_u], [down_t, up_t], cfg, scale)
     assert [(len(g["params"]), g["lr"]) for g in groups] == [(1, 1e-4), (1, 1.6e-3), (1, 5e-5), (1, 2e-4)]
     assert groups[1]["params"][0] is up_u and groups[3]["params"][0] is up_t
-    plain = param_groups([down_u, up_u], [down_t, up_t], cfg, [up_u, up_t])
+    plain = param_groups([down_u, up_u], [down_t, up_t], cfg, lr_multipliers([down_u, up_u], [up_u, up_t], (1.0, 1.0), {}))
     assert [(len(g["params"]), g["lr"]) for g in plain] == [(2, 1e-4), (2, 5e-5)]
 
 

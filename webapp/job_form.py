@@ -63,7 +63,8 @@ FIELDS: list[FormField] = [
     F("training", "mixed_precision", True), F("training", "gradient_checkpointing", True),
     F("network", "conv_dim", True), F("network", "conv_alpha", True), F("network", "max_norm", True),
     F("network", "loraplus_lr_ratio", True), F("network", "loraplus_unet_lr_ratio", True),
-    F("network", "loraplus_text_encoder_lr_ratio", True),
+    F("network", "loraplus_text_encoder_lr_ratio", True), F("network", "down_lr_weight", True),
+    F("network", "mid_lr_weight", True), F("network", "up_lr_weight", True),
     F("dataset", "enable_bucket", True), F("dataset", "flip_aug", True), F("dataset", "shuffle_caption", True),
     F("dataset", "keep_tokens", True), F("training", "noise_offset", True), F("training", "min_snr_gamma", True),
     *(F("training", name, True) for name in (

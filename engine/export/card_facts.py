@@ -195,7 +195,7 @@ def _params(meta: dict[str, str], kind: str, job: JobConfig | None,
              "trainBatchSize": f("ss_batch_size_per_device", int),
              "targetSteps": f("ss_max_train_steps", int)}
     p |= _noise_and_loss(job.training.model_dump() if job is not None else _noise_and_loss_from(meta))
-    p |= {_camel(k): v for k, v in _loraplus(meta, job).items()}
+    p |= {_camel(k): v for k, v in _network_extras(meta, job).items()}
     if dirs:
         p["numRepeats"] = max(d.get("n_repeats", 1) for d in dirs.values())
     p["loraType"] = kind if usage_of(kind) == "network" else None
@@ -216,23 +216,28 @@ def _camel(name: str) -> str:
     return re.sub(r"_(\w)", lambda m: m.group(1).upper(), name)
 
 
-def _loraplus(meta: dict[str, str], job: JobConfig | None) -> dict[str, float]:
-    """LoRA+ ratios that were set: the job's, else the file's ss_network_args (kohya's place)."""
+def _network_extras(meta: dict[str, str], job: JobConfig | None) -> dict[str, Any]:
+    """LoRA+ ratios (numbers) and block learning-rate weights (kohya's comma lists) that were
+    set: the job's, else the file's ss_network_args (where kohya keeps them)."""
     args: Any = {}
     if job is not None:
-        args = job.network.loraplus_args() if hasattr(job.network, "loraplus_args") else {}
+        for name in ("loraplus_args", "block_args"):
+            args |= getattr(job.network, name)() if hasattr(job.network, name) else {}
     else:
         try:
             args = json.loads(meta.get("ss_network_args") or "{}")
         except ValueError:
             pass
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in (args.items() if isinstance(args, dict) else ()):
-        try:
-            out[k] = float(v) if k.startswith("loraplus_") else None
-        except (TypeError, ValueError):
-            continue
-    return {k: v for k, v in out.items() if v is not None}
+        if k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight"):
+            out[k] = str(v)
+        elif k.startswith("loraplus_"):
+            try:
+                out[k] = float(v)
+            except (TypeError, ValueError):
+                continue
+    return out
 
 
 def _noise_and_loss(values: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ class MethodParts:
     state: Any = None  # the method's own object (TextualInversion, a LyCORIS or hypernetwork net)
     network: Any = None  # modules hooked into the base that train()/eval() with the run
     up_params: list[torch.nn.Parameter] = field(default_factory=list)  # LoRA's B / "up" matrices (LoRA+)
+    lr_scale: dict[int, float] = field(default_factory=dict)  # id(param) -> learning-rate weight (blocks)
 
 
 class TrainingMethod:

@@ -2,11 +2,13 @@
 convs with conv_dim (LoCon-style), trained through peft layers."""
 from __future__ import annotations
 
+import re
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from engine.config.base import Section
+from engine.i18n import UserInputError
 from engine.methods.base import MethodParts, TrainingMethod
 
 
@@ -35,6 +37,22 @@ class LoraPlusFields(Section):
                 if getattr(self, name) is not None}
 
 
+BLOCKS_PER_SIDE = 12  # kohya's SD 1.x/2.x UNet blocks: IN00-IN11, MID, OUT00-OUT11
+
+
+def kohya_block_index(module: str) -> int:
+    """The UNet block a LoRA module sits in, numbered as kohya's block weights number them for
+    SD 1.x/2.x: 0-11 the down side (0 is conv_in, which has none), 12 the middle, 13-24 the up
+    side; -1 outside the blocks (time embedding, conv_out, text encoder). ``module`` is a
+    diffusers path ("down_blocks.1.attentions.0.proj_in") or kohya name."""
+    m = re.search(r"(up|down)_blocks[._](\d+)[._](resnets|attentions|upsamplers|downsamplers)[._](\d+)", module)
+    if m:
+        side, i, kind, j = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
+        idx = 3 * i + (2 if kind in ("upsamplers", "downsamplers") else j)
+        return 1 + idx if side == "down" else BLOCKS_PER_SIDE + 1 + idx
+    return BLOCKS_PER_SIDE if re.search(r"mid_block[._]", module) else -1
+
+
 class LoraNetworkConfig(LoraPlusFields):
     type: Literal["lora"] = "lora"
     dim: int = Field(default=16, ge=1, le=1024)
@@ -44,6 +62,43 @@ class LoraNetworkConfig(LoraPlusFields):
     conv_alpha: float = Field(default=1.0, gt=0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     train_unet_only: bool = False
+    # kohya's block learning-rate weights (SD 1.x/2.x): a block at 0 gets no LoRA at all
+    down_lr_weight: Optional[list[float]] = Field(
+        default=None, min_length=BLOCKS_PER_SIDE, max_length=BLOCKS_PER_SIDE,
+        description="12 learning-rate weights for the UNet's down blocks IN00-IN11; empty = all 1.")
+    mid_lr_weight: Optional[float] = Field(default=None, ge=0.0, le=100.0,
+                                           description="Learning-rate weight of the middle block; empty = 1.")
+    up_lr_weight: Optional[list[float]] = Field(
+        default=None, min_length=BLOCKS_PER_SIDE, max_length=BLOCKS_PER_SIDE,
+        description="12 learning-rate weights for the UNet's up blocks OUT00-OUT11; empty = all 1.")
+
+    @field_validator("down_lr_weight", "up_lr_weight")
+    @classmethod
+    def _weights_in_range(cls, weights: Optional[list[float]]) -> Optional[list[float]]:
+        if weights is not None and not all(0.0 <= w <= 100.0 for w in weights):
+            raise UserInputError("block learning-rate weights are between 0 and 100", "cfg_block_weight")
+        return weights
+
+    def block_weight(self, module: str) -> float:
+        """The learning-rate weight of the block ``module`` is in (1 outside the blocks)."""
+        idx = kohya_block_index(module)
+        if idx < 0:
+            return 1.0
+        if idx < BLOCKS_PER_SIDE:
+            return self.down_lr_weight[idx] if self.down_lr_weight else 1.0
+        if idx == BLOCKS_PER_SIDE:
+            return 1.0 if self.mid_lr_weight is None else self.mid_lr_weight
+        return self.up_lr_weight[idx - BLOCKS_PER_SIDE - 1] if self.up_lr_weight else 1.0
+
+    def block_args(self) -> dict[str, str]:
+        """The block weights that are set, as kohya writes them into ss_network_args."""
+        out = {}
+        for name in ("down_lr_weight", "up_lr_weight"):
+            if getattr(self, name) is not None:
+                out[name] = ",".join(f"{w:g}" for w in getattr(self, name))
+        if self.mid_lr_weight is not None:
+            out["mid_lr_weight"] = f"{self.mid_lr_weight:g}"
+        return out
 
 
 class LoraNetworkFiles(TrainingMethod):
@@ -75,14 +130,22 @@ class LoraMethod(LoraNetworkFiles):
         from engine.networks import lora
 
         net, tes = cfg.network, model.text_encoders
-        unet_params = lora.inject_lora(model.unet, lora.unet_targets(model.unet, net), net.dropout)
+        targets = lora.unet_targets(model.unet, net)
+        if net.block_args():
+            if lora.uses_sgm_names(model.unet):
+                raise UserInputError("network.down_lr_weight / mid_lr_weight / up_lr_weight follow the 25 "
+                                     "blocks of SD 1.x/2.x; SDXL is not supported yet", "cfg_block_weight_sdxl")
+            targets = [t for t in targets if net.block_weight(t.name) > 0]  # kohya: a block at 0 has no LoRA
+        unet_params = lora.inject_lora(model.unet, targets, net.dropout)
         te_params = [p for te in (tes if train_te else [])
                      for p in lora.inject_lora(te, lora.text_encoder_targets(te, net), net.dropout)]
         cast_training_params([model.unet, *tes], dtype=torch.float32)
         trained = {id(p) for p in unet_params + te_params}
         up = [p for m in (model.unet, *tes) for name, p in m.named_parameters()
               if ".lora_B." in name and id(p) in trained]
-        return MethodParts(unet_params, te_params, up_params=up)
+        scale = {id(p): net.block_weight(name) for name, p in model.unet.named_parameters()
+                 if id(p) in trained and net.block_weight(name) != 1.0}
+        return MethodParts(unet_params, te_params, up_params=up, lr_scale=scale)
 
     def state_dict(self, s, accelerator):
         from engine.networks import lora
@@ -100,7 +163,7 @@ class LoraMethod(LoraNetworkFiles):
             args = {"conv_dim": str(net.conv_dim), "conv_alpha": str(net.conv_alpha)}
         if net.dropout:
             args["dropout"] = str(net.dropout)
-        return "networks.lora", args | net.loraplus_args()
+        return "networks.lora", args | net.loraplus_args() | net.block_args()
 
     def swappers(self):
         from engine.generate.lora_apply import LoraSwapper

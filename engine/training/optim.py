@@ -1,7 +1,7 @@
 """Optimizer and learning-rate schedule from the config, using the libraries that own them."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from diffusers.optimization import get_scheduler
@@ -55,17 +55,28 @@ def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, tota
 
 
 def param_groups(unet_params: Iterable, te_params: Iterable, cfg: OptimizerConfig,
-                 up_params: Iterable = (), ratios: tuple[float, float] = (1.0, 1.0)) -> list[dict]:
-    """One group per part (UNet, text encoder) at its learning rate; with LoRA+ (``ratios`` above
-    1) each part's up matrices (``up_params``) get a group of their own at lr x ratio."""
+                 scale: Optional[dict[int, float]] = None) -> list[dict]:
+    """One group per part (UNet, text encoder) at its learning rate, split further where
+    ``scale`` (id(param) -> multiplier: LoRA+ ratios, block weights) gives some parameters
+    another multiple of it."""
     groups = []
-    up = {id(p) for p in up_params}
-    for params, lr, ratio in ((list(unet_params), cfg.unet_lr or cfg.lr, ratios[0]),
-                              (list(te_params), cfg.text_encoder_lr or cfg.lr, ratios[1])):
-        faster = [p for p in params if id(p) in up] if ratio != 1.0 else []
-        rest = [p for p in params if id(p) not in up] if faster else params
-        if rest:
-            groups.append({"params": rest, "lr": lr})
-        if faster:
-            groups.append({"params": faster, "lr": lr * ratio})
+    scale = scale or {}
+    for params, lr in ((list(unet_params), cfg.unet_lr or cfg.lr), (list(te_params), cfg.text_encoder_lr or cfg.lr)):
+        by_multiplier: dict[float, list] = {}
+        for p in params:
+            by_multiplier.setdefault(scale.get(id(p), 1.0), []).append(p)
+        groups += [{"params": ps, "lr": lr * m} for m, ps in by_multiplier.items()]
     return groups
+
+
+def lr_multipliers(unet_params: Iterable, up_params: Iterable, ratios: tuple[float, float],
+                   block_scale: dict[int, float]) -> dict[int, float]:
+    """id(param) -> learning-rate multiplier: its block's weight x the LoRA+ ratio of its part
+    for the up matrices (``ratios`` = (UNet, text encoder))."""
+    unet = {id(p) for p in unet_params}
+    scale = dict(block_scale)
+    for p in up_params:
+        ratio = ratios[0] if id(p) in unet else ratios[1]
+        if ratio != 1.0:
+            scale[id(p)] = scale.get(id(p), 1.0) * ratio
+    return scale

@@ -42,6 +42,7 @@ from engine.training.optim import (
     build_optimizer,
     build_scheduler,
     describe_optimizer,
+    lr_multipliers,
     param_groups,
 )
 from engine.training.te_cache import TextEncoderCache
@@ -208,7 +209,8 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     trainable = unet_params + te_params
     try:
         ratios = cfg.network.loraplus_ratios() if hasattr(cfg.network, "loraplus_ratios") else (1.0, 1.0)
-        groups = param_groups(unet_params, te_params, cfg.optimizer, parts.up_params, ratios)
+        groups = param_groups(unet_params, te_params, cfg.optimizer,
+                              lr_multipliers(unet_params, parts.up_params, ratios, parts.lr_scale))
         if method.no_weight_decay:
             groups[0]["weight_decay"] = 0.0  # decay would pull what it learns toward zero
         optimizer = build_optimizer(cfg.optimizer, groups, accelerator.device.type)

@@ -1,0 +1,90 @@
+"""Block learning-rate weights (kohya's down/mid/up_lr_weight, SD 1.x/2.x): modules are numbered
+as kohya and A1111's block-weight tools number the 25 blocks, each block learns at its weight,
+a block at 0 gets no LoRA, and the file and its card say so."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import lora_job
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from engine.config.job import parse_config
+from engine.methods.lora import kohya_block_index
+from engine.training.loop import train
+
+
+@pytest.mark.parametrize("name, index", [
+    ("conv_in", -1), ("time_embedding.linear_1", -1),
+    ("down_blocks.0.attentions.0.proj_in", 1), ("down_blocks.0.attentions.1.transformer_blocks.0.attn1.to_q", 2),
+    ("down_blocks.0.downsamplers.0.conv", 3), ("down_blocks.3.resnets.1.conv1", 11),
+    ("mid_block.attentions.0.proj_in", 12), ("up_blocks.0.resnets.0.conv1", 13),
+    ("up_blocks.0.upsamplers.0.conv", 15), ("up_blocks.1.attentions.2.proj_out", 18),
+    ("lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_ff_net_2", 24),
+])
+def test_block_numbers_follow_kohya(name, index):
+    assert kohya_block_index(name) == index
+
+
+def test_sd15_attention_lora_sits_in_the_17_blocks_block_weight_tools_know():
+    """A1111's block-weight tools call an SD 1.5 attention LoRA's blocks IN01 IN02 IN04 IN05 IN07
+    IN08 MID OUT03-OUT11: the real-size UNet's LoRA targets land in exactly those."""
+    from diffusers import UNet2DConditionModel
+
+    from engine.methods.lora import LoraNetworkConfig
+    from engine.models.reference import reference_config_dir
+    from engine.networks.lora import unet_targets
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(reference_config_dir("sd15") / "unet"))
+    blocks = {kohya_block_index(t.name) for t in unet_targets(unet, LoraNetworkConfig())}
+    assert blocks == {1, 2, 4, 5, 7, 8, 12, *range(16, 25)}, sorted(blocks)
+
+
+def test_each_block_learns_at_its_weight_and_a_zero_block_has_no_lora(tiny_model_dir, tiny_dataset, tmp_path):
+    from engine.export.card_facts import gather_facts
+
+    def run(name, **network):
+        cfg = parse_config(lora_job(tiny_model_dir, tiny_dataset, tmp_path / name,
+                                    network={"dim": 4, "alpha": 2.0, "train_unet_only": True, **network},
+                                    optimizer={"type": "AdamW", "lr": 1e-4},
+                                    training={"epochs": 1, "max_steps": 3, "batch_size": 2, "seed": 1}))
+        result = train(cfg)
+        return load_file(str(result.final_path)), result.final_path, cfg
+
+    (plain, _, _) = run("plain")
+    weights = {"down_lr_weight": [0.1] * 12, "mid_lr_weight": 0.0, "up_lr_weight": [1.0] * 12}
+    (blocked, path, cfg) = run("blocked", **weights)
+
+    def mean_up(state, part):
+        return torch.stack([v.abs().mean() for k, v in state.items()
+                            if k.startswith(f"lora_unet_{part}") and k.endswith("lora_up.weight")]).mean().item()
+
+    assert any(k.startswith("lora_unet_mid_block") for k in plain)
+    assert not any(k.startswith("lora_unet_mid_block") for k in blocked)  # weight 0: not in the file
+    # up matrices start at zero and AdamW moves them by about lr per step: 0.1 x the rate, ~0.1 x the size
+    down, up = mean_up(blocked, "down_blocks") / mean_up(plain, "down_blocks"), mean_up(blocked, "up_blocks") / mean_up(plain, "up_blocks")
+    assert 0.05 < down < 0.2 and 0.8 < up < 1.25, (down, up)
+    with safe_open(str(path), "pt") as f:
+        args = json.loads(f.metadata()["ss_network_args"])
+    assert args["down_lr_weight"] == ",".join(["0.1"] * 12) and args["mid_lr_weight"] == "0"
+    for facts in (gather_facts(path), gather_facts(path, cfg)):
+        assert facts.params["midLrWeight"] == "0" and facts.params["downLrWeight"].startswith("0.1,"), facts.params
+
+
+def test_block_weights_rules_and_sdxl_refused(tmp_path, tiny_dataset):
+    from engine.config.base import ConfigError
+    from engine.i18n import Explained
+    from engine.models.toy import build_tiny_sdxl
+
+    with pytest.raises(ConfigError):
+        parse_config(lora_job("m", "d", "o", network={"down_lr_weight": [1.0] * 11}))  # kohya's 12
+    with pytest.raises(ConfigError) as err:
+        parse_config(lora_job("m", "d", "o", network={"up_lr_weight": [1.0] * 11 + [-1.0]}))
+    assert err.value.problems[0]["cause"].key == "cfg_block_weight"
+    sdxl = build_tiny_sdxl(tmp_path / "tiny-sdxl", seed=0)
+    with pytest.raises(Explained) as refused:
+        train(parse_config(lora_job(sdxl, tiny_dataset, tmp_path / "o", network={"mid_lr_weight": 0.5})))
+    assert refused.value.key == "cfg_block_weight_sdxl"
