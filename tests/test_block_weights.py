@@ -88,3 +88,37 @@ def test_block_weights_rules_and_sdxl_refused(tmp_path, tiny_dataset):
     with pytest.raises(Explained) as refused:
         train(parse_config(lora_job(sdxl, tiny_dataset, tmp_path / "o", network={"mid_lr_weight": 0.5})))
     assert refused.value.key == "cfg_block_weight_sdxl"
+
+
+def test_block_dims_and_alphas_set_each_blocks_rank_in_the_file(tiny_model_dir, tiny_dataset, tmp_path):
+    """kohya's block_dims / block_alphas (25 values): each module gets its block's rank and alpha,
+    a block at 0 has none; conv_block_dims trains 3x3 convs per block even with conv_dim 0."""
+    from engine.methods.lora import BLOCKS_PER_SIDE
+
+    down, mid, up = [2] * BLOCKS_PER_SIDE, 0, [6] * BLOCKS_PER_SIDE
+    dims = down + [mid] + up
+    alphas = [1.0] * BLOCKS_PER_SIDE + [1.0] + [3.0] * BLOCKS_PER_SIDE
+    conv = [0] * BLOCKS_PER_SIDE + [0] + [3] * BLOCKS_PER_SIDE
+    cfg = parse_config(lora_job(tiny_model_dir, tiny_dataset, tmp_path / "o",
+                                network={"dim": 4, "alpha": 2.0, "train_unet_only": True, "block_dims": dims,
+                                         "block_alphas": alphas, "conv_block_dims": conv},
+                                training={"epochs": 1, "max_steps": 1, "batch_size": 2}))
+    result = train(cfg)
+    state = load_file(str(result.final_path))
+    ranks = {k[:-len(".lora_down.weight")]: v.shape[0] for k, v in state.items() if k.endswith(".lora_down.weight")}
+    assert ranks and not any("mid_block" in k for k in ranks)
+    for name, rank in ranks.items():
+        conv_module = state[f"{name}.lora_down.weight"].dim() == 4 and state[f"{name}.lora_down.weight"].shape[-1] == 3
+        idx = kohya_block_index(name)
+        assert rank == (conv if conv_module else dims)[idx], (name, rank)
+        if not conv_module:
+            assert state[f"{name}.alpha"].item() == alphas[idx]
+    assert any(v.dim() == 4 and v.shape[-1] == 3 for k, v in state.items() if k.endswith("lora_down.weight"))
+    assert not any(v.dim() == 4 and v.shape[-1] == 3 for k, v in state.items()
+                   if k.endswith("lora_down.weight") and k.startswith("lora_unet_down"))  # conv 0 there
+    with safe_open(str(result.final_path), "pt") as f:
+        args = json.loads(f.metadata()["ss_network_args"])
+    assert args["block_dims"] == ",".join(map(str, dims)) and args["conv_block_dims"] == ",".join(map(str, conv))
+    with pytest.raises(Exception) as err:
+        parse_config(lora_job("m", "d", "o", network={"block_alphas": alphas}))
+    assert err.value.problems[0]["cause"].key == "cfg_block_alphas_alone"

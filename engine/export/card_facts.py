@@ -230,7 +230,8 @@ def _network_extras(meta: dict[str, str], job: JobConfig | None) -> dict[str, An
             pass
     out: dict[str, Any] = {}
     for k, v in (args.items() if isinstance(args, dict) else ()):
-        if k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight"):
+        if k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_dims", "block_alphas",
+                 "conv_block_dims", "conv_block_alphas"):
             out[k] = str(v)
         elif k.startswith("loraplus_"):
             try:

@@ -3,9 +3,10 @@ convs with conv_dim (LoCon-style), trained through peft layers."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from engine.config.base import Section
 from engine.i18n import UserInputError
@@ -72,6 +73,43 @@ class LoraNetworkConfig(LoraPlusFields):
         default=None, min_length=BLOCKS_PER_SIDE, max_length=BLOCKS_PER_SIDE,
         description="12 learning-rate weights for the UNet's up blocks OUT00-OUT11; empty = all 1.")
 
+    # kohya's per-block ranks and alphas: 25 values, IN00-IN11, MID, OUT00-OUT11 (0 = no LoRA there)
+    block_dims: Optional[list[int]] = Field(
+        default=None, min_length=2 * BLOCKS_PER_SIDE + 1, max_length=2 * BLOCKS_PER_SIDE + 1,
+        description="25 ranks, one per UNet block (IN00-IN11, MID, OUT00-OUT11); empty = dim everywhere.")
+    block_alphas: Optional[list[float]] = Field(
+        default=None, min_length=2 * BLOCKS_PER_SIDE + 1, max_length=2 * BLOCKS_PER_SIDE + 1,
+        description="25 alphas to go with block_dims; empty = alpha everywhere.")
+    conv_block_dims: Optional[list[int]] = Field(
+        default=None, min_length=2 * BLOCKS_PER_SIDE + 1, max_length=2 * BLOCKS_PER_SIDE + 1,
+        description="25 ranks for the 3x3 convs per block (LoCon-style); empty = conv_dim everywhere.")
+    conv_block_alphas: Optional[list[float]] = Field(
+        default=None, min_length=2 * BLOCKS_PER_SIDE + 1, max_length=2 * BLOCKS_PER_SIDE + 1,
+        description="25 alphas to go with conv_block_dims; empty = conv_alpha everywhere.")
+
+    @model_validator(mode="after")
+    def _block_lists(self) -> "LoraNetworkConfig":
+        for dims, alphas in (("block_dims", "block_alphas"), ("conv_block_dims", "conv_block_alphas")):
+            if getattr(self, alphas) is not None and getattr(self, dims) is None:
+                raise UserInputError(f"network.{alphas} needs network.{dims} (the ranks they go with)",
+                                     "cfg_block_alphas_alone", alphas=alphas, dims=dims)
+            if any(d < 0 or d > 1024 for d in getattr(self, dims) or []):
+                raise UserInputError(f"network.{dims}: ranks are between 0 and 1024", "cfg_block_dims_range",
+                                     field=dims)
+            if any(a <= 0 for a in getattr(self, alphas) or []):
+                raise UserInputError(f"network.{alphas}: alphas are above 0", "cfg_block_alphas_range",
+                                     field=alphas)
+        return self
+
+    def per_block(self, target):
+        """``target`` (engine.networks.lora.Target) with its block's rank and alpha."""
+        idx = kohya_block_index(target.name)
+        dims, alphas = ((self.conv_block_dims, self.conv_block_alphas) if target.conv
+                        else (self.block_dims, self.block_alphas))
+        if idx < 0 or dims is None:
+            return target
+        return replace(target, rank=dims[idx], alpha=alphas[idx] if alphas is not None else target.alpha)
+
     @field_validator("down_lr_weight", "up_lr_weight")
     @classmethod
     def _weights_in_range(cls, weights: Optional[list[float]]) -> Optional[list[float]]:
@@ -93,7 +131,8 @@ class LoraNetworkConfig(LoraPlusFields):
     def block_args(self) -> dict[str, str]:
         """The block weights that are set, as kohya writes them into ss_network_args."""
         out = {}
-        for name in ("down_lr_weight", "up_lr_weight"):
+        for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
+                     "down_lr_weight", "up_lr_weight"):
             if getattr(self, name) is not None:
                 out[name] = ",".join(f"{w:g}" for w in getattr(self, name))
         if self.mid_lr_weight is not None:
@@ -130,12 +169,16 @@ class LoraMethod(LoraNetworkFiles):
         from engine.networks import lora
 
         net, tes = cfg.network, model.text_encoders
-        targets = lora.unet_targets(model.unet, net)
+        # conv ranks per block train 3x3 convs even with conv_dim 0 (as kohya)
+        targets = lora.unet_targets(model.unet, net.model_copy(update={"conv_dim": net.conv_dim or 1})
+                                    if net.conv_block_dims and not net.conv_dim else net)
         if net.block_args():
             if lora.uses_sgm_names(model.unet):
-                raise UserInputError("network.down_lr_weight / mid_lr_weight / up_lr_weight follow the 25 "
-                                     "blocks of SD 1.x/2.x; SDXL is not supported yet", "cfg_block_weight_sdxl")
-            targets = [t for t in targets if net.block_weight(t.name) > 0]  # kohya: a block at 0 has no LoRA
+                raise UserInputError("network block settings (block_dims, down/mid/up_lr_weight, ...) follow the "
+                                     "25 blocks of SD 1.x/2.x; SDXL is not supported yet", "cfg_block_weight_sdxl")
+            targets = [net.per_block(t) for t in targets]
+            # kohya: a block at rank 0 or learning-rate weight 0 has no LoRA
+            targets = [t for t in targets if t.rank > 0 and net.block_weight(t.name) > 0]
         unet_params = lora.inject_lora(model.unet, targets, net.dropout)
         te_params = [p for te in (tes if train_te else [])
                      for p in lora.inject_lora(te, lora.text_encoder_targets(te, net), net.dropout)]

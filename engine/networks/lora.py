@@ -30,6 +30,7 @@ class Target:
     name: str  # module path inside the model, e.g. "down_blocks.0.attentions.0.proj_in"
     rank: int
     alpha: float
+    conv: bool = False  # a 3x3 conv (LoCon-style), ranked by conv_dim
 
 
 def _is_pointwise(m: nn.Module) -> bool:
@@ -54,7 +55,7 @@ def find_targets(model: nn.Module, parents: tuple[str, ...], rank: int, alpha: f
             if _is_pointwise(child):
                 targets[full] = Target(full, rank, alpha)
             elif in_conv and isinstance(child, nn.Conv2d):
-                targets[full] = Target(full, conv_rank, conv_alpha)
+                targets[full] = Target(full, conv_rank, conv_alpha, conv=True)
     return list(targets.values())
 
 
