@@ -19,6 +19,7 @@ from engine.config.job import JobConfig
 from engine.data.words import trigger_words
 from engine.export.file_kind import read_kind
 from engine.export.hashes import file_digests, legacy_hash
+from engine.export.metadata import NOISE_AND_LOSS_KEYS, TIMESTEP_RANGE_KEY
 from engine.i18n import Explained
 from engine.methods import usage_of
 from engine.models import families
@@ -204,21 +205,15 @@ def _params(meta: dict[str, str], kind: str, job: JobConfig | None,
     return {k: v for k, v in p.items() if v is not None}
 
 
-# the noise and loss options the card lists when a job changed them: job field -> the file's key
-NOISE_AND_LOSS = {"multires_noise_iterations": "ss_multires_noise_iterations",
-                  "multires_noise_discount": "ss_multires_noise_discount", "ip_noise_gamma": "ss_ip_noise_gamma",
-                  "zero_terminal_snr": "ss_zero_terminal_snr", "debiased_estimation_loss": "ss_debiased_estimation",
-                  "loss_type": "ss_loss_type", "huber_schedule": "ss_huber_schedule", "huber_c": "ss_huber_c",
-                  "huber_scale": "ss_huber_scale"}
-
-
 def _camel(name: str) -> str:
     return re.sub(r"_(\w)", lambda m: m.group(1).upper(), name)
 
 
 def _network_extras(meta: dict[str, str], job: JobConfig | None) -> dict[str, Any]:
-    """LoRA+ ratios (numbers) and block learning-rate weights (kohya's comma lists) that were
-    set: the job's, else the file's ss_network_args (where kohya keeps them)."""
+    """LoRA+ ratios (numbers) and block settings (kohya's comma lists) that were set: the
+    job's, else the file's ss_network_args (where kohya keeps them)."""
+    from engine.methods.lora import BLOCK_ARGS
+
     args: Any = {}
     if job is not None:
         for name in ("loraplus_args", "block_args"):
@@ -230,8 +225,7 @@ def _network_extras(meta: dict[str, str], job: JobConfig | None) -> dict[str, An
             pass
     out: dict[str, Any] = {}
     for k, v in (args.items() if isinstance(args, dict) else ()):
-        if k in ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_dims", "block_alphas",
-                 "conv_block_dims", "conv_block_alphas"):
+        if k in BLOCK_ARGS:
             out[k] = str(v)
         elif k.startswith("loraplus_"):
             try:
@@ -247,7 +241,7 @@ def _noise_and_loss(values: dict[str, Any]) -> dict[str, Any]:
     from engine.config.job import TrainingConfig
 
     fields = TrainingConfig.model_fields
-    shown = {k: v for k, v in values.items() if k in NOISE_AND_LOSS or k in ("min_timestep", "max_timestep")}
+    shown = {k: v for k, v in values.items() if k in NOISE_AND_LOSS_KEYS or k in ("min_timestep", "max_timestep")}
     # settings that belong to an option: shown with it (defaults included), else not at all
     parts = {"multires_noise_discount": bool(shown.get("multires_noise_iterations"))} | dict.fromkeys(
         ("huber_schedule", "huber_c", "huber_scale"), shown.get("loss_type") in ("huber", "smooth_l1"))
@@ -261,7 +255,7 @@ def _noise_and_loss_from(meta: dict[str, str]) -> dict[str, Any]:
     from engine.config.job import TrainingConfig
 
     out: dict[str, Any] = {}
-    for name, key in NOISE_AND_LOSS.items():
+    for name, key in NOISE_AND_LOSS_KEYS.items():
         raw = meta.get(key)
         if raw in (None, "", "None"):
             continue
@@ -270,7 +264,7 @@ def _noise_and_loss_from(meta: dict[str, str]) -> dict[str, Any]:
             out[name] = (raw == "True") if kind is bool else kind(raw)
         except ValueError:
             continue
-    low, _, high = (meta.get("loraforge_timestep_range") or "").partition("-")
+    low, _, high = (meta.get(TIMESTEP_RANGE_KEY) or "").partition("-")
     if low.isdigit() and high.isdigit():
         out |= {"min_timestep": int(low), "max_timestep": int(high)}
     return out

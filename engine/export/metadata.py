@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
 
 from engine.config.job import JobConfig, TrainingConfig
 from engine.data.folder import DatasetIndex
@@ -141,23 +140,23 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
     return meta
 
 
+# the noise and loss options under sd-scripts' keys: job field (training.*) -> metadata key
+NOISE_AND_LOSS_KEYS = {"multires_noise_iterations": "ss_multires_noise_iterations",
+                       "multires_noise_discount": "ss_multires_noise_discount",
+                       "ip_noise_gamma": "ss_ip_noise_gamma", "zero_terminal_snr": "ss_zero_terminal_snr",
+                       "debiased_estimation_loss": "ss_debiased_estimation", "loss_type": "ss_loss_type",
+                       "huber_schedule": "ss_huber_schedule", "huber_c": "ss_huber_c",
+                       "huber_scale": "ss_huber_scale"}
+OFF_IS_NONE = ("multires_noise_iterations", "ip_noise_gamma")  # sd-scripts writes "None" when 0/off
+TIMESTEP_RANGE_KEY = "loraforge_timestep_range"  # sd-scripts has the options but no key for them
+
+
 def noise_and_loss_metadata(t: TrainingConfig) -> dict[str, str]:
     """The noise and loss options under sd-scripts' keys, written as sd-scripts writes them
     ("None" for an option that is off); the timestep range has no sd-scripts key and is ours."""
-    def off_none(value: Any) -> str:
-        return str(value if value else None)
-
-    return {
-        "ss_noise_offset": str(t.noise_offset),
-        "ss_min_snr_gamma": str(t.min_snr_gamma),
-        "ss_multires_noise_iterations": off_none(t.multires_noise_iterations),
-        "ss_multires_noise_discount": str(t.multires_noise_discount),
-        "ss_ip_noise_gamma": off_none(t.ip_noise_gamma),
-        "ss_zero_terminal_snr": str(t.zero_terminal_snr),
-        "ss_debiased_estimation": str(t.debiased_estimation_loss),
-        "ss_loss_type": t.loss_type,
-        "ss_huber_schedule": t.huber_schedule,
-        "ss_huber_c": str(t.huber_c),
-        "ss_huber_scale": str(t.huber_scale),
-        "loraforge_timestep_range": f"{t.min_timestep}-{t.max_timestep}",
-    }
+    meta = {"ss_noise_offset": str(t.noise_offset), "ss_min_snr_gamma": str(t.min_snr_gamma)}
+    for name, key in NOISE_AND_LOSS_KEYS.items():
+        value = getattr(t, name)
+        meta[key] = str((value or None) if name in OFF_IS_NONE else value)
+    meta[TIMESTEP_RANGE_KEY] = f"{t.min_timestep}-{t.max_timestep}"
+    return meta

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -39,6 +39,15 @@ class LoraPlusFields(Section):
 
 
 BLOCKS_PER_SIDE = 12  # kohya's SD 1.x/2.x UNet blocks: IN00-IN11, MID, OUT00-OUT11
+# the block settings, as kohya names them in network_args (ss_network_args)
+BLOCK_LISTS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
+               "up_lr_weight")
+BLOCK_ARGS = (*BLOCK_LISTS, "mid_lr_weight")
+
+
+def _block_list(length: int, description: str) -> Any:
+    """An optional list of exactly ``length`` values, one per block (kohya's order)."""
+    return Field(default=None, min_length=length, max_length=length, description=description)
 
 
 def kohya_block_index(module: str) -> int:
@@ -64,28 +73,22 @@ class LoraNetworkConfig(LoraPlusFields):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     train_unet_only: bool = False
     # kohya's block learning-rate weights (SD 1.x/2.x): a block at 0 gets no LoRA at all
-    down_lr_weight: Optional[list[float]] = Field(
-        default=None, min_length=BLOCKS_PER_SIDE, max_length=BLOCKS_PER_SIDE,
-        description="12 learning-rate weights for the UNet's down blocks IN00-IN11; empty = all 1.")
+    down_lr_weight: Optional[list[float]] = _block_list(
+        BLOCKS_PER_SIDE, "12 learning-rate weights for the UNet's down blocks IN00-IN11; empty = all 1.")
     mid_lr_weight: Optional[float] = Field(default=None, ge=0.0, le=100.0,
                                            description="Learning-rate weight of the middle block; empty = 1.")
-    up_lr_weight: Optional[list[float]] = Field(
-        default=None, min_length=BLOCKS_PER_SIDE, max_length=BLOCKS_PER_SIDE,
-        description="12 learning-rate weights for the UNet's up blocks OUT00-OUT11; empty = all 1.")
+    up_lr_weight: Optional[list[float]] = _block_list(
+        BLOCKS_PER_SIDE, "12 learning-rate weights for the UNet's up blocks OUT00-OUT11; empty = all 1.")
 
     # kohya's per-block ranks and alphas: 25 values, IN00-IN11, MID, OUT00-OUT11 (0 = no LoRA there)
-    block_dims: Optional[list[int]] = Field(
-        default=None, min_length=2 * BLOCKS_PER_SIDE + 1, max_length=2 * BLOCKS_PER_SIDE + 1,
-        description="25 ranks, one per UNet block (IN00-IN11, MID, OUT00-OUT11); empty = dim everywhere.")
-    block_alphas: Optional[list[float]] = Field(
-        default=None, min_length=2 * BLOCKS_PER_SIDE + 1, max_length=2 * BLOCKS_PER_SIDE + 1,
-        description="25 alphas to go with block_dims; empty = alpha everywhere.")
-    conv_block_dims: Optional[list[int]] = Field(
-        default=None, min_length=2 * BLOCKS_PER_SIDE + 1, max_length=2 * BLOCKS_PER_SIDE + 1,
-        description="25 ranks for the 3x3 convs per block (LoCon-style); empty = conv_dim everywhere.")
-    conv_block_alphas: Optional[list[float]] = Field(
-        default=None, min_length=2 * BLOCKS_PER_SIDE + 1, max_length=2 * BLOCKS_PER_SIDE + 1,
-        description="25 alphas to go with conv_block_dims; empty = conv_alpha everywhere.")
+    block_dims: Optional[list[int]] = _block_list(
+        2 * BLOCKS_PER_SIDE + 1, "25 ranks, one per UNet block (IN00-IN11, MID, OUT00-OUT11); empty = dim everywhere.")
+    block_alphas: Optional[list[float]] = _block_list(
+        2 * BLOCKS_PER_SIDE + 1, "25 alphas to go with block_dims; empty = alpha everywhere.")
+    conv_block_dims: Optional[list[int]] = _block_list(
+        2 * BLOCKS_PER_SIDE + 1, "25 ranks for the 3x3 convs per block (LoCon-style); empty = conv_dim everywhere.")
+    conv_block_alphas: Optional[list[float]] = _block_list(
+        2 * BLOCKS_PER_SIDE + 1, "25 alphas to go with conv_block_dims; empty = conv_alpha everywhere.")
 
     @model_validator(mode="after")
     def _block_lists(self) -> "LoraNetworkConfig":
@@ -131,8 +134,7 @@ class LoraNetworkConfig(LoraPlusFields):
     def block_args(self) -> dict[str, str]:
         """The block weights that are set, as kohya writes them into ss_network_args."""
         out = {}
-        for name in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
-                     "down_lr_weight", "up_lr_weight"):
+        for name in BLOCK_LISTS:
             if getattr(self, name) is not None:
                 out[name] = ",".join(f"{w:g}" for w in getattr(self, name))
         if self.mid_lr_weight is not None:

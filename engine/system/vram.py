@@ -40,6 +40,11 @@ LEFT_OUT = ("the CUDA context and the allocator's fragmentation (the margin)",
             "xformers, counted as PyTorch's SDPA")
 
 
+def _allocated(nbytes: int) -> int:
+    """``nbytes`` as the CUDA caching allocator holds it (rounded up to its block size)."""
+    return -(-nbytes // ALLOCATOR_BLOCK) * ALLOCATOR_BLOCK
+
+
 class StorageCounter(TorchDispatchMode):
     """Counts live tensor storages: each one once, from the op that makes it until it is freed."""
 
@@ -53,7 +58,7 @@ class StorageCounter(TorchDispatchMode):
         storage = tensor.untyped_storage()
         if storage in self._seen:
             return
-        size = -(-storage.nbytes() // ALLOCATOR_BLOCK) * ALLOCATOR_BLOCK
+        size = _allocated(storage.nbytes())
         self._seen[storage] = size
         self.live += size
         self.peak = max(self.peak, self.live)
@@ -224,8 +229,7 @@ def _fake_to(self: torch.nn.Module, *args, **kwargs) -> torch.nn.Module:
 
 
 def _module_bytes(module: torch.nn.Module) -> int:
-    return sum(-(-t.numel() * t.element_size() // ALLOCATOR_BLOCK) * ALLOCATOR_BLOCK
-               for t in [*module.parameters(), *module.buffers()])
+    return sum(_allocated(t.numel() * t.element_size()) for t in [*module.parameters(), *module.buffers()])
 
 
 def _state_bytes(optimizer: str, params: list[torch.Tensor]) -> tuple[int, int]:

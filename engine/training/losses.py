@@ -107,9 +107,9 @@ def elementwise_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str = 
     """Loss per element in fp32: squared (l2), absolute (l1), or pseudo-Huber with a per-sample
     threshold c: ``huber`` = 2c(sqrt(d^2 + c^2) - c), about d^2 for small errors and 2c|d| for
     large ones (an outlier image pulls with a bounded force); ``smooth_l1`` = the same divided by c."""
-    diff = pred.float() - target.float()
     if loss_type == "l2":
-        return diff ** 2
+        return F.mse_loss(pred.float(), target.float(), reduction="none")
+    diff = pred.float() - target.float()
     if loss_type == "l1":
         return diff.abs()
     if threshold is None:
@@ -148,10 +148,7 @@ def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: Optional[t
                    loss_type: str = "l2", threshold: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The loss (mean-squared error unless ``loss_type`` says otherwise) in fp32, optionally
     weighted per sample."""
-    if loss_type == "l2":
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    else:
-        per_sample = elementwise_loss(pred, target, loss_type, threshold).mean(dim=(1, 2, 3))
+    per_sample = elementwise_loss(pred, target, loss_type, threshold).mean(dim=(1, 2, 3))
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample.device, per_sample.dtype)
     return per_sample.mean()
