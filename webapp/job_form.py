@@ -22,6 +22,7 @@ from pydantic.fields import FieldInfo
 from engine.config.job import JobConfig, network_types, parse_config
 from engine.i18n import EN, Translator
 from engine.methods import usage_of
+from engine.methods.lycoris import LycorisNetworkConfig
 
 Path2 = tuple[str, str]
 
@@ -45,6 +46,7 @@ class FormField:
 
 
 F = FormField
+LYCORIS_TYPES: tuple[str, ...] = typing.get_args(LycorisNetworkConfig.model_fields["type"].annotation)
 FIELDS: list[FormField] = [
     # the beginner view: what every LoRA guide asks for
     F("output", "name"), F("output", "trigger_phrase"), F("dataset", "resolution"), F("training", "epochs"),
@@ -63,7 +65,8 @@ FIELDS: list[FormField] = [
     F("training", "mixed_precision", True), F("training", "gradient_checkpointing", True),
     F("network", "conv_dim", True), F("network", "conv_alpha", True), F("network", "max_norm", True),
     F("network", "loraplus_lr_ratio", True), F("network", "loraplus_unet_lr_ratio", True),
-    F("network", "loraplus_text_encoder_lr_ratio", True), F("network", "block_dims", True),
+    F("network", "loraplus_text_encoder_lr_ratio", True), F("network", "dora_wd", True, only_for=LYCORIS_TYPES),
+    F("network", "block_dims", True),
     F("network", "block_alphas", True), F("network", "conv_block_dims", True), F("network", "conv_block_alphas", True),
     F("network", "down_lr_weight", True),
     F("network", "mid_lr_weight", True), F("network", "up_lr_weight", True),

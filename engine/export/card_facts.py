@@ -210,14 +210,15 @@ def _camel(name: str) -> str:
 
 
 def _network_extras(meta: dict[str, str], job: JobConfig | None) -> dict[str, Any]:
-    """LoRA+ ratios (numbers) and block settings (kohya's comma lists) that were set: the
-    job's, else the file's ss_network_args (where kohya keeps them)."""
+    """LoRA+ ratios (numbers), block settings (kohya's comma lists) and DoRA that were set: the
+    job's, else the file's ss_network_args (where kohya and LyCORIS keep them)."""
     from engine.methods.lora import BLOCK_ARGS
 
     args: Any = {}
     if job is not None:
         for name in ("loraplus_args", "block_args"):
             args |= getattr(job.network, name)() if hasattr(job.network, name) else {}
+        args |= {"dora_wd": "True"} if getattr(job.network, "dora_wd", False) else {}
     else:
         try:
             args = json.loads(meta.get("ss_network_args") or "{}")
@@ -227,6 +228,8 @@ def _network_extras(meta: dict[str, str], job: JobConfig | None) -> dict[str, An
     for k, v in (args.items() if isinstance(args, dict) else ()):
         if k in BLOCK_ARGS:
             out[k] = str(v)
+        elif k == "dora_wd" and str(v) == "True":
+            out["dora"] = True
         elif k.startswith("loraplus_"):
             try:
                 out[k] = float(v)

@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-_LYCORIS_ONLY = (".hada_", ".lokr_", ".lora_mid.")
+_LYCORIS_ONLY = (".hada_", ".lokr_", ".lora_mid.", ".dora_scale")
 AESTHETIC_KEY = "aesthetic_embedding"
 
 
 def needs_lycoris(keys) -> bool:
-    """True when a file holds module types only lycoris-lora can apply (LoHa, LoKr, CP/Tucker)."""
+    """True when a file holds module types only lycoris-lora can apply (LoHa, LoKr, CP/Tucker,
+    DoRA magnitudes)."""
     return any(marker in k for k in keys for marker in _LYCORIS_ONLY)
 
 

@@ -42,14 +42,23 @@ class _HookedSwapper:
 
 
 class LycorisSwapper(_HookedSwapper):
-    """Same interface as LoraSwapper, for files only lycoris-lora can apply."""
+    """Same interface as LoraSwapper, for files only lycoris-lora can apply.
+
+    A file with DoRA magnitudes (``dora_scale``) is merged into the base's weights instead:
+    at weight w A1111 and ComfyUI give ``W + w x (DoRA weight - W)``, while lycoris' own
+    multiplier keeps the whole low-rank part at every weight (at 0 it is not the base)."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        super().__init__(model)
+        self._merged: list | None = None  # [(module, base weight, full weight)] for DoRA files
 
     def load(self, path: Path) -> None:
         state, meta = load_with_metadata(path)
         signature = frozenset((k, tuple(v.shape)) for k, v in state.items())
         unet, te = self.model.unet, self.model.text_encoders
+        self._unmerge()
         try:
-            if signature != self._signature:
+            if signature != self._signature or self._merged is not None:
                 if self.network is not None:
                     lycoris_net.unhook(self.network)
                 self.network = lycoris_net.network_from_file_state(state, unet, te, meta)
@@ -61,6 +70,21 @@ class LycorisSwapper(_HookedSwapper):
             raise LoraFileError(f"{Path(path).name}: {err}", "file_problem", name=Path(path).name,
                                 error=err) from None
         self.network.to(device=unet.device, dtype=unet.dtype).eval()
+        if any(k.endswith(".dora_scale") for k in state):
+            self._merged = lycoris_net.full_weights(self.network)
+            lycoris_net.unhook(self.network)
+            self._signature = None  # the next file builds its modules on the restored base again
+
+    def _unmerge(self) -> None:
+        if self._merged is not None:
+            lycoris_net.set_merged(self._merged, 0.0)
+            self._merged = None
+
+    def set_weight(self, weight: float) -> None:
+        if self._merged is not None:
+            lycoris_net.set_merged(self._merged, weight)
+        else:
+            super().set_weight(weight)
 
 
 class HypernetworkSwapper(_HookedSwapper):

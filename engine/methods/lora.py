@@ -38,6 +38,15 @@ class LoraPlusFields(Section):
                 if getattr(self, name) is not None}
 
 
+class DoraField(Section):
+    """DoRA (Liu et al., "DoRA: Weight-Decomposed Low-Rank Adaptation", 2024): each weight is
+    split into a magnitude per input channel (learned as is) and a direction (learned low-rank).
+    Trained through LyCORIS' ``dora_wd`` with the magnitude on the input axis, the one layout
+    A1111 1.10+ and ComfyUI both apply with DoRA's own math (file key ``dora_scale``)."""
+    dora_wd: bool = Field(default=False, description="DoRA: learn each input channel's magnitude apart "
+                          "from its direction (LoCon/LoHa/LoKr).")
+
+
 BLOCKS_PER_SIDE = 12  # kohya's SD 1.x/2.x UNet blocks: IN00-IN11, MID, OUT00-OUT11
 # the block settings, as kohya names them in network_args (ss_network_args)
 BLOCK_LISTS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
@@ -63,7 +72,7 @@ def kohya_block_index(module: str) -> int:
     return BLOCKS_PER_SIDE if re.search(r"mid_block[._]", module) else -1
 
 
-class LoraNetworkConfig(LoraPlusFields):
+class LoraNetworkConfig(LoraPlusFields, DoraField):
     type: Literal["lora"] = "lora"
     dim: int = Field(default=16, ge=1, le=1024)
     alpha: float = Field(default=8.0, gt=0)
@@ -92,6 +101,12 @@ class LoraNetworkConfig(LoraPlusFields):
 
     @model_validator(mode="after")
     def _block_lists(self) -> "LoraNetworkConfig":
+        if self.dora_wd:
+            # peft's DoRA keeps one magnitude per output row; A1111 reads dora_scale per input
+            # column only (a per-row one broadcasts into a wrong weight, silently) and ComfyUI
+            # applies a per-row one with the base weight's norm: no file both would read right.
+            raise UserInputError("network.dora_wd: DoRA is trained through LyCORIS; set network.type = "
+                                 "\"locon\" (a LoCon file holds the same LoRA keys plus dora_scale)", "cfg_dora_lora")
         for dims, alphas in (("block_dims", "block_alphas"), ("conv_block_dims", "conv_block_alphas")):
             if getattr(self, alphas) is not None and getattr(self, dims) is None:
                 raise UserInputError(f"network.{alphas} needs network.{dims} (the ranks they go with)",
@@ -145,7 +160,7 @@ class LoraNetworkConfig(LoraPlusFields):
 class LoraNetworkFiles(TrainingMethod):
     """What LoRA and LyCORIS share: a kohya-keyed .safetensors with kohya's metadata."""
     counts_steps = True
-    file_kinds = ("lora",)
+    file_kinds: tuple[str, ...] = ("lora",)
 
     def state_dict(self, s, accelerator) -> dict:
         raise NotImplementedError

@@ -8,10 +8,10 @@ from pydantic import Field, model_validator
 
 from engine.i18n import UserInputError
 from engine.methods.base import MethodParts
-from engine.methods.lora import LoraNetworkFiles, LoraPlusFields
+from engine.methods.lora import DoraField, LoraNetworkFiles, LoraPlusFields
 
 
-class LycorisNetworkConfig(LoraPlusFields):
+class LycorisNetworkConfig(LoraPlusFields, DoraField):
     """LyCORIS through lycoris-lora: LoCon (low rank incl. 3x3 convs), LoHa (Hadamard product of
     two low-rank pairs: rank up to dim^2 for the same file size), LoKr (Kronecker product)."""
     type: Literal["locon", "loha", "lokr"]
@@ -51,8 +51,9 @@ class LycorisMethod(LoraNetworkFiles):
 
     def __init__(self, algo: str, usual_lr: tuple[float, float]) -> None:
         self.type, self.usual_lr = algo, usual_lr
-        # LoCon files hold lora_down/lora_up only (read as LoRA); LoHa/LoKr need lycoris-lora
-        self.file_kinds = ("lora",) if algo == "locon" else ("lycoris",)
+        # LoCon files hold lora_down/lora_up only (read as LoRA) unless they carry DoRA
+        # magnitudes; LoHa/LoKr need lycoris-lora
+        self.file_kinds = ("lora", "lycoris") if algo == "locon" else ("lycoris",)
 
     def attach(self, cfg, model, train_te, device):
         import torch
@@ -80,6 +81,8 @@ class LycorisMethod(LoraNetworkFiles):
                 "conv_alpha": str(net.alpha if net.conv_alpha is None else net.conv_alpha)}
         if self.type == "lokr":
             args |= {"factor": str(net.factor), "decompose_both": str(net.decompose_both)}
+        if net.dora_wd:  # LyCORIS' names; the magnitude on the input axis (see DoraField)
+            args |= {"dora_wd": "True", "wd_on_output": "False"}
         for name in ("dropout", "rank_dropout", "module_dropout"):
             if getattr(net, name):
                 args[name] = str(getattr(net, name))

@@ -82,7 +82,7 @@ def create_network(unet: torch.nn.Module, text_encoders: list | None,
             conv_lora_dim=conv_dim, conv_alpha=conv_alpha, dropout=cfg.dropout,
             rank_dropout=cfg.rank_dropout, module_dropout=cfg.module_dropout, use_tucker=False,
             network_module=ALGO[cfg.type], factor=cfg.factor, decompose_both=cfg.decompose_both,
-            warn_on_unmatched=False)
+            weight_decompose=cfg.dora_wd, wd_on_out=False, warn_on_unmatched=False)
     if not net.unet_loras:
         raise UserInputError(f"network.preset {cfg.preset!r} found no modules to train in this UNet",
                              "lycoris_no_modules", preset=cfg.preset)
@@ -154,7 +154,8 @@ def config_from_metadata(meta: dict[str, str], has_te: bool) -> LycorisNetworkCo
             type=args["algo"], dim=int(meta["ss_network_dim"]), alpha=float(meta["ss_network_alpha"]),
             conv_dim=int(args["conv_dim"]), conv_alpha=float(args["conv_alpha"]),
             preset=args.get("preset", "full"), factor=int(args.get("factor", -1)),
-            decompose_both=args.get("decompose_both") == "True", train_unet_only=not has_te)
+            decompose_both=args.get("decompose_both") == "True", train_unet_only=not has_te,
+            dora_wd=args.get("dora_wd") == "True" and args.get("wd_on_output") == "False")
     except (KeyError, ValueError, TypeError):
         return None
 
@@ -201,6 +202,37 @@ def load_file_state(net: LycorisNetworkKohya, state: dict[str, torch.Tensor],
     if set(own) != set(inner) or any(own[k].shape != inner[k].shape for k in own):
         raise UserInputError("the file's modules differ from the loaded network", "file_modules_differ")
     net.load_state_dict(inner, strict=True)
+
+
+def _difference(module) -> torch.Tensor:
+    """A module's full-strength low-rank change, as its forward computes it (lycoris'
+    ``get_diff_weight`` applies LoHa's and LoKr's alpha/dim scale twice; their ``get_weight``
+    holds it once)."""
+    if hasattr(module, "get_weight"):
+        return module.get_weight(module.shape) * module.scalar
+    return module.get_diff_weight(multiplier=1.0, shape=module.shape)[0]
+
+
+@torch.no_grad()
+def full_weights(net: LycorisNetworkKohya) -> list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]:
+    """(base module, its weight, its weight with the network at full strength) per module, for
+    merging at any strength as A1111 does (``set_merged``)."""
+    out = []
+    for module in net.unet_loras + net.text_encoder_loras:
+        base = module.org_module[0]
+        weight = base.weight.detach()
+        full = weight.float() + _difference(module).float().reshape(weight.shape)
+        if getattr(module, "wd", False):
+            full = module.apply_weight_decompose(full, 1.0)
+        out.append((base, weight.clone(), full.to(weight.dtype)))
+    return out
+
+
+@torch.no_grad()
+def set_merged(merged: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]], weight: float) -> None:
+    """Each base weight set to ``W + weight x (full - W)``; weight 0 puts the base back exactly."""
+    for module, base, full in merged:
+        module.weight.copy_(base if weight == 0 else base + weight * (full - base))
 
 
 def unhook(net: LycorisNetworkKohya) -> None:
