@@ -216,7 +216,7 @@ def test_metadata_matches_what_sd_scripts_writes(trained_lora, tiny_model_dir):
     with safe_open(str(result.final_path), "pt") as f:
         meta = f.metadata()
     written, left_out = documented_keys("Written"), documented_keys("Left out")
-    assert len(written) > 60 and len(left_out) > 15  # the tables were found
+    assert len(written) > 60 and len(left_out) > 10  # the tables were found
     for key in written:
         assert any(re.fullmatch(key.replace(".", r"\.").replace("*", ".+"), k) for k in meta), key
     assert not left_out & set(meta)

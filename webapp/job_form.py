@@ -79,6 +79,8 @@ FIELDS: list[FormField] = [
     F("training", "clip_skip", True), F("output", "save_state", True), F("output", "keep_states", True),
     F("output", "save_precision", True), F("sample", "sampler", True), F("sample", "every_n_epochs", True),
     F("sample", "every_n_steps", True), F("dataset", "reg_path", True),
+    *(F("dataset", name, True) for name in ("validation_split", "validation_path", "validation_seed")),
+    *(F("training", name, True) for name in ("validate_every_n_epochs", "validate_every_n_steps")),
     F("model", "vae", True),
 ]
 BY_KEY = {f.key: f for f in FIELDS}

@@ -126,8 +126,8 @@ def build_train_step(t: Translator, ws, runner, view):
     # (created with rows of the right types: from an empty value the curve names would be drawn as
     # one numeric colour scale, and no line)
     plot = gr.LinePlot(loss_frame(runner.snapshot().losses or [float("nan")]), x="step", y="loss", color="curve",
-                       color_map={"raw": "#c8c8c8", "smoothed": "#d62728"}, label=t("train.loss"),
-                       elem_id="loss-plot")
+                       color_map={"raw": "#c8c8c8", "smoothed": "#d62728", "validation": "#2ca02c"},
+                       label=t("train.loss"), elem_id="loss-plot")
     samples = gr.Gallery(label=t("train.samples"), columns=4, height=360, object_fit="contain",
                          allow_preview=True, elem_id="samples")
     log = gr.Textbox(label=t("train.log"), lines=8, interactive=False, elem_id="log")
@@ -190,7 +190,7 @@ def build_train_step(t: Translator, ws, runner, view):
         s = runner.snapshot()
         finished = s.status in ("done", "stopped", "failed") and s.finished_at >= said_now.get("at", 0)
         text = status_line(t, s) if finished else (said_now.get("text") or status_line(t, s))
-        frame = loss_frame(s.losses)
+        frame = loss_frame(s.losses, s.validation)
         gallery = [(p, sample_label(t, p)) for p in s.samples[-12:]]
         idle = runner.busy != "training"  # Start and Resume wait while a job runs
         return (text, progress_html(t, s), progress_line(t, s), "\n".join(s.log[-200:]), frame, gallery,
@@ -261,15 +261,17 @@ def progress_html(t: Translator, s) -> str:
             f"<p style='margin:2px 0 0 0'>{pct:.0f}%</p>")
 
 
-def loss_frame(losses: list[float]):
-    """The raw loss (faint) and its smoothed curve, as the plot's rows."""
+def loss_frame(losses: list[float], validation: list[tuple[int, float]] | None = None):
+    """The raw loss (faint), its smoothed curve and the validation loss, as the plot's rows."""
     import pandas as pd
 
     from engine.training.curves import smooth
 
     steps = list(range(1, len(losses) + 1))
-    return pd.DataFrame({"step": steps * 2, "loss": [*losses, *smooth(losses)],
-                         "curve": ["raw"] * len(losses) + ["smoothed"] * len(losses)})
+    val_steps, val_losses = (list(v) for v in zip(*validation)) if validation else ([], [])
+    return pd.DataFrame({"step": steps * 2 + val_steps, "loss": [*losses, *smooth(losses), *val_losses],
+                         "curve": ["raw"] * len(losses) + ["smoothed"] * len(losses)
+                         + ["validation"] * len(val_steps)})
 
 
 def sample_label(t: Translator, path: str) -> str:

@@ -66,6 +66,14 @@ class DatasetConfig(Section):
                                      "image per training image from its caption without the trigger "
                                      "words, and training keeps those prompts as the base drew them "
                                      "(kept in reg_path, else <output dir>/prior_images).")
+    # validation loss (kohya sd-scripts' names): held-out images the training never sees
+    validation_split: float = Field(default=0.0, ge=0.0, le=0.5, description="Share of the images held "
+                                    "out to measure a validation loss, 0.1-0.2 usual; 0 = off.")
+    validation_path: Optional[str] = path_field("folder", default=None, description="A folder of images "
+                                                "(with captions) to measure the validation loss on, instead "
+                                                "of holding out a share.")
+    validation_seed: Optional[int] = Field(default=None, ge=0, le=2**32 - 1, description="Seed of the "
+                                           "held-out choice and the fixed validation noise; empty = training.seed.")
     enable_bucket: bool = Field(default=False, description="Aspect-ratio buckets instead of square crops.")
     min_bucket_reso: int = Field(default=256, ge=64, le=4096, multiple_of=64)
     max_bucket_reso: int = Field(default=1024, ge=64, le=8192, multiple_of=64)
@@ -149,6 +157,10 @@ class TrainingConfig(Section):
     min_timestep: int = Field(default=0, ge=0, le=999, description="Train only timesteps from here.")
     max_timestep: int = Field(default=1000, ge=1, le=1000, description="... up to (not including) here.")
     clip_skip: int = Field(default=1, ge=1, le=12)
+    validate_every_n_epochs: int = Field(default=1, ge=0, description="Validation loss every N epochs "
+                                         "(with a validation set); 0 = not per epoch.")
+    validate_every_n_steps: int = Field(default=0, ge=0, description="Validation loss every N steps as "
+                                        "well; 0 = off.")
 
 
 class OutputConfig(Section):
@@ -249,6 +261,10 @@ class JobConfig(Section):
                 raise UserInputError("training.cache_text_encoder_outputs cannot be combined with "
                                      "dataset.shuffle_caption / caption_dropout_rate / tag_dropout_rate "
                                      "(the captions change every step)", "cfg_cache_te_changing")
+        if d.validation_split and d.validation_path:
+            raise UserInputError("dataset.validation_split and dataset.validation_path: choose one (hold out a "
+                                 "share of the images, or give a folder of validation images)",
+                                 "cfg_validation_both")
         if t.multires_noise_iterations and t.noise_offset:
             raise UserInputError("training.noise_offset and training.multires_noise_iterations cannot be "
                                  "used together (both shape the noise; choose one)", "cfg_noise_both")

@@ -8,13 +8,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.config.job import JobConfig
-from engine.export.metadata import modelspec_architecture, noise_and_loss_metadata
+from engine.export.metadata import modelspec_architecture, noise_and_loss_metadata, validation_metadata
 from engine.models.loader import LoadedModel
 from engine.models.single_file import save_single_file
 
 
 def checkpoint_metadata(cfg: JobConfig, family: str, prediction_type: str, epoch: int,
-                        step: int) -> dict[str, str]:
+                        step: int, validation_loss: float | None = None) -> dict[str, str]:
     res = cfg.dataset.resolution
     return {
         "modelspec.sai_model_spec": "1.0.1",
@@ -33,6 +33,7 @@ def checkpoint_metadata(cfg: JobConfig, family: str, prediction_type: str, epoch
         "ss_seed": str(cfg.training.seed),
         "ss_learning_rate": str(cfg.optimizer.lr),
         **noise_and_loss_metadata(cfg.training),
+        **validation_metadata(validation_loss),
     }
 
 

@@ -41,6 +41,16 @@ class RunInfo:
     vae_name: str = ""  # a separate VAE's file or folder name (kohya: ss_vae_name); "" = the base's own
     vae_hash: str = ""  # sha256 of its weights file (kohya: ss_new_vae_hash)
     vae_legacy_hash: str = ""  # A1111's old short hash of it (kohya: ss_vae_hash)
+    validation_loss: float | None = None  # of the weights being saved (engine.training.validation)
+    num_validation_images: int = 0
+
+
+VALIDATION_LOSS_KEY = "loraforge_validation_loss"  # sd-scripts logs it but writes no key for it
+
+
+def validation_metadata(loss: float | None) -> dict[str, str]:
+    """The validation loss of the saved weights, when the job measures one."""
+    return {} if loss is None else {VALIDATION_LOSS_KEY: f"{loss:.6f}"}
 
 
 def vae_facts(info) -> dict[str, str]:
@@ -111,6 +121,13 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         **({"ss_vae_name": run.vae_name, "ss_vae_hash": run.vae_legacy_hash, "ss_new_vae_hash": run.vae_hash}
            if run.vae_name else {}),
         **noise_and_loss_metadata(t),
+        **validation_metadata(run.validation_loss),
+        # sd-scripts' validation keys ("None" for what is off, as it writes them)
+        "ss_num_validation_images": str(run.num_validation_images),
+        "ss_validation_split": str(cfg.dataset.validation_split),
+        "ss_validation_seed": str(cfg.dataset.validation_seed),
+        "ss_validate_every_n_epochs": str(t.validate_every_n_epochs or None),
+        "ss_validate_every_n_steps": str(t.validate_every_n_steps or None),
         "ss_tag_frequency": json.dumps(data.tag_frequency(), ensure_ascii=False),
         "ss_dataset_dirs": json.dumps(data.dataset_dirs(), ensure_ascii=False),
         "ss_bucket_info": json.dumps(bucket_info(run.bucket_counts or {(res, res): data.num_train_images})),

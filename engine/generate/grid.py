@@ -19,7 +19,14 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors import safe_open
 
 from engine.generate.aesthetic import AestheticSettings
-from engine.generate.grid_summary import GridSummary, References, bleed, likeness, load_references
+from engine.generate.grid_summary import (
+    GridSummary,
+    References,
+    bleed,
+    file_validation_loss,
+    likeness,
+    load_references,
+)
 from engine.generate.prompts import a1111_parameters, save_png_with_parameters
 from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
 from engine.generate.swappers import NetworkSwapper
@@ -212,9 +219,11 @@ def run_grid(model: LoadedModel, job: GridJob, out_dir: Path,
     cols = [f"{swapper.axis_name} {w:g}" for w in job.weights]
     summary, lines, csv_path = None, [], None
     sheet_rows = rows  # the sheet's row labels: with the figures under each, when measured
-    if measured:
+    validation = {r: v for r, p in enumerate(job.checkpoints) if (v := file_validation_loss(Path(p))) is not None}
+    if measured or validation:
         base_of = {z: base_images[z * n:(z + 1) * n] for z in range(len(zs))}
         summary = _summarise(seen, rows, cols, len(zs), control, refs, base_of)
+        summary.validation = validation
         column = _summary_column(job.weights)
         lines = summary.lines(column)
         csv_path = summary.write_csv(out_dir / "summary.csv")

@@ -14,11 +14,14 @@ both relative to the base model's own images of the same prompt and seeds (weigh
 
 The best row is the one with the highest likeness minus bleed at the summary's column, so an
 epoch that learned the look without taking over other prompts wins.
+
+A third figure needs no images at all: the **validation loss** each file's metadata carries when
+its job measured one (engine/training/validation.py), the row with the lowest marked.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +87,10 @@ class GridSummary:
     col_labels: list[str]
     likeness: dict[tuple[int, int], float]
     bleed: dict[tuple[int, int], float]
+    validation: dict[int, float] = field(default_factory=dict)  # per row: the file's validation loss
+
+    def lowest_validation_row(self) -> int | None:
+        return min(self.validation, key=self.validation.__getitem__) if self.validation else None
 
     def best_row(self, column: int) -> int | None:
         rows = [r for r in range(len(self.row_labels)) if (r, column) in self.likeness]
@@ -97,14 +104,18 @@ class GridSummary:
 
     def lines(self, column: int) -> list[str]:
         """One plain line per row for the page and the terminal."""
-        best = self.best_row(column)
-        return [", ".join([label] + [f"{name} {value:.1f}" for name, value in self._figures(r, column)])
-                + ("  <- best" if r == best else "") for r, label in enumerate(self.row_labels)]
+        best, lowest = self.best_row(column), self.lowest_validation_row()
+        return [", ".join([label] + [f"{name} {value:.1f}" for name, value in self._figures(r, column)]
+                          + ([f"validation loss {self.validation[r]:.4f}"] if r in self.validation else []))
+                + ("  <- best" if r == best else "") + ("  <- lowest validation loss" if r == lowest else "")
+                for r, label in enumerate(self.row_labels)]
 
     def short(self, r: int, column: int) -> str:
         """Row ``r``'s figures in a few characters, for under its label in the grid sheet."""
-        return " ".join(f"{'like' if name == 'likeness' else name} {value:.0f}"
-                        for name, value in self._figures(r, column))
+        figures = [f"{'like' if name == 'likeness' else name} {value:.0f}" for name, value in self._figures(r, column)]
+        if r in self.validation:
+            figures.append(f"val {self.validation[r]:.3f}" + ("*" if r == self.lowest_validation_row() else ""))
+        return " ".join(figures)
 
     def write_csv(self, path: Path) -> Path:
         from engine.fileio import atomic_write
@@ -112,12 +123,24 @@ class GridSummary:
         def write(tmp: Path) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f)
-                w.writerow(["file", "column", "likeness", "bleed"])
+                w.writerow(["file", "column", "likeness", "bleed", "validation_loss"])
                 for r, row in enumerate(self.row_labels):
+                    val = self.validation.get(r)
                     for c, col in enumerate(self.col_labels):
                         like, bl = self.likeness.get((r, c)), self.bleed.get((r, c))
                         w.writerow([row, col, "" if like is None else f"{like:.2f}",
-                                    "" if bl is None else f"{bl:.2f}"])
+                                    "" if bl is None else f"{bl:.2f}", "" if val is None else f"{val:.6f}"])
 
         atomic_write(path, write)
         return path
+
+
+def file_validation_loss(path: Path) -> float | None:
+    """The validation loss a file's metadata records (engine.export.metadata), if any."""
+    from engine.export.file_kind import read_kind
+    from engine.export.metadata import VALIDATION_LOSS_KEY
+
+    try:
+        return float(read_kind(Path(path)).meta[VALIDATION_LOSS_KEY])
+    except (KeyError, ValueError, TypeError):
+        return None

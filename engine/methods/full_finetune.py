@@ -39,7 +39,8 @@ class FullFinetuneMethod(TrainingMethod):
 
         unet = accelerator.unwrap_model(s.model.unet)
         tes = [accelerator.unwrap_model(te) for te in s.model.text_encoders]
-        meta = checkpoint_metadata(cfg, s.model.family, s.model.prediction_type, epoch, step)
+        meta = checkpoint_metadata(cfg, s.model.family, s.model.prediction_type, epoch, step,
+                                   s.run.validation_loss)
         if final and cfg.network.save_diffusers:
             save_diffusers_folder(s.model, unet, tes, path.with_suffix(""))
         return save_checkpoint_file(s.model, unet, tes, path, meta, cfg.output.save_precision)

@@ -38,6 +38,7 @@ class TrainResult:
     final_path: Path | None
     saved: list[Path] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    validation: list[tuple[int, int, float]] = field(default_factory=list)  # (step, epoch, loss)
     steps: int = 0
     epochs_done: int = 0
     stopped_early: bool = False
@@ -51,6 +52,7 @@ class Callbacks:
     def on_resume(self, step: int, losses: list[float]) -> None: ...  # continuing a saved state
     def on_step(self, info: StepInfo) -> None: ...
     def on_epoch_end(self, epoch: int, mean_loss: float) -> None: ...
+    def on_validation(self, step: int, epoch: int, loss: float) -> None: ...  # held-out images' loss
     def on_saved(self, path: Path, epoch: int, step: int) -> None: ...
     def on_sample(self, paths: list[Path], epoch: int, step: int) -> None: ...
     def on_end(self, result: TrainResult) -> None: ...
@@ -72,6 +74,8 @@ class CallbackList(Callbacks):
     def on_step(self, info: StepInfo) -> None: self._each("on_step", info)
     def on_epoch_end(self, epoch: int, mean_loss: float) -> None:
         self._each("on_epoch_end", epoch, mean_loss)
+    def on_validation(self, step: int, epoch: int, loss: float) -> None:
+        self._each("on_validation", step, epoch, loss)
     def on_saved(self, path: Path, epoch: int, step: int) -> None:
         self._each("on_saved", path, epoch, step)
     def on_sample(self, paths: list[Path], epoch: int, step: int) -> None:

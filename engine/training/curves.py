@@ -19,7 +19,10 @@ def smooth(values: list[float], beta: float = 0.9) -> list[float]:
     return out
 
 
-def plot_curves(steps: list[int], losses: list[float], lrs: list[float], path: Path) -> Path:
+def plot_curves(steps: list[int], losses: list[float], lrs: list[float], path: Path,
+                validation: list[tuple[int, float]] | None = None) -> Path:
+    """Loss (raw and smoothed) over the learning rate; the validation loss, when measured, as a
+    second line with its lowest point marked (the epoch to look at first)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,6 +31,11 @@ def plot_curves(steps: list[int], losses: list[float], lrs: list[float], path: P
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, height_ratios=(3, 1))
     ax1.plot(steps, losses, color="#bbbbbb", linewidth=0.8, label="loss")
     ax1.plot(steps, smooth(losses), color="#d62728", linewidth=1.6, label="smoothed")
+    if validation:
+        vs, vl = zip(*validation)
+        ax1.plot(vs, vl, color="#2ca02c", marker="o", markersize=3, linewidth=1.4, label="validation")
+        low = min(range(len(vl)), key=vl.__getitem__)
+        ax1.plot([vs[low]], [vl[low]], marker="*", markersize=12, color="#2ca02c", linestyle="none")
     ax1.set_ylabel("loss")
     ax1.legend(loc="upper right")
     ax1.grid(alpha=0.3)
@@ -43,11 +51,14 @@ def plot_curves(steps: list[int], losses: list[float], lrs: list[float], path: P
 
 class CurveWriter(Callbacks):
     """Writes ``<dir>/<name>_loss.csv`` every step and ``<dir>/<name>_loss.png`` every
-    ``plot_every`` steps and at the end."""
+    ``plot_every`` steps and at the end; the validation loss, when measured, to
+    ``<dir>/<name>_validation.csv`` and into the same plot."""
 
     def __init__(self, out_dir: Path, name: str, plot_every: int = 10) -> None:
         self.csv = Path(out_dir) / f"{name}_loss.csv"
         self.png = Path(out_dir) / f"{name}_loss.png"
+        self.validation_csv = Path(out_dir) / f"{name}_validation.csv"
+        self.validation: list[tuple[int, float]] = []
         self.plot_every = plot_every
         self.steps: list[int] = []
         self.losses: list[float] = []
@@ -74,6 +85,34 @@ class CurveWriter(Callbacks):
         with self._disk("the loss curve"):
             atomic_write(self.csv, lambda tmp: tmp.write_text("step,epoch,loss,lr\n" + "".join(rows),
                                                               encoding="utf-8"))
+        self._start_validation()
+
+    def _start_validation(self) -> None:
+        """Keep a resumed run's validation rows up to the resume step; a fresh run has none."""
+        rows = []
+        if self.resume_step is not None and self.validation_csv.is_file():
+            for line in self.validation_csv.read_text(encoding="utf-8", errors="replace").splitlines()[1:]:
+                try:
+                    step, _, loss = line.split(",")
+                    row = int(step), float(loss)
+                except ValueError:
+                    continue
+                if row[0] <= self.resume_step:
+                    rows.append(line + "\n")
+                    self.validation.append(row)
+        if rows:
+            with self._disk("the validation curve"):
+                atomic_write(self.validation_csv, lambda tmp: tmp.write_text(
+                    "step,epoch,validation_loss\n" + "".join(rows), encoding="utf-8"))
+        elif self.validation_csv.is_file():  # an earlier run's, under the same name
+            self.validation_csv.unlink()
+
+    def on_validation(self, step: int, epoch: int, loss: float) -> None:
+        self.validation.append((step, loss))
+        with self._disk("the validation curve"):
+            new = not self.validation_csv.is_file()
+            with open(self.validation_csv, "a", encoding="utf-8") as fh:
+                fh.write(("step,epoch,validation_loss\n" if new else "") + f"{step},{epoch},{loss:.6f}\n")
 
     def on_step(self, info: StepInfo) -> None:
         self.steps.append(info.step)
@@ -83,12 +122,12 @@ class CurveWriter(Callbacks):
             with open(self.csv, "a", encoding="utf-8") as fh:
                 fh.write(f"{info.step},{info.epoch},{info.loss:.6f},{info.lr:.6e}\n")
             if self.plot_every and info.step % self.plot_every == 0:
-                plot_curves(self.steps, self.losses, self.lrs, self.png)
+                plot_curves(self.steps, self.losses, self.lrs, self.png, self.validation)
 
     def on_end(self, result: TrainResult) -> None:
         if self.steps:
             with self._disk("the loss plot"):
-                plot_curves(self.steps, self.losses, self.lrs, self.png)
+                plot_curves(self.steps, self.losses, self.lrs, self.png, self.validation)
 
     @contextmanager
     def _disk(self, what: str) -> Iterator[None]:

@@ -13,11 +13,13 @@ from torch.utils.data import DataLoader
 
 from engine.config.job import JobConfig
 from engine.data.dataset import BucketBatchSampler, BucketOptions, TrainingSamples, collate
-from engine.data.folder import DatasetError, DatasetIndex, images_under, scan_dataset
+from engine.data.folder import DatasetError, DatasetIndex, ImageItem, images_under, scan_dataset
+from engine.data.holdout import hold_out
 from engine.data.latent_cache import DiskLatentCache, vae_fingerprint
 from engine.models.loader import LoadedModel
 from engine.training.callbacks import Callbacks
 from engine.training.te_cache import TextEncoderCache, caption_encoder
+from engine.training.validation import ValidationSet, build_validation_set, validation_seed
 
 
 @dataclass
@@ -25,6 +27,7 @@ class DataSetup:
     dataset: TrainingSamples
     loader: DataLoader
     te_cache: TextEncoderCache | None
+    validation: ValidationSet | None = None
 
 
 def _usable(index: DatasetIndex, resolution: int, cb: Callbacks | None) -> DatasetIndex:
@@ -44,9 +47,23 @@ def _usable(index: DatasetIndex, resolution: int, cb: Callbacks | None) -> Datas
 
 
 def scan_job_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetIndex:
-    """The job's images that training can use (see _usable)."""
+    """The job's images that training can use (see _usable), without those held out for the
+    validation loss (dataset.validation_split)."""
     d = cfg.dataset
-    return _usable(scan_dataset(d.path, d.default_repeats, d.caption_extension), d.resolution, cb)
+    usable = _usable(scan_dataset(d.path, d.default_repeats, d.caption_extension), d.resolution, cb)
+    return hold_out(usable, d.validation_split, validation_seed(cfg))[0] if d.validation_split else usable
+
+
+def scan_validation(cfg: JobConfig, cb: Callbacks | None = None) -> list[ImageItem]:
+    """The images the validation loss is measured on: dataset.validation_path's, or the share of
+    the dataset held out by dataset.validation_split; none when neither is set."""
+    d = cfg.dataset
+    if d.validation_path:
+        return _usable(scan_dataset(d.validation_path, 1, d.caption_extension), d.resolution, cb).items
+    if d.validation_split:
+        usable = _usable(scan_dataset(d.path, d.default_repeats, d.caption_extension), d.resolution, None)
+        return hold_out(usable, d.validation_split, validation_seed(cfg))[1]
+    return []
 
 
 def uses_prior_images(cfg: JobConfig) -> bool:
@@ -105,7 +122,7 @@ def encode_latents(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
 
 def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Callbacks,
                index: DatasetIndex, reg_index: DatasetIndex | None, num_processes: int = 1,
-               rank: int = 0) -> DataSetup:
+               rank: int = 0, validation_items: list[ImageItem] | None = None) -> DataSetup:
     d, t = cfg.dataset, cfg.training
     buckets = (BucketOptions(d.min_bucket_reso, d.max_bucket_reso, d.bucket_no_upscale)
                if d.enable_bucket else None)
@@ -121,12 +138,18 @@ def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Cal
         dataset.cache_latents(lambda px: encode_latents(model, px.to(device)), disk=disk)
         if disk:
             cb.on_log(f"latent cache: {disk.hits} reused, {disk.misses} encoded, {disk.rebuilt} rebuilt")
+    validation = None
+    if validation_items:  # encoded now, while the VAE is still on the device
+        validation = build_validation_set(cfg, model, validation_items, lambda px: encode_latents(model, px.to(device)))
+        cb.on_log(f"validation loss on {len(validation)} images the training never sees "
+                  f"({len(validation.timesteps)} fixed timesteps each)")
     te_cache = None
     if t.cache_text_encoder_outputs:
         te_cache = TextEncoderCache()
-        te_cache.build(dataset.captions(), caption_encoder(model, t.clip_skip))
+        te_cache.build(dataset.captions() + (validation.captions if validation else []),
+                       caption_encoder(model, t.clip_skip))
         cb.on_log(f"text-encoder outputs cached for {len(te_cache)} distinct captions")
     sampler = BucketBatchSampler(dataset.bucket_keys(), t.batch_size, t.seed, flip=cfg.dataset.flip_aug,
                                  num_processes=num_processes, rank=rank)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0)
-    return DataSetup(dataset, loader, te_cache)
+    return DataSetup(dataset, loader, te_cache, validation)

@@ -33,6 +33,7 @@ class JobState:
     total_steps: int = 0
     epoch: int = 0
     losses: list[float] = field(default_factory=list)
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out images' loss)
     log: list[str] = field(default_factory=list)
     saved: list[str] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
@@ -82,6 +83,10 @@ class _Recorder(Callbacks):
                          f"lr {info.lr:.3e}")
         self.runner._update(apply)
 
+    def on_validation(self, step: int, epoch: int, loss: float) -> None:
+        self.runner._update(lambda s: (s.validation.append((step, loss)),
+                                       s.log.append(f"validation loss at step {step}: {loss:.5f}")))
+
     def on_saved(self, path: Path, epoch: int, step: int) -> None:
         self.runner._update(lambda s: (s.saved.append(str(path)), s.log.append(f"saved {path}")))
 
@@ -107,8 +112,8 @@ class JobRunner:
     def snapshot(self) -> JobState:
         with self._lock:
             s = self._state
-            return replace(s, losses=list(s.losses), log=list(s.log), saved=list(s.saved),
-                           samples=list(s.samples))
+            return replace(s, losses=list(s.losses), validation=list(s.validation), log=list(s.log),
+                           saved=list(s.saved), samples=list(s.samples))
 
     @property
     def running(self) -> bool:

@@ -57,6 +57,7 @@ from engine.training.state import (
     state_root,
 )
 from engine.training.tb_log import TensorBoardLogger, TensorBoardUnavailable, run_log_dir
+from engine.training.validation import validation_loss
 
 
 def epoch_file_name(name: str, epoch: int) -> str:
@@ -179,6 +180,25 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     def last_good() -> Path | None:
         return result.saved[-1] if result.saved else None
 
+    def validate(epoch: int, step: int) -> None:
+        """The held-out images' loss of the weights as they are now (every process computes the
+        same number; the first reports it and writes it into the next saved file)."""
+        if s.validation is None or (result.validation and result.validation[-1][0] == step):
+            return
+        for m in (unet, *tes):
+            m.eval()
+        if s.network is not None:
+            s.network.eval()
+        loss = validation_loss(s.validation, s, cfg, unet, tes, accelerator.device, accelerator.autocast)
+        unet.train()
+        for te in tes:
+            te.train(s.train_te)
+        if s.network is not None:
+            s.network.train()
+        result.validation.append((step, epoch, loss))
+        s.run.validation_loss = loss
+        cb.on_validation(step, epoch, loss)
+
     sampler = s.loader.batch_sampler
     fingerprint = job_fingerprint(cfg)
     step, start_epoch = 0, 1
@@ -195,6 +215,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         if curves is not None:  # (only the first process writes curves)
             curves.resume_step = step
     cb.on_start(s.total_steps)
+    if state is None:
+        validate(0, 0)  # the base's own: where the curve starts
 
     def checkpoint_state(epoch: int, batches_done: int, epoch_finished: bool) -> None:
         """Save the resumable state. Mid-epoch (also after its last batch, so a resumed run still
@@ -294,6 +316,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                 epoch_losses.append(step_loss)
                 result.losses.append(step_loss)
                 cb.on_step(StepInfo(step, s.total_steps, epoch, step_loss, scheduler.get_last_lr()[0]))
+                if t.validate_every_n_steps and step % t.validate_every_n_steps == 0:
+                    validate(epoch, step)
                 if should_sample(cfg, step=step) and accelerator.is_main_process:
                     take_samples(epoch, step)
                 n_state = cfg.output.save_state_every_n_steps
@@ -308,7 +332,10 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         result.epochs_done = epoch
         finished = step >= s.total_steps or stop.stopped or epoch == t.epochs
         n = cfg.output.save_every_n_epochs
-        if not finished and n and epoch % n == 0 and accelerator.is_main_process:
+        saving = not finished and n and epoch % n == 0
+        if saving or finished or (t.validate_every_n_epochs and epoch % t.validate_every_n_epochs == 0):
+            validate(epoch, step)  # before the save: each file carries its own validation loss
+        if saving and accelerator.is_main_process:
             check_finite(s.trainable, f"the epoch {epoch} file", step, epoch, last_good())
             path = guarded_save(lambda: save_output(cfg, s, accelerator, out_dir / epoch_file_name(
                 cfg.output.name, epoch), epoch, step), out_dir, s.method.output_bytes(cfg, s), f"epoch {epoch}")

@@ -34,6 +34,7 @@ from engine.training.data_setup import (
     reg_root,
     scan_job_dataset,
     scan_reg_dataset,
+    scan_validation,
     uses_prior_images,
 )
 from engine.training.losses import zero_terminal_snr
@@ -46,6 +47,7 @@ from engine.training.optim import (
     param_groups,
 )
 from engine.training.te_cache import TextEncoderCache
+from engine.training.validation import ValidationSet
 
 
 class SetupError(Explained, RuntimeError):
@@ -67,6 +69,7 @@ class TrainingSetup:
     weight_dtype: torch.dtype
     run: RunInfo
     te_cache: TextEncoderCache | None = None
+    validation: ValidationSet | None = None  # held-out images, fixed noise (engine.training.validation)
     state: Any = None  # the method's own object (TextualInversion, a LyCORIS or hypernetwork net)
     network: torch.nn.Module | None = None  # LyCORIS / hypernetwork modules hooked into the base
     method: Any = None  # engine.methods.TrainingMethod
@@ -153,6 +156,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     elif d.prior_preservation:
         cb.on_log("prior preservation does nothing for an embedding (it only adds a word); skipped")
     reg_index = scan_reg_dataset(cfg, cb)
+    validation_items = scan_validation(cfg, cb)
     cb.on_log(f"base model: {model.name} ({model.family}, {prediction_type}); "
               f"{index.num_images} images, {index.num_train_images} per epoch with repeats"
               + (f"; {reg_index.num_images} regularization images" if reg_index else ""))
@@ -187,7 +191,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     _configure_memory(cfg, model, train_te)
 
     data = build_data(cfg, model, accelerator.device, cb, index, reg_index,
-                      accelerator.num_processes, accelerator.process_index)
+                      accelerator.num_processes, accelerator.process_index, validation_items)
     dataset, loader = data.dataset, data.loader
     if t.offload_after_caching and (dataset.has_latent_cache or data.te_cache):
         if dataset.has_latent_cache:
@@ -235,10 +239,12 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                   optimizer=describe_optimizer(optimizer, cfg.optimizer),
                   num_batches_per_epoch=num_batches, mixed_precision=accelerator.mixed_precision,
                   num_reg_images=dataset.num_reg_images,
+                  num_validation_images=len(data.validation) if data.validation else 0,
                   reg_dataset_dirs=reg_index.dataset_dirs() if reg_index else None,
                   bucket_counts=dict(Counter(dataset.bucket_keys())))
     return TrainingSetup(model, index, dataset, loader, optimizer, scheduler, trainable, train_te,
-                         total, num_batches, weight_dtype, run, data.te_cache, parts.state, parts.network, method)
+                         total, num_batches, weight_dtype, run, data.te_cache, data.validation, parts.state,
+                         parts.network, method)
 
 
 def base_weights_file(model: LoadedModel) -> Path | None:

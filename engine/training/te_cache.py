@@ -40,6 +40,9 @@ class TextEncoderCache:
             if progress:
                 progress(min(s + batch_size, len(todo)), len(todo))
 
+    def has(self, caption: str) -> bool:
+        return caption in self._hidden
+
     def get(self, captions: list[str], device, dtype) -> torch.Tensor:
         return torch.stack([self._hidden[c] for c in captions]).to(device, dtype)
 
