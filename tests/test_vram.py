@@ -70,6 +70,8 @@ def test_larger_settings_never_predict_less():
     assert embedded(training={"batch_size": 2, "mixed_precision": "no"}).peak > base.peak
     assert embedded(training={"batch_size": 2}, optimizer={"type": "AdamW8bit"}).optimizer < base.optimizer
     assert embedded(training={"batch_size": 2, "gradient_checkpointing": True}).activations < base.activations
+    ema = embedded(training={"batch_size": 2, "ema": True})  # one more fp32 copy of what trains
+    assert ema.optimizer - base.optimizer == base.trainable // 2 and ema.peak > base.peak
     # text encoder outputs cached and the encoders and VAE moved off the GPU: less on the device
     offloaded = embedded(training={"batch_size": 2, "cache_text_encoder_outputs": True,
                                    "offload_after_caching": True}, network={"train_unet_only": True})

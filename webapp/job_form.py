@@ -81,6 +81,7 @@ FIELDS: list[FormField] = [
     F("sample", "every_n_steps", True), F("dataset", "reg_path", True),
     *(F("dataset", name, True) for name in ("validation_split", "validation_path", "validation_seed")),
     *(F("training", name, True) for name in ("validate_every_n_epochs", "validate_every_n_steps")),
+    F("training", "ema", True), F("training", "ema_decay", True),
     F("model", "vae", True),
 ]
 BY_KEY = {f.key: f for f in FIELDS}

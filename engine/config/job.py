@@ -157,6 +157,10 @@ class TrainingConfig(Section):
     min_timestep: int = Field(default=0, ge=0, le=999, description="Train only timesteps from here.")
     max_timestep: int = Field(default=1000, ge=1, le=1000, description="... up to (not including) here.")
     clip_skip: int = Field(default=1, ge=1, le=12)
+    ema: bool = Field(default=False, description="Keep an exponential moving average (EMA) of the trained "
+                      "weights; the saved files, samples and validation loss are the average.")
+    ema_decay: float = Field(default=0.999, ge=0.5, lt=1.0, description="The average's decay (it warms up "
+                             "over the first steps); 0.999 for thousands of steps, 0.99-0.995 for a few hundred.")
     validate_every_n_epochs: int = Field(default=1, ge=0, description="Validation loss every N epochs "
                                          "(with a validation set); 0 = not per epoch.")
     validate_every_n_steps: int = Field(default=0, ge=0, description="Validation loss every N steps as "

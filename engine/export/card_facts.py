@@ -197,12 +197,28 @@ def _params(meta: dict[str, str], kind: str, job: JobConfig | None,
              "targetSteps": f("ss_max_train_steps", int)}
     p |= _noise_and_loss(job.training.model_dump() if job is not None else _noise_and_loss_from(meta))
     p |= {_camel(k): v for k, v in _network_extras(meta, job).items()}
+    p |= _averaging_and_validation(meta, job)
     if dirs:
         p["numRepeats"] = max(d.get("n_repeats", 1) for d in dirs.values())
     p["loraType"] = kind if usage_of(kind) == "network" else None
     if kind == "lora" and '"conv_dim"' in meta.get("ss_network_args", ""):
         p["loraType"] = "locon"  # kohya's LoRA with 3x3 conv layers is what Civitai calls LoCon
     return {k: v for k, v in p.items() if v is not None}
+
+
+def _averaging_and_validation(meta: dict[str, str], job: JobConfig | None) -> dict[str, float]:
+    """The EMA decay when the file holds the weights' moving average (the job's, else the
+    file's), and the file's own validation loss."""
+    from engine.export.metadata import EMA_KEY, VALIDATION_LOSS_KEY
+
+    out = {}
+    for name, raw in (("emaDecay", job.training.ema_decay if job is not None and job.training.ema
+                       else meta.get(EMA_KEY)), ("validationLoss", meta.get(VALIDATION_LOSS_KEY))):
+        try:
+            out[name] = float(raw) if raw not in (None, "") else None
+        except (TypeError, ValueError):
+            continue
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _camel(name: str) -> str:

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.config.job import JobConfig
-from engine.export.metadata import modelspec_architecture, noise_and_loss_metadata, validation_metadata
+from engine.export.metadata import modelspec_architecture, noise_and_loss_metadata, run_metadata
 from engine.models.loader import LoadedModel
 from engine.models.single_file import save_single_file
 
@@ -33,7 +33,7 @@ def checkpoint_metadata(cfg: JobConfig, family: str, prediction_type: str, epoch
         "ss_seed": str(cfg.training.seed),
         "ss_learning_rate": str(cfg.optimizer.lr),
         **noise_and_loss_metadata(cfg.training),
-        **validation_metadata(validation_loss),
+        **run_metadata(cfg.training, validation_loss),
     }
 
 

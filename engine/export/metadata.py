@@ -48,9 +48,14 @@ class RunInfo:
 VALIDATION_LOSS_KEY = "loraforge_validation_loss"  # sd-scripts logs it but writes no key for it
 
 
-def validation_metadata(loss: float | None) -> dict[str, str]:
-    """The validation loss of the saved weights, when the job measures one."""
-    return {} if loss is None else {VALIDATION_LOSS_KEY: f"{loss:.6f}"}
+EMA_KEY = "loraforge_ema_decay"  # the file holds the weights' moving average, with this decay
+
+
+def run_metadata(t: TrainingConfig, validation_loss: float | None) -> dict[str, str]:
+    """What every saved file says of how its weights were taken: the moving average (and its
+    decay) when training.ema, and the weights' validation loss when the job measures one."""
+    return ({EMA_KEY: str(t.ema_decay)} if t.ema else {}) | (
+        {} if validation_loss is None else {VALIDATION_LOSS_KEY: f"{validation_loss:.6f}"})
 
 
 def vae_facts(info) -> dict[str, str]:
@@ -121,7 +126,7 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         **({"ss_vae_name": run.vae_name, "ss_vae_hash": run.vae_legacy_hash, "ss_new_vae_hash": run.vae_hash}
            if run.vae_name else {}),
         **noise_and_loss_metadata(t),
-        **validation_metadata(run.validation_loss),
+        **run_metadata(t, run.validation_loss),
         # sd-scripts' validation keys ("None" for what is off, as it writes them)
         "ss_num_validation_images": str(run.num_validation_images),
         "ss_validation_split": str(cfg.dataset.validation_split),

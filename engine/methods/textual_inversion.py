@@ -99,13 +99,13 @@ class TextualInversionMethod(TrainingMethod):
         s.state.restore_frozen_rows()  # only our rows of the table learn
 
     def save(self, cfg, s, accelerator, path, epoch, step, final):
-        from engine.export.metadata import validation_metadata
+        from engine.export.metadata import run_metadata
         from engine.models.families import modelspec_architecture
 
         arch = modelspec_architecture(s.model.family, s.model.prediction_type)
         meta = {"modelspec.architecture": f"{arch}/textual-inversion", "modelspec.title": cfg.output.name,
                 "ss_output_name": cfg.output.name, "ss_epoch": str(epoch), "ss_steps": str(step),
-                **validation_metadata(s.run.validation_loss)}
+                **run_metadata(cfg.training, s.run.validation_loss)}
         return s.state.save(path, cfg.output.name, step, s.run.base_model_hash, s.run.base_model_name,
                          cfg.output.save_precision, meta)[0]
 

@@ -287,6 +287,8 @@ def _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter) 
         # caching runs before the UNet joins the VAE and text encoders on the GPU (training.setup)
         caching_weights = sum(_module_bytes(m) for m in (model.vae, *model.text_encoders))
         state, temp = _state_bytes(cfg.optimizer.type, trainable)
+        if t.ema:  # the moving average: one more copy of what trains (engine.training.ema)
+            state += sum(p.numel() * p.element_size() for p in trainable)
         autocast = (torch.autocast("cpu", dtype=mixed) if mixed is not None else contextlib.nullcontext())
         with counter, autocast:
             counter.restart_peak()

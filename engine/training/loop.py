@@ -29,6 +29,7 @@ from engine.training.distributed import (
     mean_over_processes,
     prepare_for_training,
 )
+from engine.training.ema import averaged, restore_ema
 from engine.training.guards import bytes_needed, check_finite, check_loss, guarded_save
 from engine.training.losses import (
     debiased_weights,
@@ -73,8 +74,10 @@ def final_file_name(name: str, step: int, stopped: bool) -> str:
 def save_output(cfg: JobConfig, s: TrainingSetup, accelerator: Accelerator, path: Path,
                 epoch: int, step: int, final: bool = False) -> Path:
     """The method's file(s) (engine.methods): LoRA/LyCORIS .safetensors, TI embedding files, a
-    hypernetwork .pt, or for a full fine-tune a single-file checkpoint (+ diffusers folder)."""
-    return s.method.save(cfg, s, accelerator, path, epoch, step, final)
+    hypernetwork .pt, or for a full fine-tune a single-file checkpoint (+ diffusers folder); with
+    training.ema, of the weights' moving average."""
+    with averaged(s.ema, s.trainable):
+        return s.method.save(cfg, s, accelerator, path, epoch, step, final)
 
 
 def epoch_batches(loader, after_start=None):
@@ -170,9 +173,10 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     def take_samples(epoch: int, step: int) -> None:
         if s.network is not None:
             s.network.eval()  # no dropout while sampling
-        paths = sample_during_training(cfg, s.model, accelerator.unwrap_model(unet),
-                                       [accelerator.unwrap_model(te) for te in tes], epoch, step,
-                                       accelerator.autocast)
+        with averaged(s.ema, s.trainable):
+            paths = sample_during_training(cfg, s.model, accelerator.unwrap_model(unet),
+                                           [accelerator.unwrap_model(te) for te in tes], epoch, step,
+                                           accelerator.autocast)
         if s.network is not None:
             s.network.train()
         cb.on_sample(paths, epoch, step)
@@ -189,7 +193,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
             m.eval()
         if s.network is not None:
             s.network.eval()
-        loss = validation_loss(s.validation, s, cfg, unet, tes, accelerator.device, accelerator.autocast)
+        with averaged(s.ema, s.trainable):
+            loss = validation_loss(s.validation, s, cfg, unet, tes, accelerator.device, accelerator.autocast)
         unet.train()
         for te in tes:
             te.train(s.train_te)
@@ -206,6 +211,11 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         for err in state.passed_over:
             cb.on_log(f"skipped a damaged training state: {err}")
         restore(state, s.trainable, optimizer, scheduler, caption_rng)
+        if s.ema is not None:
+            if state.ema is None:
+                raise StateError(f"{state.path} holds no moving average (training.ema)", "state_mismatch",
+                                 path=state.path)
+            restore_ema(s.ema, state.ema, accelerator.device)
         pos = state.position
         sampler.resume(pos.sampler_state, pos.skip_batches)
         step, start_epoch, result.losses = pos.step, pos.epoch, list(state.losses)
@@ -230,7 +240,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         path = guarded_save(
             lambda: save_state(state_root(cfg), fingerprint, pos, s.trainable, optimizer, scheduler,
                                caption_rng, result.losses, keep=cfg.output.keep_states,
-                               pause_for_tests=float(os.environ.get("LORAFORGE_TEST_STATE_PAUSE", 0))),
+                               pause_for_tests=float(os.environ.get("LORAFORGE_TEST_STATE_PAUSE", 0)),
+                               ema=s.ema.state_dict() if s.ema is not None else None),
             out_dir, bytes_needed(s.trainable, 12), "the training state")  # fp32 values + 2 Adam moments
         cb.on_log(f"training state saved: {path}")
 
@@ -306,6 +317,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                 optimizer.step()
                 if accelerator.sync_gradients:
                     s.method.after_optimizer_step(s)
+                    if s.ema is not None:
+                        s.ema.step(s.trainable)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             accum.append(loss_value)

@@ -70,6 +70,7 @@ class TrainingSetup:
     run: RunInfo
     te_cache: TextEncoderCache | None = None
     validation: ValidationSet | None = None  # held-out images, fixed noise (engine.training.validation)
+    ema: Any = None  # diffusers' EMAModel over ``trainable`` when training.ema (engine.training.ema)
     state: Any = None  # the method's own object (TextualInversion, a LyCORIS or hypernetwork net)
     network: torch.nn.Module | None = None  # LyCORIS / hypernetwork modules hooked into the base
     method: Any = None  # engine.methods.TrainingMethod
@@ -229,6 +230,9 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_at(schedule, step) / base_lr)
 
+    from engine.training.ema import make_ema
+
+    ema = make_ema(trainable, t.ema_decay) if t.ema else None
     weights = base_weights_file(model)
     run = RunInfo(session_id=int(torch.randint(0, 2**31 - 1, (1,)).item()), started_at=time.time(),
                   family=model.family, prediction_type=prediction_type,
@@ -243,8 +247,8 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                   reg_dataset_dirs=reg_index.dataset_dirs() if reg_index else None,
                   bucket_counts=dict(Counter(dataset.bucket_keys())))
     return TrainingSetup(model, index, dataset, loader, optimizer, scheduler, trainable, train_te,
-                         total, num_batches, weight_dtype, run, data.te_cache, data.validation, parts.state,
-                         parts.network, method)
+                         total, num_batches, weight_dtype, run, data.te_cache, data.validation, ema,
+                         parts.state, parts.network, method)
 
 
 def base_weights_file(model: LoadedModel) -> Path | None:

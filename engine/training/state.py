@@ -68,6 +68,7 @@ class TrainState:
     losses: list[float]
     meta: dict[str, Any]
     passed_over: list["StateError"] = field(default_factory=list)  # damaged newer states skipped
+    ema: dict[str, Any] | None = None  # the weights' moving average (engine.training.ema), if the job keeps one
 
 
 def _fsync_dir(path: Path) -> None:
@@ -99,7 +100,7 @@ def rng_snapshot(caption_rng: random.Random) -> dict[str, Any]:
 
 def save_state(root: Path, fingerprint: str, position: Position, trainable: list[torch.Tensor],
                optimizer, scheduler, caption_rng: random.Random, losses: list[float],
-               keep: int = 2, pause_for_tests: float = 0.0) -> Path:
+               keep: int = 2, pause_for_tests: float = 0.0, ema: dict[str, Any] | None = None) -> Path:
     """Write ``root/step-<n>/`` crash-safely and point ``root/latest`` at it; keep ``keep``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -112,6 +113,8 @@ def save_state(root: Path, fingerprint: str, position: Position, trainable: list
         time.sleep(pause_for_tests)  # lets the crash test kill us with the state half written
     blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": rng_snapshot(caption_rng), "sampler_state": position.sampler_state}
+    if ema is not None:
+        blob["ema"] = ema
     _write(tmp / "state.pt", lambda p: torch.save(blob, p))
     meta = {"format": STATE_FORMAT, "fingerprint": fingerprint, "step": position.step,
             "epoch": position.epoch, "skip_batches": position.skip_batches,
@@ -208,7 +211,7 @@ def load_state(path: Path, fingerprint: str) -> TrainState:
     except Exception as err:  # UnpicklingError (code inside), EOFError, a zip cut short, ...
         raise damaged("state.pt", err) from None
     position = Position(step, epoch, skip, parts[3])
-    return TrainState(path, position, trainable, parts[0], parts[1], parts[2], losses, meta)
+    return TrainState(path, position, trainable, parts[0], parts[1], parts[2], losses, meta, ema=blob.get("ema"))
 
 
 def load_newest_good(root: Path, fingerprint: str) -> tuple[TrainState, list[StateError]]:
