@@ -82,6 +82,7 @@ FIELDS: list[FormField] = [
     *(F("dataset", name, True) for name in ("validation_split", "validation_path", "validation_seed")),
     *(F("training", name, True) for name in ("validate_every_n_epochs", "validate_every_n_steps")),
     F("training", "ema", True), F("training", "ema_decay", True),
+    F("training", "masked_loss", True), F("dataset", "alpha_mask", True), F("dataset", "mask_path", True),
     F("model", "vae", True),
 ]
 BY_KEY = {f.key: f for f in FIELDS}

@@ -66,6 +66,12 @@ class DatasetConfig(Section):
                                      "image per training image from its caption without the trigger "
                                      "words, and training keeps those prompts as the base drew them "
                                      "(kept in reg_path, else <output dir>/prior_images).")
+    # masked loss: where each image's loss counts (with training.masked_loss)
+    alpha_mask: bool = Field(default=False, description="Masked loss from the images' transparency: "
+                             "transparent parts are not learned (kohya's alpha_mask).")
+    mask_path: Optional[str] = path_field("folder", default=None, description="Masked loss from mask images "
+                                          "named like the images (white = learn, black = ignore); kohya's "
+                                          "conditioning_data_dir.")
     # validation loss (kohya sd-scripts' names): held-out images the training never sees
     validation_split: float = Field(default=0.0, ge=0.0, le=0.5, description="Share of the images held "
                                     "out to measure a validation loss, 0.1-0.2 usual; 0 = off.")
@@ -157,6 +163,8 @@ class TrainingConfig(Section):
     min_timestep: int = Field(default=0, ge=0, le=999, description="Train only timesteps from here.")
     max_timestep: int = Field(default=1000, ge=1, le=1000, description="... up to (not including) here.")
     clip_skip: int = Field(default=1, ge=1, le=12)
+    masked_loss: bool = Field(default=False, description="Weight the loss per pixel by each image's mask "
+                              "(dataset.alpha_mask or dataset.mask_path): the masked-out parts are not learned.")
     ema: bool = Field(default=False, description="Keep an exponential moving average (EMA) of the trained "
                       "weights; the saved files, samples and validation loss are the average.")
     ema_decay: float = Field(default=0.999, ge=0.5, lt=1.0, description="The average's decay (it warms up "
@@ -265,6 +273,10 @@ class JobConfig(Section):
                 raise UserInputError("training.cache_text_encoder_outputs cannot be combined with "
                                      "dataset.shuffle_caption / caption_dropout_rate / tag_dropout_rate "
                                      "(the captions change every step)", "cfg_cache_te_changing")
+        if t.masked_loss != (d.alpha_mask or bool(d.mask_path)) or (d.alpha_mask and d.mask_path):
+            raise UserInputError("training.masked_loss needs one source of masks, dataset.alpha_mask (the images' "
+                                 "transparency) or dataset.mask_path (a folder of mask images), and a source of "
+                                 "masks needs training.masked_loss = true", "cfg_masked_loss")
         if d.validation_split and d.validation_path:
             raise UserInputError("dataset.validation_split and dataset.validation_path: choose one (hold out a "
                                  "share of the images, or give a folder of validation images)",

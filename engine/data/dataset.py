@@ -18,11 +18,13 @@ from engine.data.images import (
     cover_and_crop,
     image_size,
     load_rgb,
+    mask_tensor,
     proportions_ok,
     resize_center_crop,
     to_tensor,
 )
 from engine.data.latent_cache import DiskLatentCache
+from engine.data.masks import MaskSource
 from engine.data.shards import shard_of
 
 
@@ -59,8 +61,11 @@ def _usable_size(path) -> tuple[int, int]:
 class TrainingSamples(Dataset):
     def __init__(self, index: DatasetIndex, resolution: int, flip_aug: bool = False,
                  reg_index: DatasetIndex | None = None, prior_loss_weight: float = 1.0,
-                 buckets: BucketOptions | None = None):
+                 buckets: BucketOptions | None = None, masks: MaskSource | None = None):
         self.index = index
+        self.masks = masks  # masked loss: every entry gets a mask (all ones where there is none)
+        self._mask_cache: dict[int, torch.Tensor] = {}
+        self._without_mask: set[int] = set()
         self.resolution = resolution
         self.flip_aug = flip_aug
         train_items = index.items
@@ -73,6 +78,7 @@ class TrainingSamples(Dataset):
             reg_epoch = [Entry(pos[it.path], prior_loss_weight) for it in reg_index.epoch_items()]
             self._entries += list(islice(cycle(reg_epoch), len(self._entries)))
         self.num_reg_images = len(reg_items)
+        self._num_train_unique = len(train_items)
         sizes = {str(i): _usable_size(it.path) for i, it in enumerate(self._unique)}  # headers only
         if buckets:
             self.assignment = assign_buckets(sizes, resolution, buckets.min_size, buckets.max_size,
@@ -107,6 +113,26 @@ class TrainingSamples(Dataset):
         im = load_rgb(self._unique[unique_idx].path)
         w, h = self.size_of(unique_idx)
         return to_tensor(resize_center_crop(im, w, h))
+
+    def mask(self, unique_idx: int) -> torch.Tensor:
+        """The loss mask [1, h, w] at the image's training size, cropped as the image is; all ones
+        for an image without one (and for regularization images)."""
+        if unique_idx not in self._mask_cache:
+            w, h = self.size_of(unique_idx)
+            own = self.masks is not None and unique_idx < self._num_train_unique
+            im = self.masks.load(self._unique[unique_idx].path) if own and self.masks is not None else None
+            if own and im is None:
+                self._without_mask.add(unique_idx)
+            self._mask_cache[unique_idx] = (torch.ones(1, h, w) if im is None
+                                            else mask_tensor(resize_center_crop(im, w, h)).clamp(0, 1))
+        return self._mask_cache[unique_idx]
+
+    def prepare_masks(self) -> int:
+        """Read every training image's mask now (a bad mask file fails before training); returns
+        how many training images have none."""
+        for i in range(self._num_train_unique):
+            self.mask(i)
+        return len(self._without_mask)
 
     @torch.no_grad()
     def cache_latents(self, encode: Callable[[torch.Tensor], torch.Tensor],
@@ -149,6 +175,9 @@ class TrainingSamples(Dataset):
         i = entry.unique
         out: dict = {"caption": self._unique[i].caption, "loss_weight": entry.loss_weight,
                      "time_ids": self.size_conditioning(i)}
+        if self.masks is not None:
+            mask = self.mask(i)
+            out["mask"] = mask.flip(-1) if flip else mask
         if self._latents is not None:
             out["latents"] = self._latents[i][1 if flip else 0]
         else:
@@ -221,4 +250,6 @@ def collate(batch: list[dict]) -> dict:
     for key in ("latents", "pixels", "time_ids"):
         if key in batch[0]:
             out[key] = torch.stack([b[key] for b in batch])
+    if "mask" in batch[0]:
+        out["masks"] = torch.stack([b["mask"] for b in batch])
     return out

@@ -36,6 +36,25 @@ def load_rgb(path: Path, background: tuple[int, int, int] = (255, 255, 255)) -> 
         return im.convert("RGB")
 
 
+def load_mask(path: Path, from_alpha: bool) -> Image.Image | None:
+    """A loss mask as a greyscale image (white = learn, black = ignore): the image's own alpha
+    channel when ``from_alpha`` (None for an image without one), else ``path`` read as a mask
+    image (its brightness). EXIF rotation is applied as for the images."""
+    with Image.open(path) as im:
+        im.seek(0)
+        im = ImageOps.exif_transpose(im)
+        if not from_alpha:
+            return im.convert("L")
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            return im.convert("RGBA").getchannel("A")
+        return None
+
+
+def mask_tensor(im: Image.Image) -> torch.Tensor:
+    """A greyscale mask -> float tensor [1, H, W] in [0, 1]."""
+    return torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float32) / 255.0)[None].contiguous()
+
+
 def cover_and_crop(src_w: int, src_h: int, width: int, height: int) -> tuple[tuple[int, int], int, int]:
     """((resized w, h), left, top): scale to cover ``width``x``height``, centre crop. SDXL is
     told these numbers (original size and crop corner) as part of its conditioning."""

@@ -168,7 +168,7 @@ NOISE_AND_LOSS_KEYS = {"multires_noise_iterations": "ss_multires_noise_iteration
                        "ip_noise_gamma": "ss_ip_noise_gamma", "zero_terminal_snr": "ss_zero_terminal_snr",
                        "debiased_estimation_loss": "ss_debiased_estimation", "loss_type": "ss_loss_type",
                        "huber_schedule": "ss_huber_schedule", "huber_c": "ss_huber_c",
-                       "huber_scale": "ss_huber_scale"}
+                       "huber_scale": "ss_huber_scale", "masked_loss": "ss_masked_loss"}
 OFF_IS_NONE = ("multires_noise_iterations", "ip_noise_gamma")  # sd-scripts writes "None" when 0/off
 TIMESTEP_RANGE_KEY = "loraforge_timestep_range"  # sd-scripts has the options but no key for them
 

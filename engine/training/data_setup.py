@@ -16,6 +16,7 @@ from engine.data.dataset import BucketBatchSampler, BucketOptions, TrainingSampl
 from engine.data.folder import DatasetError, DatasetIndex, ImageItem, images_under, scan_dataset
 from engine.data.holdout import hold_out
 from engine.data.latent_cache import DiskLatentCache, vae_fingerprint
+from engine.data.masks import MaskSource
 from engine.models.loader import LoadedModel
 from engine.training.callbacks import Callbacks
 from engine.training.te_cache import TextEncoderCache, caption_encoder
@@ -126,7 +127,17 @@ def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Cal
     d, t = cfg.dataset, cfg.training
     buckets = (BucketOptions(d.min_bucket_reso, d.max_bucket_reso, d.bucket_no_upscale)
                if d.enable_bucket else None)
-    dataset = TrainingSamples(index, d.resolution, d.flip_aug, reg_index, d.prior_loss_weight, buckets)
+    masks = MaskSource(Path(d.path), Path(d.mask_path) if d.mask_path else None) if t.masked_loss else None
+    dataset = TrainingSamples(index, d.resolution, d.flip_aug, reg_index, d.prior_loss_weight, buckets, masks)
+    if masks is not None:
+        without = dataset.prepare_masks()
+        source = f"mask images in {d.mask_path}" if d.mask_path else "the images' transparency"
+        if without == index.num_images:  # surely a mistake (a wrong folder, images flattened to RGB)
+            raise DatasetError(f"training.masked_loss: none of the {without} images has a mask ({source})",
+                               "dataset_no_masks", count=without,
+                               source=d.mask_path or "alpha")
+        cb.on_log(f"masked loss from {source}: {index.num_images - without} of {index.num_images} images have a mask"
+                  + (f"; {without} have none and are learned whole" if without else ""))
     if buckets:
         cb.on_log(dataset.assignment.report())
     disk = None

@@ -35,6 +35,7 @@ from engine.training.losses import (
     debiased_weights,
     diffusion_loss,
     huber_threshold,
+    latent_mask,
     min_snr_weights,
     noisy_input,
     offset_noise,
@@ -306,7 +307,8 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                     weights = weights * debiased_weights(noise_sched, timesteps, pred_type)
                 threshold = (huber_threshold(noise_sched, timesteps, t.huber_schedule, t.huber_c, t.huber_scale)
                              if t.loss_type in ("huber", "smooth_l1") else None)
-                loss = diffusion_loss(pred, target, weights, t.loss_type, threshold)
+                mask = latent_mask(batch["masks"], latents) if "masks" in batch else None
+                loss = diffusion_loss(pred, target, weights, t.loss_type, threshold, mask)
                 loss_value = mean_over_processes(accelerator, loss)
                 check_loss(loss_value, step + 1, epoch, last_good(), t.mixed_precision)
                 accelerator.backward(loss)

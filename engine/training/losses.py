@@ -144,11 +144,23 @@ def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: fl
     return clipped / snr
 
 
+def latent_mask(masks: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """Pixel masks [B, 1, H, W] -> the latents' grid [B, 1, h, w], each latent pixel the mean of
+    the image pixels it covers."""
+    return F.interpolate(masks.to(latents.device, torch.float32), size=latents.shape[-2:], mode="area")
+
+
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor] = None,
-                   loss_type: str = "l2", threshold: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   loss_type: str = "l2", threshold: Optional[torch.Tensor] = None,
+                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The loss (mean-squared error unless ``loss_type`` says otherwise) in fp32, optionally
-    weighted per sample."""
-    per_sample = elementwise_loss(pred, target, loss_type, threshold).mean(dim=(1, 2, 3))
+    weighted per sample and, for masked loss, per latent pixel (``mask`` [B, 1, h, w] in [0, 1];
+    as sd-scripts, the masked mean is over the whole latent, so a small mask also means a smaller
+    loss)."""
+    elements = elementwise_loss(pred, target, loss_type, threshold)
+    if mask is not None:
+        elements = elements * mask
+    per_sample = elements.mean(dim=(1, 2, 3))
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample.device, per_sample.dtype)
     return per_sample.mean()
