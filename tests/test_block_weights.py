@@ -1,6 +1,7 @@
-"""Block learning-rate weights (kohya's down/mid/up_lr_weight, SD 1.x/2.x): modules are numbered
-as kohya and A1111's block-weight tools number the 25 blocks, each block learns at its weight,
-a block at 0 gets no LoRA, and the file and its card say so."""
+"""Block learning-rate weights and per-block ranks (kohya's down/mid/up_lr_weight, block_dims ...):
+modules are numbered as kohya and A1111's block-weight tools number the 25 blocks of SD 1.x/2.x
+and the 23 of SDXL, each block learns at its weight, a block at 0 gets no LoRA, and the file and
+its card say so."""
 from __future__ import annotations
 
 import json
@@ -74,27 +75,71 @@ def test_each_block_learns_at_its_weight_and_a_zero_block_has_no_lora(tiny_model
         assert facts.params["midLrWeight"] == "0" and facts.params["downLrWeight"].startswith("0.1,"), facts.params
 
 
-def test_block_weights_rules_and_sdxl_refused(tmp_path, tiny_dataset):
+def test_block_weights_rules(tmp_path, tiny_dataset):
     from engine.config.base import ConfigError
-    from engine.i18n import Explained
-    from engine.models.toy import build_tiny_sdxl
 
-    with pytest.raises(ConfigError):
-        parse_config(lora_job("m", "d", "o", network={"down_lr_weight": [1.0] * 11}))  # kohya's 12
+    with pytest.raises(ConfigError) as err:
+        parse_config(lora_job("m", "d", "o", network={"down_lr_weight": [1.0] * 11}))  # kohya's 12 (or 9)
+    assert err.value.problems[0]["cause"].key == "cfg_block_count"
     with pytest.raises(ConfigError) as err:
         parse_config(lora_job("m", "d", "o", network={"up_lr_weight": [1.0] * 11 + [-1.0]}))
     assert err.value.problems[0]["cause"].key == "cfg_block_weight"
+    one = parse_config(lora_job("m", "d", "o", network={"mid_lr_weight": 0.5})).network
+    assert one.mid_lr_weight == [0.5] and one.block_args() == {"mid_lr_weight": "0.5"}
+
+
+@pytest.mark.parametrize("name, index", [
+    ("time_embed.0", 0), ("input_blocks.0.0", 1), ("input_blocks.4.1.transformer_blocks.0.attn1.to_q", 5),
+    ("lora_unet_input_blocks_8_1_proj_in", 9), ("middle_block.1.proj_in", 11), ("middle_block.2.in_layers.2", 12),
+    ("output_blocks.0.1.proj_out", 13), ("lora_unet_output_blocks_8_0_out_layers_3", 21), ("out.2", 22),
+    ("lora_te1_text_model_encoder_layers_0_mlp_fc1", -1),
+])
+def test_sdxl_block_numbers_follow_kohya(name, index):
+    from engine.methods.blocks import SDXL
+
+    assert kohya_block_index(name, SDXL) == index
+
+
+def test_sdxl_attention_lora_sits_in_its_blocks_and_a_zero_block_has_none(tmp_path, tiny_dataset):
+    """The real-size SDXL UNet's attention LoRA lands in IN04 IN05 IN07 IN08, MID1 and
+    OUT00-OUT05 (blocks 5 6 8 9, 11, 13-18); on a tiny SDXL run a middle block at weight 0 is
+    absent from the file, the others learn, and a list of SD's length is refused."""
+    from diffusers import UNet2DConditionModel
+
+    from engine.i18n import Explained
+    from engine.methods.blocks import SDXL
+    from engine.methods.lora import LoraNetworkConfig
+    from engine.models.reference import reference_config_dir
+    from engine.models.toy import build_tiny_sdxl
+    from engine.networks.lora import unet_file_name, unet_targets
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(reference_config_dir("sdxl") / "unet"))
+    blocks = {kohya_block_index(unet_file_name(unet, t.name), SDXL) for t in unet_targets(unet, LoraNetworkConfig())}
+    assert blocks == {5, 6, 8, 9, 11, *range(13, 19)}, sorted(blocks)
+
     sdxl = build_tiny_sdxl(tmp_path / "tiny-sdxl", seed=0)
+    network = {"dim": 4, "alpha": 2.0, "train_unet_only": True}
+    plain = load_file(str(train(parse_config(lora_job(sdxl, tiny_dataset, tmp_path / "plain", network=network,
+                                                      training={"epochs": 1, "max_steps": 2}))).final_path))
+    blocked = train(parse_config(lora_job(sdxl, tiny_dataset, tmp_path / "o", training={"epochs": 1, "max_steps": 2},
+                                          network={**network, "mid_lr_weight": [1.0, 0.0, 1.0]})))
+    state = load_file(str(blocked.final_path))
+    mids = {k for k in plain if k.startswith("lora_unet_middle_block_1_")}
+    assert mids and not mids & set(state) and set(state) == set(plain) - mids
+    with safe_open(str(blocked.final_path), "pt") as f:
+        assert json.loads(f.metadata()["ss_network_args"])["mid_lr_weight"] == "1,0,1"
     with pytest.raises(Explained) as refused:
-        train(parse_config(lora_job(sdxl, tiny_dataset, tmp_path / "o", network={"mid_lr_weight": 0.5})))
-    assert refused.value.key == "cfg_block_weight_sdxl"
+        train(parse_config(lora_job(sdxl, tiny_dataset, tmp_path / "x", network={"down_lr_weight": [1.0] * 12})))
+    assert refused.value.key == "cfg_block_family"
 
 
 def test_block_dims_and_alphas_set_each_blocks_rank_in_the_file(tiny_model_dir, tiny_dataset, tmp_path):
     """kohya's block_dims / block_alphas (25 values): each module gets its block's rank and alpha,
     a block at 0 has none; conv_block_dims trains 3x3 convs per block even with conv_dim 0."""
-    from engine.methods.lora import BLOCKS_PER_SIDE
+    from engine.methods.blocks import SD
 
+    BLOCKS_PER_SIDE = SD.per_side
     down, mid, up = [2] * BLOCKS_PER_SIDE, 0, [6] * BLOCKS_PER_SIDE
     dims = down + [mid] + up
     alphas = [1.0] * BLOCKS_PER_SIDE + [1.0] + [3.0] * BLOCKS_PER_SIDE

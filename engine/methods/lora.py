@@ -2,7 +2,6 @@
 convs with conv_dim (LoCon-style), trained through peft layers."""
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Any, Literal, Optional
 
@@ -11,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from engine.config.base import Section
 from engine.i18n import UserInputError
 from engine.methods.base import MethodParts, TrainingMethod
+from engine.methods.blocks import LAYOUTS, SD, BlockLayout, block_index, layout_for, lr_weight
 
 
 class LoraPlusFields(Section):
@@ -47,29 +47,22 @@ class DoraField(Section):
                           "from its direction (LoCon/LoHa/LoKr).")
 
 
-BLOCKS_PER_SIDE = 12  # kohya's SD 1.x/2.x UNet blocks: IN00-IN11, MID, OUT00-OUT11
-# the block settings, as kohya names them in network_args (ss_network_args)
+# the block settings, as kohya names them in network_args (ss_network_args); blocks numbered as
+# engine.methods.blocks numbers them for the UNet's family
 BLOCK_LISTS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
-               "up_lr_weight")
-BLOCK_ARGS = (*BLOCK_LISTS, "mid_lr_weight")
+               "mid_lr_weight", "up_lr_weight")
+BLOCK_ARGS = BLOCK_LISTS
+_LR_LENGTHS = {"down_lr_weight": "per_side", "up_lr_weight": "per_side", "mid_lr_weight": "mid"}
 
 
-def _block_list(length: int, description: str) -> Any:
-    """An optional list of exactly ``length`` values, one per block (kohya's order)."""
-    return Field(default=None, min_length=length, max_length=length, description=description)
+def _block_list(description: str) -> Any:
+    """An optional list with one value per block, kohya's order (its length says the family)."""
+    return Field(default=None, description=description)
 
 
-def kohya_block_index(module: str) -> int:
-    """The UNet block a LoRA module sits in, numbered as kohya's block weights number them for
-    SD 1.x/2.x: 0-11 the down side (0 is conv_in, which has none), 12 the middle, 13-24 the up
-    side; -1 outside the blocks (time embedding, conv_out, text encoder). ``module`` is a
-    diffusers path ("down_blocks.1.attentions.0.proj_in") or kohya name."""
-    m = re.search(r"(up|down)_blocks[._](\d+)[._](resnets|attentions|upsamplers|downsamplers)[._](\d+)", module)
-    if m:
-        side, i, kind, j = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
-        idx = 3 * i + (2 if kind in ("upsamplers", "downsamplers") else j)
-        return 1 + idx if side == "down" else BLOCKS_PER_SIDE + 1 + idx
-    return BLOCKS_PER_SIDE if re.search(r"mid_block[._]", module) else -1
+def kohya_block_index(module: str, layout: BlockLayout = SD) -> int:
+    """See engine.methods.blocks.block_index (kept under this name for callers and tests)."""
+    return block_index(module, layout)
 
 
 class LoraNetworkConfig(LoraPlusFields, DoraField):
@@ -81,23 +74,30 @@ class LoraNetworkConfig(LoraPlusFields, DoraField):
     conv_alpha: float = Field(default=1.0, gt=0)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     train_unet_only: bool = False
-    # kohya's block learning-rate weights (SD 1.x/2.x): a block at 0 gets no LoRA at all
+    # kohya's block learning-rate weights: a block at 0 gets no LoRA at all
     down_lr_weight: Optional[list[float]] = _block_list(
-        BLOCKS_PER_SIDE, "12 learning-rate weights for the UNet's down blocks IN00-IN11; empty = all 1.")
-    mid_lr_weight: Optional[float] = Field(default=None, ge=0.0, le=100.0,
-                                           description="Learning-rate weight of the middle block; empty = 1.")
+        "Learning-rate weights of the UNet's down blocks: 12 (SD 1.x/2.x, IN00-IN11) or 9 (SDXL, "
+        "IN00-IN08); empty = all 1.")
+    mid_lr_weight: Optional[list[float]] = _block_list(
+        "Learning-rate weight of the middle block: 1 value (SD 1.x/2.x) or 3 (SDXL); empty = 1.")
     up_lr_weight: Optional[list[float]] = _block_list(
-        BLOCKS_PER_SIDE, "12 learning-rate weights for the UNet's up blocks OUT00-OUT11; empty = all 1.")
+        "Learning-rate weights of the UNet's up blocks: 12 (OUT00-OUT11) or 9 (SDXL, OUT00-OUT08); empty = all 1.")
 
-    # kohya's per-block ranks and alphas: 25 values, IN00-IN11, MID, OUT00-OUT11 (0 = no LoRA there)
+    # kohya's per-block ranks and alphas, one per block (0 = no LoRA there)
     block_dims: Optional[list[int]] = _block_list(
-        2 * BLOCKS_PER_SIDE + 1, "25 ranks, one per UNet block (IN00-IN11, MID, OUT00-OUT11); empty = dim everywhere.")
-    block_alphas: Optional[list[float]] = _block_list(
-        2 * BLOCKS_PER_SIDE + 1, "25 alphas to go with block_dims; empty = alpha everywhere.")
+        "Ranks, one per UNet block: 25 (SD 1.x/2.x: IN00-IN11, MID, OUT00-OUT11) or 23 (SDXL: BASE, "
+        "IN00-IN08, MID0-2, OUT00-OUT08, OUT); empty = dim everywhere.")
+    block_alphas: Optional[list[float]] = _block_list("Alphas to go with block_dims; empty = alpha everywhere.")
     conv_block_dims: Optional[list[int]] = _block_list(
-        2 * BLOCKS_PER_SIDE + 1, "25 ranks for the 3x3 convs per block (LoCon-style); empty = conv_dim everywhere.")
+        "Ranks for the 3x3 convs per block (LoCon-style), as many as block_dims; empty = conv_dim everywhere.")
     conv_block_alphas: Optional[list[float]] = _block_list(
-        2 * BLOCKS_PER_SIDE + 1, "25 alphas to go with conv_block_dims; empty = conv_alpha everywhere.")
+        "Alphas to go with conv_block_dims; empty = conv_alpha everywhere.")
+
+    @field_validator("mid_lr_weight", mode="before")
+    @classmethod
+    def _one_mid_weight(cls, value: Any) -> Any:
+        """``mid_lr_weight = 0.5`` (SD's one middle block) as well as a list."""
+        return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _block_lists(self) -> "LoraNetworkConfig":
@@ -107,6 +107,14 @@ class LoraNetworkConfig(LoraPlusFields, DoraField):
             # applies a per-row one with the base weight's norm: no file both would read right.
             raise UserInputError("network.dora_wd: DoRA is trained through LyCORIS; set network.type = "
                                  "\"locon\" (a LoCon file holds the same LoRA keys plus dora_scale)", "cfg_dora_lora")
+        for name in BLOCK_LISTS:
+            values = getattr(self, name)
+            lengths = sorted({getattr(layout, _LR_LENGTHS.get(name, "total")) for layout in LAYOUTS})
+            if values is not None and len(values) not in lengths:
+                raise UserInputError(f"network.{name}: {' or '.join(map(str, lengths))} values (one per block, "
+                                     f"{' / '.join(layout.name for layout in LAYOUTS)}), got {len(values)}",
+                                     "cfg_block_count", field=name, counts=" / ".join(map(str, lengths)),
+                                     count=len(values))
         for dims, alphas in (("block_dims", "block_alphas"), ("conv_block_dims", "conv_block_alphas")):
             if getattr(self, alphas) is not None and getattr(self, dims) is None:
                 raise UserInputError(f"network.{alphas} needs network.{dims} (the ranks they go with)",
@@ -119,42 +127,39 @@ class LoraNetworkConfig(LoraPlusFields, DoraField):
                                      field=alphas)
         return self
 
-    def per_block(self, target):
-        """``target`` (engine.networks.lora.Target) with its block's rank and alpha."""
-        idx = kohya_block_index(target.name)
+    def check_layout(self, layout: BlockLayout) -> None:
+        """Every block list has ``layout``'s length (the family is known only with the UNet)."""
+        for name in BLOCK_LISTS:
+            values = getattr(self, name)
+            want = getattr(layout, _LR_LENGTHS.get(name, "total"))
+            if values is not None and len(values) != want:
+                raise UserInputError(f"network.{name}: {layout.name} has {want} values here, got {len(values)}",
+                                     "cfg_block_family", field=name, family=layout.name, want=want,
+                                     count=len(values))
+
+    def per_block(self, target, idx: int):
+        """``target`` (engine.networks.lora.Target) with the rank and alpha of block ``idx``."""
         dims, alphas = ((self.conv_block_dims, self.conv_block_alphas) if target.conv
                         else (self.block_dims, self.block_alphas))
         if idx < 0 or dims is None:
             return target
         return replace(target, rank=dims[idx], alpha=alphas[idx] if alphas is not None else target.alpha)
 
-    @field_validator("down_lr_weight", "up_lr_weight")
+    @field_validator("down_lr_weight", "mid_lr_weight", "up_lr_weight")
     @classmethod
     def _weights_in_range(cls, weights: Optional[list[float]]) -> Optional[list[float]]:
         if weights is not None and not all(0.0 <= w <= 100.0 for w in weights):
             raise UserInputError("block learning-rate weights are between 0 and 100", "cfg_block_weight")
         return weights
 
-    def block_weight(self, module: str) -> float:
-        """The learning-rate weight of the block ``module`` is in (1 outside the blocks)."""
-        idx = kohya_block_index(module)
-        if idx < 0:
-            return 1.0
-        if idx < BLOCKS_PER_SIDE:
-            return self.down_lr_weight[idx] if self.down_lr_weight else 1.0
-        if idx == BLOCKS_PER_SIDE:
-            return 1.0 if self.mid_lr_weight is None else self.mid_lr_weight
-        return self.up_lr_weight[idx - BLOCKS_PER_SIDE - 1] if self.up_lr_weight else 1.0
+    def block_weight(self, idx: int, layout: BlockLayout = SD) -> float:
+        """The learning-rate weight of block ``idx`` (1 outside the IN/MID/OUT blocks)."""
+        return lr_weight(idx, layout, self.down_lr_weight, self.mid_lr_weight, self.up_lr_weight)
 
     def block_args(self) -> dict[str, str]:
-        """The block weights that are set, as kohya writes them into ss_network_args."""
-        out = {}
-        for name in BLOCK_LISTS:
-            if getattr(self, name) is not None:
-                out[name] = ",".join(f"{w:g}" for w in getattr(self, name))
-        if self.mid_lr_weight is not None:
-            out["mid_lr_weight"] = f"{self.mid_lr_weight:g}"
-        return out
+        """The block settings that are set, as kohya writes them into ss_network_args."""
+        return {name: ",".join(f"{w:g}" for w in getattr(self, name)) for name in BLOCK_LISTS
+                if getattr(self, name) is not None}
 
 
 class LoraNetworkFiles(TrainingMethod):
@@ -189,13 +194,13 @@ class LoraMethod(LoraNetworkFiles):
         # conv ranks per block train 3x3 convs even with conv_dim 0 (as kohya)
         targets = lora.unet_targets(model.unet, net.model_copy(update={"conv_dim": net.conv_dim or 1})
                                     if net.conv_block_dims and not net.conv_dim else net)
+        layout = layout_for(lora.uses_sgm_names(model.unet))
+        block_of = {t.name: block_index(lora.unet_file_name(model.unet, t.name), layout) for t in targets}
         if net.block_args():
-            if lora.uses_sgm_names(model.unet):
-                raise UserInputError("network block settings (block_dims, down/mid/up_lr_weight, ...) follow the "
-                                     "25 blocks of SD 1.x/2.x; SDXL is not supported yet", "cfg_block_weight_sdxl")
-            targets = [net.per_block(t) for t in targets]
+            net.check_layout(layout)
+            targets = [net.per_block(t, block_of[t.name]) for t in targets]
             # kohya: a block at rank 0 or learning-rate weight 0 has no LoRA
-            targets = [t for t in targets if t.rank > 0 and net.block_weight(t.name) > 0]
+            targets = [t for t in targets if t.rank > 0 and net.block_weight(block_of[t.name], layout) > 0]
         unet_params = lora.inject_lora(model.unet, targets, net.dropout)
         te_params = [p for te in (tes if train_te else [])
                      for p in lora.inject_lora(te, lora.text_encoder_targets(te, net), net.dropout)]
@@ -203,8 +208,11 @@ class LoraMethod(LoraNetworkFiles):
         trained = {id(p) for p in unet_params + te_params}
         up = [p for m in (model.unet, *tes) for name, p in m.named_parameters()
               if ".lora_B." in name and id(p) in trained]
-        scale = {id(p): net.block_weight(name) for name, p in model.unet.named_parameters()
-                 if id(p) in trained and net.block_weight(name) != 1.0}
+        scale = {}
+        for name, p in model.unet.named_parameters():  # "<module path>.lora_A.<adapter>.weight"
+            weight = net.block_weight(block_of.get(name.split(".lora_")[0], -1), layout) if id(p) in trained else 1.0
+            if weight != 1.0:
+                scale[id(p)] = weight
         return MethodParts(unet_params, te_params, up_params=up, lr_scale=scale)
 
     def state_dict(self, s, accelerator):
