@@ -83,6 +83,11 @@ def test_split_run_writes_files_curves_and_the_grid_column(tiny_model_dir, tiny_
         assert meta["ss_num_validation_images"] == "1" and meta["ss_validation_split"] == "0.25"
         assert meta["ss_num_train_images"] == "9"  # 3 of the 4 images x 3 repeats: one is held out
         assert float(meta["loraforge_validation_loss"]) == pytest.approx(by_step[int(meta["ss_steps"])], abs=1e-6)
+    from engine.export.card_facts import gather_facts
+
+    for facts in (gather_facts(result.final_path), gather_facts(result.final_path, cfg)):
+        assert facts.params["validationLoss"] == pytest.approx(result.validation[-1][2], abs=1e-6)
+        assert facts.params["validationSplit"] == 0.25 and facts.params["validationImages"] == 1
     rows = list(csv.DictReader(open(tmp_path / "tiny_validation.csv", encoding="utf-8")))
     assert [int(r["step"]) for r in rows] == sorted(by_step)
     assert (tmp_path / "tiny_loss.png").stat().st_size > 0

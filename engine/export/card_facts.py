@@ -212,13 +212,16 @@ def _averaging_and_validation(meta: dict[str, str], job: JobConfig | None) -> di
     from engine.export.metadata import EMA_KEY, VALIDATION_LOSS_KEY
 
     out = {}
+    split = job.dataset.validation_split if job is not None else meta.get("ss_validation_split")
     for name, raw in (("emaDecay", job.training.ema_decay if job is not None and job.training.ema
-                       else meta.get(EMA_KEY)), ("validationLoss", meta.get(VALIDATION_LOSS_KEY))):
+                       else meta.get(EMA_KEY)), ("validationLoss", meta.get(VALIDATION_LOSS_KEY)),
+                      ("validationImages", meta.get("ss_num_validation_images")),
+                      ("validationSplit", split)):
         try:
             out[name] = float(raw) if raw not in (None, "") else None
         except (TypeError, ValueError):
             continue
-    return {k: v for k, v in out.items() if v is not None}
+    return {k: v for k, v in out.items() if v}  # (0 images / a 0 split: no validation)
 
 
 def _camel(name: str) -> str:
