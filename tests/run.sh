@@ -17,7 +17,14 @@ VPY="${LORAFORGE_VENV:-$APP_DIR/.venv}/bin/python"
 # lists); a finding fails the run, after the suite has run too
 "$VPY" -m ruff check . && "$VPY" -m mypy
 lint=$?
-"$VPY" -m pytest -q "$@"
+# one worker per core (LORAFORGE_TEST_WORKERS=0: one process), each torch on one thread; a test
+# module's tests stay together in one worker (module fixtures are trained once)
+workers="${LORAFORGE_TEST_WORKERS:-auto}"
+if [ "$workers" = "0" ]; then
+    "$VPY" -m pytest -q "$@"
+else
+    OMP_NUM_THREADS=1 "$VPY" -m pytest -q -n "$workers" --dist loadscope "$@"
+fi
 rc=$?
 if [ "$rc" -eq 5 ]; then echo "no tests were collected"; rc=0; fi
 if [ "$lint" -ne 0 ]; then echo "ruff or mypy found problems (see above)"; [ "$rc" -eq 0 ] && rc=$lint; fi

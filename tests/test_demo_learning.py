@@ -80,4 +80,4 @@ def test_grid_with_several_seeds_marks_the_epoch_that_learned(demo_lora, tmp_pat
     assert s.likeness[(1, 1)] > s.likeness[(0, 1)] and s.likeness[(1, 1)] > s.likeness[(1, 0)], s.likeness
     assert s.best_row(1) == 1 and grid.row_labels[1].endswith("*") and "<- best" in grid.summary_lines[1]
     rows = (tmp_path / "summary.csv").read_text(encoding="utf-8").splitlines()
-    assert rows[0] == "file,column,likeness,bleed" and len(rows) == 1 + 2 * 2
+    assert rows[0] == "file,column,likeness,bleed,validation_loss" and len(rows) == 1 + 2 * 2
