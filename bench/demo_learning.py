@@ -28,9 +28,11 @@ from engine.demo.learning import GREEN_CROSS, PURPLE_STAR, train_and_score  # no
 VARIANTS = [
     ("LoCon, before: 4 epochs, no prior preservation", "demo_lora", PURPLE_STAR,
      {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}),
+    ("LoCon, previous: without prompts to keep", "demo_lora", PURPLE_STAR, {"dataset": {"keep_prompts": []}}),
     ("LoCon, shipped", "demo_lora", PURPLE_STAR, {}),
     ("LoCon, before, green cross", "demo_lora", GREEN_CROSS,
      {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}),
+    ("LoCon, previous, green cross", "demo_lora", GREEN_CROSS, {"dataset": {"keep_prompts": []}}),
     ("LoCon, shipped, green cross", "demo_lora", GREEN_CROSS, {}),
     ("LoHa, before: 4 epochs, no prior preservation", "demo_loha", PURPLE_STAR,
      {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}),

@@ -103,3 +103,23 @@ def test_prior_preservation_needs_a_trigger_and_skips_captions_without_it(tmp_pa
                    dataset={"prior_preservation": True})
     train(parse_config(job), Log(logs))
     assert any("prior preservation is off for this run: none of the 2 captions" in line for line in logs), logs
+
+
+def test_prompts_to_keep_are_drawn_beside_the_captions(tmp_path, tiny_model_dir):
+    """dataset.keep_prompts: the base draws each one too (after the captions' images), and they
+    train as prior-preservation images; without prior preservation, or with an empty line, the
+    job says what to fix."""
+    data = tmp_path / "data"
+    draw_shape_images(data / "3_zkz", 2, caption="zkz star, purple")
+    keep = ["a red circle on a white background", "a yellow square on a gray background"]
+    out = tmp_path / "out"
+    job = lora_job(tiny_model_dir, data, out, training={"epochs": 1, "max_steps": 1},
+                   dataset={"prior_preservation": True, "keep_prompts": keep}, sample={"steps": 4, "cfg_scale": 5.0})
+    train(parse_config(job))
+    made = sorted((out / "prior_images" / "1_prior").glob("prior_*.png"))
+    assert [p.with_suffix(".txt").read_text(encoding="utf-8") for p in made] == ["purple", "purple", *keep]
+    for dataset, key in (({"keep_prompts": keep}, "cfg_keep_prompts"),
+                         ({"prior_preservation": True, "keep_prompts": ["a", " "]}, "cfg_keep_prompts_lines")):
+        with pytest.raises(ConfigError) as err:
+            parse_config(lora_job(tmp_path, tmp_path, tmp_path, dataset=dataset))
+        assert err.value.problems[0]["cause"].key == key

@@ -35,10 +35,11 @@ def test_demo_lora_draws_the_concept_for_every_training_seed(demo_lora):
 
 
 def test_demo_lora_leaves_prompts_without_the_trigger_alone(demo_lora):
-    """The prior-preservation images keep "a blue square on a white background" a square at
-    weight 1 for most seeds (measured 6 / 7 / 6 of 8; 0 / 0 / 0 without them)."""
+    """The prior-preservation images (the captions without the trigger and the job's 24 prompts
+    to keep) keep "a blue square on a white background" a square at weight 1 (measured 8 / 8 / 7
+    of 8; 6 / 7 / 6 without the prompts to keep, 0 / 0 / 0 without prior preservation)."""
     s, _ = demo_lora
-    assert s.kept[0.0] == 8 and s.kept[1.0] >= 5, s.line()
+    assert s.kept[0.0] == 8 and s.kept[1.0] >= 6, s.line()
 
 
 def test_demo_lora_half_weight_lies_in_between(demo_lora):

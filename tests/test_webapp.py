@@ -48,8 +48,8 @@ def test_default_job_is_the_embedded_demo_and_trains(server, tmp_path):
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert files.splitlines() == [str(run / "zkz_star.safetensors")]
     # the demo's prior preservation: the base drew its 12 captions without "zkz", in the run's folder
-    assert "the base drew 12 prior-preservation images" in log, log
-    assert len(list((run / "prior_images" / "1_prior").glob("prior_*.png"))) == 12
+    assert "the base drew 36 prior-preservation images" in log, log  # 12 captions + 24 prompts to keep
+    assert len(list((run / "prior_images" / "1_prior").glob("prior_*.png"))) == 36
 
 
 def test_listen_requires_auth():

@@ -387,9 +387,9 @@ def test_the_servers_terminal_shows_progress_not_library_noise(tmp_path):
         proc.kill()  # (Ctrl+C waits for open browser connections; nothing here needs that)
         proc.wait(30)
     text = (tmp_path / "terminal.txt").read_text(encoding="utf-8")
-    # one demo epoch: 30 steps of its images and 30 of the 12 prior-preservation images it drew first
+    # one demo epoch: 30 steps of its images and 30 of the 36 prior-preservation images it drew first
     assert "step 60/60" in text and "LoRA Forge running at" in text, text
-    assert "the base drew 12 prior-preservation images" in text, text
+    assert "the base drew 36 prior-preservation images" in text, text
     for noise in ("kernels-community", "requires torchvision", "UserWarning"):
         assert noise not in text, (noise, text)
 

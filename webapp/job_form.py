@@ -56,6 +56,7 @@ FIELDS: list[FormField] = [
     F("network", "train_text_encoder"),
     # embeddings only add words: a prompt without them cannot change, so nothing to preserve
     F("dataset", "prior_preservation", not_usage="embedding"),
+    F("dataset", "keep_prompts", True, not_usage="embedding"),
     F("dataset", "class_prompt", only_for=("dreambooth",)),
     F("dataset", "prior_loss_weight", only_for=("dreambooth",)),
     F("output", "save_every_n_epochs"), F("training", "seed"), F("sample", "prompts"),

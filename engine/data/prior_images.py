@@ -1,5 +1,10 @@
 """Prior preservation from the user's own captions: one switch against bleed.
 
+Optionally with prompts to keep (``dataset.keep_prompts``): other things of the model's world the
+base draws as well, one image each. A new *shape* bleeds into every shape ("a blue square" turns
+into the new one) even when its own captions are preserved; the base's images of other shapes
+and colours hold the rest of its world in place (measured: BENCHMARKS.md).
+
 A LoRA trained on "zkz, a star on a white background" also changes what "a blue square" draws
 (the text encoder's layers see every prompt). Regularization images the base draws for the same
 captions WITHOUT the trigger, trained on beside the user's images, ask the add-on to leave those
