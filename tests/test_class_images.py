@@ -107,8 +107,8 @@ def test_prior_preservation_needs_a_trigger_and_skips_captions_without_it(tmp_pa
 
 def test_prompts_to_keep_are_drawn_beside_the_captions(tmp_path, tiny_model_dir):
     """dataset.keep_prompts: the base draws each one too (after the captions' images), and they
-    train as prior-preservation images; without prior preservation, or with an empty line, the
-    job says what to fix."""
+    train as prior-preservation images; an empty line is refused; without a caption that holds
+    the trigger none is drawn (the add-on is then meant to change every prompt)."""
     data = tmp_path / "data"
     draw_shape_images(data / "3_zkz", 2, caption="zkz star, purple")
     keep = ["a red circle on a white background", "a yellow square on a gray background"]
@@ -118,8 +118,12 @@ def test_prompts_to_keep_are_drawn_beside_the_captions(tmp_path, tiny_model_dir)
     train(parse_config(job))
     made = sorted((out / "prior_images" / "1_prior").glob("prior_*.png"))
     assert [p.with_suffix(".txt").read_text(encoding="utf-8") for p in made] == ["purple", "purple", *keep]
-    for dataset, key in (({"keep_prompts": keep}, "cfg_keep_prompts"),
-                         ({"prior_preservation": True, "keep_prompts": ["a", " "]}, "cfg_keep_prompts_lines")):
-        with pytest.raises(ConfigError) as err:
-            parse_config(lora_job(tmp_path, tmp_path, tmp_path, dataset=dataset))
-        assert err.value.problems[0]["cause"].key == key
+    with pytest.raises(ConfigError) as err:
+        parse_config(lora_job(tmp_path, tmp_path, tmp_path, dataset={"keep_prompts": ["a", " "]}))
+    assert err.value.problems[0]["cause"].key == "cfg_keep_prompts_lines"
+    untriggered = tmp_path / "plain"
+    draw_shape_images(untriggered / "2_green", 2, caption="a green disc")
+    job = lora_job(tiny_model_dir, untriggered, tmp_path / "out2", training={"epochs": 1, "max_steps": 1},
+                   dataset={"prior_preservation": True, "keep_prompts": keep})
+    train(parse_config(job))
+    assert not list((tmp_path / "out2" / "prior_images").rglob("prior_*.png"))

@@ -68,7 +68,7 @@ class DatasetConfig(Section):
                                      "(kept in reg_path, else <output dir>/prior_images).")
     keep_prompts: list[str] = Field(default_factory=list, max_length=500, description="With prior_preservation: "
                                     "other prompts the add-on should leave as the base draws them (one image "
-                                    "each), e.g. other subjects of your model's world.")
+                                    "each), e.g. other subjects of your model's world; unused without it.")
     # masked loss: where each image's loss counts (with training.masked_loss)
     alpha_mask: bool = Field(default=False, description="Masked loss from the images' transparency: "
                              "transparent parts are not learned (kohya's alpha_mask).")
@@ -262,9 +262,6 @@ class JobConfig(Section):
         if d.num_class_images and not (d.class_prompt and d.reg_path):
             raise UserInputError("dataset.num_class_images needs dataset.class_prompt and dataset.reg_path "
                                  "(where the generated class images are kept)", "cfg_class_images")
-        if d.keep_prompts and not d.prior_preservation:
-            raise UserInputError("dataset.keep_prompts needs dataset.prior_preservation = true (the base draws "
-                                 "them as prior-preservation images)", "cfg_keep_prompts")
         if any(not p.strip() or len(p) > 1000 for p in d.keep_prompts):
             raise UserInputError("dataset.keep_prompts: one prompt per line, none empty, each under 1000 "
                                  "characters", "cfg_keep_prompts_lines")

@@ -3,7 +3,8 @@
 Optionally with prompts to keep (``dataset.keep_prompts``): other things of the model's world the
 base draws as well, one image each. A new *shape* bleeds into every shape ("a blue square" turns
 into the new one) even when its own captions are preserved; the base's images of other shapes
-and colours hold the rest of its world in place (measured: BENCHMARKS.md).
+and colours hold the rest of its world in place (measured: BENCHMARKS.md). They are drawn only
+when some caption holds the trigger: without one the add-on is meant to change every prompt.
 
 A LoRA trained on "zkz, a star on a white background" also changes what "a blue square" draws
 (the text encoder's layers see every prompt). Regularization images the base draws for the same

@@ -95,14 +95,12 @@ def regularized(cfg: JobConfig, index: DatasetIndex | None = None) -> bool:
         return d.num_class_images > 0 or bool(images_under(Path(d.reg_path)))
     if not uses_prior_images(cfg):
         return False
-    if d.keep_prompts:
-        return True
     if index is None:
         try:
             index = scan_job_dataset(cfg)
         except DatasetError:
             return False
-    return bool(prior_prompts(index, cfg.output.trigger_phrase) or d.keep_prompts)
+    return bool(prior_prompts(index, cfg.output.trigger_phrase))
 
 
 def scan_reg_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetIndex | None:

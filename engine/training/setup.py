@@ -104,10 +104,10 @@ def _prior_images(cfg: JobConfig, model: LoadedModel, index: DatasetIndex, drawi
     assert root is not None
     prompts = prior_prompts(index, trigger)
     if not prompts:
-        cb.on_log(f"prior preservation: none of the {index.num_images} captions contains the trigger '{trigger}', "
-                  "so none is kept as the base draws it (add the trigger word to them)"
-                  + ("; the prompts to keep are" if d.keep_prompts else ""))
-    elif len(prompts) < index.num_images:
+        cb.on_log(f"prior preservation is off for this run: none of the {index.num_images} captions contains the "
+                  f"trigger '{trigger}' (add the trigger word to them)")
+        return  # (the prompts to keep too: without the trigger the add-on is meant to change every prompt)
+    if len(prompts) < index.num_images:
         cb.on_log(f"prior preservation: {index.num_images - len(prompts)} of {index.num_images} captions do "
                   f"not contain the trigger '{trigger}' and get no base image (add the trigger word to them)")
     recipe = PriorRecipe(model.name, d.resolution, cfg.training.seed, drawing.steps, drawing.cfg_scale,
