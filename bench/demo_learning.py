@@ -36,6 +36,7 @@ VARIANTS = [
     ("LoCon, shipped, green cross", "demo_lora", GREEN_CROSS, {}),
     ("LoHa, before: 4 epochs, no prior preservation", "demo_loha", PURPLE_STAR,
      {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}),
+    ("LoHa, previous: without prompts to keep", "demo_loha", PURPLE_STAR, {"dataset": {"keep_prompts": []}}),
     ("LoHa, shipped", "demo_loha", PURPLE_STAR, {}),
 ]
 
