@@ -91,6 +91,21 @@ def denoising_loss(model, dataset_dir: Path, prompt: str = "zkz star, purple") -
     return fixed_loss(model.unet, dataset_latents(model, dataset_dir), ctx, model.noise_scheduler)
 
 
+def stop_at(step: int):
+    """(a StopToken, callbacks that press Stop once training reaches ``step``): Stop as a user
+    presses it, between steps."""
+    from engine.training.callbacks import Callbacks, StopToken
+
+    token = StopToken()
+
+    class StopAt(Callbacks):
+        def on_step(self, info):
+            if info.step == step:
+                token.stop()
+
+    return token, StopAt()
+
+
 def lora_job(model_dir: Path, dataset_dir: Path, out_dir: Path, **overrides) -> dict:
     """A small, fast LoRA job on the tiny model; alpha != dim on purpose (alpha must be kept)."""
     job = {

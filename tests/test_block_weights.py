@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from engine.config.job import parse_config
-from engine.methods.lora import kohya_block_index
+from engine.methods.blocks import block_index as kohya_block_index
 from engine.training.loop import train
 
 

@@ -4,14 +4,14 @@ says so, and a resumed run ends with the same average as an unbroken one."""
 from __future__ import annotations
 
 import torch
-from conftest import lora_job
+from conftest import lora_job, stop_at
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from engine.config.job import parse_config
 from engine.models.loader import load_sd_components
 from engine.networks import lora
-from engine.training.callbacks import Callbacks, StopToken
+from engine.training.callbacks import Callbacks
 from engine.training.loop import train
 
 DECAY = 0.9
@@ -74,20 +74,12 @@ def test_the_file_is_the_moving_average_and_training_is_untouched(tiny_model_dir
 
 
 def test_resume_keeps_the_average(tiny_model_dir, tiny_dataset, tmp_path):
-    class StopAt(Callbacks):
-        def __init__(self, token):
-            self.token = token
-
-        def on_step(self, info):
-            if info.step == 4:
-                self.token.stop()
-
     data = _job(tiny_model_dir, tiny_dataset, tmp_path / "broken", ema=True, ema_decay=DECAY)
     data["output"] |= {"save_state": True}
     unbroken = load_file(str(train(parse_config({**data, "output": {**data["output"],
                                                                     "dir": str(tmp_path / "whole")}})).final_path))
-    token = StopToken()
-    assert train(parse_config(data), StopAt(token), token).steps == 4
+    token, stop_at_4 = stop_at(4)
+    assert train(parse_config(data), stop_at_4, token).steps == 4
     resumed = load_file(str(train(parse_config(data), resume="auto").final_path))
     assert all(torch.equal(resumed[k], unbroken[k]) for k in unbroken)
 

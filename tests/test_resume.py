@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import tomli_w
 import torch
-from conftest import ROOT, lora_job
+from conftest import ROOT, lora_job, stop_at
 from safetensors.torch import load_file
 
 from engine.config.job import parse_config
-from engine.training.callbacks import Callbacks, StopToken
 from engine.training.loop import train
 from engine.training.state import StateError, find_latest, job_fingerprint, load_state, state_root
 
@@ -101,18 +100,10 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_lora(tmp_path, tiny
 
 
 def test_stop_saves_a_state_and_resume_refuses_a_changed_job(tmp_path, tiny_model_dir, tiny_dataset):
-    class StopAt(Callbacks):
-        def __init__(self, token):
-            self.token = token
-
-        def on_step(self, info):
-            if info.step == 3:
-                self.token.stop()
-
     data = lora_job(tiny_model_dir, tiny_dataset, tmp_path, training={"epochs": 2},
                     output={"save_state": True})
-    token = StopToken()
-    stopped = train(parse_config(data), StopAt(token), token)
+    token, stop_at_3 = stop_at(3)
+    stopped = train(parse_config(data), stop_at_3, token)
     assert stopped.stopped_early and stopped.steps == 3
     latest = find_latest(state_root(parse_config(data)))
     assert latest is not None and latest.name == "step-00000003"

@@ -119,10 +119,11 @@ class TrainingSamples(Dataset):
         for an image without one (and for regularization images)."""
         if unique_idx not in self._mask_cache:
             w, h = self.size_of(unique_idx)
-            own = self.masks is not None and unique_idx < self._num_train_unique
-            im = self.masks.load(self._unique[unique_idx].path) if own and self.masks is not None else None
-            if own and im is None:
-                self._without_mask.add(unique_idx)
+            im = None
+            if self.masks is not None and unique_idx < self._num_train_unique:  # (reg images have none)
+                im = self.masks.load(self._unique[unique_idx].path)
+                if im is None:
+                    self._without_mask.add(unique_idx)
             self._mask_cache[unique_idx] = (torch.ones(1, h, w) if im is None
                                             else mask_tensor(resize_center_crop(im, w, h)).clamp(0, 1))
         return self._mask_cache[unique_idx]

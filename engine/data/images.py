@@ -21,6 +21,11 @@ def proportions_ok(width: int, height: int) -> bool:
     return min(width, height) >= 1 and max(width, height) <= MAX_ASPECT * min(width, height)
 
 
+def has_alpha(im: Image.Image) -> bool:
+    """Whether the image carries transparency (an alpha channel or a transparent palette entry)."""
+    return im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+
+
 def load_rgb(path: Path, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """Open ``path`` as RGB: first frame, EXIF rotation applied, alpha composited on ``background``."""
     with Image.open(path) as im:
@@ -29,7 +34,7 @@ def load_rgb(path: Path, background: tuple[int, int, int] = (255, 255, 255)) -> 
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(im, dtype=np.float64)
             im = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        if has_alpha(im):
             rgba = im.convert("RGBA")
             canvas = Image.new("RGBA", rgba.size, background + (255,))
             return Image.alpha_composite(canvas, rgba).convert("RGB")
@@ -45,7 +50,7 @@ def load_mask(path: Path, from_alpha: bool) -> Image.Image | None:
         im = ImageOps.exif_transpose(im)
         if not from_alpha:
             return im.convert("L")
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        if has_alpha(im):
             return im.convert("RGBA").getchannel("A")
         return None
 

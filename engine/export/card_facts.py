@@ -231,7 +231,7 @@ def _camel(name: str) -> str:
 def _network_extras(meta: dict[str, str], job: JobConfig | None) -> dict[str, Any]:
     """LoRA+ ratios (numbers), block settings (kohya's comma lists) and DoRA that were set: the
     job's, else the file's ss_network_args (where kohya and LyCORIS keep them)."""
-    from engine.methods.lora import BLOCK_ARGS
+    from engine.methods.lora import BLOCK_LISTS
 
     args: Any = {}
     if job is not None:
@@ -245,7 +245,7 @@ def _network_extras(meta: dict[str, str], job: JobConfig | None) -> dict[str, An
             pass
     out: dict[str, Any] = {}
     for k, v in (args.items() if isinstance(args, dict) else ()):
-        if k in BLOCK_ARGS:
+        if k in BLOCK_LISTS:
             out[k] = str(v)
         elif k == "dora_wd" and str(v) == "True":
             out["dora"] = True

@@ -136,10 +136,13 @@ class GridSummary:
 
 
 def file_validation_loss(path: Path) -> float | None:
-    """The validation loss a file's metadata records (engine.export.metadata), if any."""
+    """The validation loss a file's metadata records (engine.export.metadata), if any. Only
+    .safetensors files have metadata (a .pt would be read whole, only to find none)."""
     from engine.export.file_kind import read_kind
     from engine.export.metadata import VALIDATION_LOSS_KEY
 
+    if Path(path).suffix.lower() != ".safetensors":
+        return None
     try:
         return float(read_kind(Path(path)).meta[VALIDATION_LOSS_KEY])
     except (KeyError, ValueError, TypeError):

@@ -58,7 +58,7 @@ class LycorisSwapper(_HookedSwapper):
         unet, te = self.model.unet, self.model.text_encoders
         self._unmerge()
         try:
-            if signature != self._signature or self._merged is not None:
+            if signature != self._signature:
                 if self.network is not None:
                     lycoris_net.unhook(self.network)
                 self.network = lycoris_net.network_from_file_state(state, unet, te, meta)

@@ -51,18 +51,12 @@ class DoraField(Section):
 # engine.methods.blocks numbers them for the UNet's family
 BLOCK_LISTS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
                "mid_lr_weight", "up_lr_weight")
-BLOCK_ARGS = BLOCK_LISTS
 _LR_LENGTHS = {"down_lr_weight": "per_side", "up_lr_weight": "per_side", "mid_lr_weight": "mid"}
 
 
 def _block_list(description: str) -> Any:
     """An optional list with one value per block, kohya's order (its length says the family)."""
     return Field(default=None, description=description)
-
-
-def kohya_block_index(module: str, layout: BlockLayout = SD) -> int:
-    """See engine.methods.blocks.block_index (kept under this name for callers and tests)."""
-    return block_index(module, layout)
 
 
 class LoraNetworkConfig(LoraPlusFields, DoraField):

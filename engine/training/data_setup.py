@@ -47,24 +47,26 @@ def _usable(index: DatasetIndex, resolution: int, cb: Callbacks | None) -> Datas
     return usable
 
 
-def scan_job_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetIndex:
-    """The job's images that training can use (see _usable), without those held out for the
-    validation loss (dataset.validation_split)."""
+def split_job_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> tuple[DatasetIndex, list[ImageItem]]:
+    """(the job's images that training can use (see _usable), the images held out of them for
+    the validation loss by dataset.validation_split, never trained on)."""
     d = cfg.dataset
     usable = _usable(scan_dataset(d.path, d.default_repeats, d.caption_extension), d.resolution, cb)
-    return hold_out(usable, d.validation_split, validation_seed(cfg))[0] if d.validation_split else usable
+    return hold_out(usable, d.validation_split, validation_seed(cfg)) if d.validation_split else (usable, [])
 
 
-def scan_validation(cfg: JobConfig, cb: Callbacks | None = None) -> list[ImageItem]:
-    """The images the validation loss is measured on: dataset.validation_path's, or the share of
-    the dataset held out by dataset.validation_split; none when neither is set."""
+def scan_job_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetIndex:
+    """The job's images that training can use, without those held out for the validation loss."""
+    return split_job_dataset(cfg, cb)[0]
+
+
+def scan_validation(cfg: JobConfig, held_out: list[ImageItem], cb: Callbacks | None = None) -> list[ImageItem]:
+    """The images the validation loss is measured on: dataset.validation_path's, else those the
+    split held out (none when neither is set)."""
     d = cfg.dataset
     if d.validation_path:
         return _usable(scan_dataset(d.validation_path, 1, d.caption_extension), d.resolution, cb).items
-    if d.validation_split:
-        usable = _usable(scan_dataset(d.path, d.default_repeats, d.caption_extension), d.resolution, None)
-        return hold_out(usable, d.validation_split, validation_seed(cfg))[1]
-    return []
+    return held_out
 
 
 def uses_prior_images(cfg: JobConfig) -> bool:
@@ -129,6 +131,10 @@ def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Cal
                if d.enable_bucket else None)
     masks = MaskSource(Path(d.path), Path(d.mask_path) if d.mask_path else None) if t.masked_loss else None
     dataset = TrainingSamples(index, d.resolution, d.flip_aug, reg_index, d.prior_loss_weight, buckets, masks)
+
+    def encode(px: torch.Tensor) -> torch.Tensor:
+        return encode_latents(model, px.to(device))
+
     if masks is not None:
         without = dataset.prepare_masks()
         source = f"mask images in {d.mask_path}" if d.mask_path else "the images' transparency"
@@ -146,12 +152,12 @@ def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Cal
             downscale = 2 ** (len(model.vae.config.block_out_channels) - 1)
             disk = DiskLatentCache(vae_fingerprint(model.vae), downscale)
         cb.on_log("caching latents" + (f" (disk: {disk.folder})" if disk else ""))
-        dataset.cache_latents(lambda px: encode_latents(model, px.to(device)), disk=disk)
+        dataset.cache_latents(encode, disk=disk)
         if disk:
             cb.on_log(f"latent cache: {disk.hits} reused, {disk.misses} encoded, {disk.rebuilt} rebuilt")
     validation = None
     if validation_items:  # encoded now, while the VAE is still on the device
-        validation = build_validation_set(cfg, model, validation_items, lambda px: encode_latents(model, px.to(device)))
+        validation = build_validation_set(cfg, model, validation_items, encode, buckets)
         cb.on_log(f"validation loss on {len(validation)} images the training never sees "
                   f"({len(validation.timesteps)} fixed timesteps each)")
     te_cache = None

@@ -185,22 +185,23 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     def last_good() -> Path | None:
         return result.saved[-1] if result.saved else None
 
+    def training_mode(on: bool) -> None:
+        """Training mode for what trains (a frozen text encoder stays in eval), or eval for all."""
+        unet.train(on)
+        for te in tes:
+            te.train(on and s.train_te)
+        if s.network is not None:
+            s.network.train(on)
+
     def validate(epoch: int, step: int) -> None:
         """The held-out images' loss of the weights as they are now (every process computes the
         same number; the first reports it and writes it into the next saved file)."""
         if s.validation is None or (result.validation and result.validation[-1][0] == step):
             return
-        for m in (unet, *tes):
-            m.eval()
-        if s.network is not None:
-            s.network.eval()
+        training_mode(False)
         with averaged(s.ema, s.trainable):
             loss = validation_loss(s.validation, s, cfg, unet, tes, accelerator.device, accelerator.autocast)
-        unet.train()
-        for te in tes:
-            te.train(s.train_te)
-        if s.network is not None:
-            s.network.train()
+        training_mode(True)
         result.validation.append((step, epoch, loss))
         s.run.validation_loss = loss
         cb.on_validation(step, epoch, loss)
@@ -250,11 +251,7 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     for epoch in range(start_epoch, t.epochs + 1):
         if step >= s.total_steps:
             break
-        unet.train()
-        for te in tes:
-            te.train(s.train_te)
-        if s.network is not None:
-            s.network.train()
+        training_mode(True)
         epoch_losses, accum = [], []
         batches_done = sampler.pending_skip
         resuming = state is not None and epoch == start_epoch

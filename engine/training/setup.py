@@ -32,9 +32,9 @@ from engine.training.data_setup import (
     build_data,
     encode_latents,
     reg_root,
-    scan_job_dataset,
     scan_reg_dataset,
     scan_validation,
+    split_job_dataset,
     uses_prior_images,
 )
 from engine.training.losses import zero_terminal_snr
@@ -123,7 +123,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     """``model`` lets a caller that already holds the base in memory (benchmarks, the app's
     cached base) skip loading it again; it is modified in place (LoRA layers are injected)."""
     t = cfg.training
-    index = scan_job_dataset(cfg, cb)  # before loading the model: a bad dataset fails fast
+    index, held_out = split_job_dataset(cfg, cb)  # before loading the model: a bad dataset fails fast
     if model is None:
         model = load_sd_components(cfg.model.base, family=cfg.model.family,
                                    local_files_only=cfg.model.local_files_only,
@@ -159,7 +159,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     elif d.prior_preservation:
         cb.on_log("prior preservation does nothing for an embedding (it only adds a word); skipped")
     reg_index = scan_reg_dataset(cfg, cb)
-    validation_items = scan_validation(cfg, cb)
+    validation_items = scan_validation(cfg, held_out, cb)
     cb.on_log(f"base model: {model.name} ({model.family}, {prediction_type}); "
               f"{index.num_images} images, {index.num_train_images} per epoch with repeats"
               + (f"; {reg_index.num_images} regularization images" if reg_index else ""))

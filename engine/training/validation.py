@@ -51,12 +51,12 @@ def fixed_timesteps(low: int, high: int, total: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_validation_set(cfg: JobConfig, model: LoadedModel, items: list[ImageItem],
-                         encode) -> ValidationSet:
-    """Encode each validation image once (at its training size) and draw its fixed noise."""
+def build_validation_set(cfg: JobConfig, model: LoadedModel, items: list[ImageItem], encode,
+                         buckets: BucketOptions | None) -> ValidationSet:
+    """Encode each validation image once (at its training size: the training images' ``buckets``)
+    and draw its fixed noise."""
     d, t = cfg.dataset, cfg.training
     root = Path(items[0].path).parent
-    buckets = BucketOptions(d.min_bucket_reso, d.max_bucket_reso, d.bucket_no_upscale) if d.enable_bucket else None
     samples = TrainingSamples(DatasetIndex(root, [Subset("validation", root, 1, list(items))]), d.resolution,
                               buckets=buckets)
     seed = validation_seed(cfg)
