@@ -23,21 +23,24 @@ sys.path.insert(0, str(ROOT))
 
 from engine.demo.learning import GREEN_CROSS, PURPLE_STAR, train_and_score  # noqa: E402
 
-# (label, demo job, concept, job overrides); the "before" rows are the recipes of the previous
-# release, rebuilt from today's job by overriding what changed
+# (label, demo job, concept, job overrides); the "before" and "previous" rows are the recipes of
+# earlier releases, rebuilt from today's job by overriding what changed
+PREVIOUS = {"scheduler": {"type": "constant"}, "network": {"conv_alpha": 4.0}}  # the LoCon demo until now
+BEFORE = {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}
 VARIANTS = [
-    ("LoCon, before: 4 epochs, no prior preservation", "demo_lora", PURPLE_STAR,
-     {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}),
-    ("LoCon, previous: without prompts to keep", "demo_lora", PURPLE_STAR, {"dataset": {"keep_prompts": []}}),
+    ("LoCon, before: 4 epochs, no prior preservation", "demo_lora", PURPLE_STAR, {**PREVIOUS, **BEFORE}),
+    ("LoCon, previous: constant rate, conv_alpha 4", "demo_lora", PURPLE_STAR, PREVIOUS),
     ("LoCon, shipped", "demo_lora", PURPLE_STAR, {}),
-    ("LoCon, before, green cross", "demo_lora", GREEN_CROSS,
-     {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}),
-    ("LoCon, previous, green cross", "demo_lora", GREEN_CROSS, {"dataset": {"keep_prompts": []}}),
+    ("LoCon, before, green cross", "demo_lora", GREEN_CROSS, {**PREVIOUS, **BEFORE}),
+    ("LoCon, previous, green cross", "demo_lora", GREEN_CROSS, PREVIOUS),
     ("LoCon, shipped, green cross", "demo_lora", GREEN_CROSS, {}),
-    ("LoHa, before: 4 epochs, no prior preservation", "demo_loha", PURPLE_STAR,
-     {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}),
+    ("LoHa, before: 4 epochs, no prior preservation", "demo_loha", PURPLE_STAR, BEFORE),
     ("LoHa, previous: without prompts to keep", "demo_loha", PURPLE_STAR, {"dataset": {"keep_prompts": []}}),
     ("LoHa, shipped", "demo_loha", PURPLE_STAR, {}),
+    ("Hypernetwork, 8 epochs at a constant rate", "demo_hypernetwork", PURPLE_STAR,
+     {"scheduler": {"type": "constant"}, "training": {"epochs": 8}}),
+    ("Hypernetwork, shipped", "demo_hypernetwork", PURPLE_STAR, {}),
+    ("Hypernetwork, shipped, green cross", "demo_hypernetwork", GREEN_CROSS, {}),
 ]
 
 

@@ -18,12 +18,13 @@ VPY="${LORAFORGE_VENV:-$APP_DIR/.venv}/bin/python"
 "$VPY" -m ruff check . && "$VPY" -m mypy
 lint=$?
 # one worker per core (LORAFORGE_TEST_WORKERS=0: one process), each torch on one thread; a test
-# module's tests stay together in one worker (module fixtures are trained once)
+# module's tests stay together in one worker (module fixtures are trained once); the slowest
+# twelve are listed, to keep the suite within its time
 workers="${LORAFORGE_TEST_WORKERS:-auto}"
 if [ "$workers" = "0" ]; then
-    "$VPY" -m pytest -q "$@"
+    "$VPY" -m pytest -q --durations=12 "$@"
 else
-    OMP_NUM_THREADS=1 "$VPY" -m pytest -q -n "$workers" --dist loadscope "$@"
+    OMP_NUM_THREADS=1 "$VPY" -m pytest -q --durations=12 -n "$workers" --dist loadscope "$@"
 fi
 rc=$?
 if [ "$rc" -eq 5 ]; then echo "no tests were collected"; rc=0; fi

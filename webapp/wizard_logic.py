@@ -207,7 +207,8 @@ def soft_warnings(cfg, num_images: int, total_steps: int, family: str, t: Transl
 
     method = method_of(cfg.network)
     low, high = method.usual_lr
-    if not getattr(cfg.network, "lr_schedule", None) and cfg.optimizer.type != "Prodigy":
+    # the usual rates are those of real models; the embedded toy model ("" family) has none
+    if family and not getattr(cfg.network, "lr_schedule", None) and cfg.optimizer.type != "Prodigy":
         if cfg.optimizer.lr > high * 5:
             out.append(t("warn.lr_high", lr=f"{cfg.optimizer.lr:g}", high=f"{high:g}"))
         elif cfg.optimizer.lr < low / 5:
