@@ -355,6 +355,11 @@ def test_soft_warnings_say_why():
                      "about 42 minutes on this machine for 5000 steps"):
         assert expected in joined, (expected, joined)
     assert not soft_warnings(parse_config(demo_job()), 12, 120, "")  # the demo itself: nothing to say
+    # the usual learning rates are real models': the hypernetwork demo's 1e-3 is right for the
+    # embedded base ("" family) and far too high for SD 1.5
+    hyper = parse_config(tomllib.loads((ROOT / "presets/jobs/demo_hypernetwork.toml").read_text(encoding="utf-8")))
+    assert not soft_warnings(hyper, 12, 200, "")
+    assert any("learning rate 0.001 is far above" in w for w in soft_warnings(hyper, 12, 200, "sd15"))
 
 
 def test_the_servers_terminal_shows_progress_not_library_noise(tmp_path):
