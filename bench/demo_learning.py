@@ -27,6 +27,8 @@ from engine.demo.learning import GREEN_CROSS, PURPLE_STAR, train_and_score  # no
 # earlier releases, rebuilt from today's job by overriding what changed
 PREVIOUS = {"scheduler": {"type": "constant"}, "network": {"conv_alpha": 4.0}}  # the LoCon demo until now
 BEFORE = {"dataset": {"prior_preservation": False}, "training": {"epochs": 4}}
+LOHA_PREVIOUS = {"scheduler": {"type": "constant"}, "network": {"conv_alpha": 2.0}, "optimizer": {"lr": 2e-3},
+                 "training": {"epochs": 6}}
 VARIANTS = [
     ("LoCon, before: 4 epochs, no prior preservation", "demo_lora", PURPLE_STAR, {**PREVIOUS, **BEFORE}),
     ("LoCon, previous: constant rate, conv_alpha 4", "demo_lora", PURPLE_STAR, PREVIOUS),
@@ -34,9 +36,11 @@ VARIANTS = [
     ("LoCon, before, green cross", "demo_lora", GREEN_CROSS, {**PREVIOUS, **BEFORE}),
     ("LoCon, previous, green cross", "demo_lora", GREEN_CROSS, PREVIOUS),
     ("LoCon, shipped, green cross", "demo_lora", GREEN_CROSS, {}),
-    ("LoHa, before: 4 epochs, no prior preservation", "demo_loha", PURPLE_STAR, BEFORE),
-    ("LoHa, previous: without prompts to keep", "demo_loha", PURPLE_STAR, {"dataset": {"keep_prompts": []}}),
+    ("LoHa, before: 4 epochs, no prior preservation", "demo_loha", PURPLE_STAR, {**LOHA_PREVIOUS, **BEFORE}),
+    ("LoHa, previous: 6 epochs at a constant rate 2e-3, conv_alpha 2", "demo_loha", PURPLE_STAR, LOHA_PREVIOUS),
     ("LoHa, shipped", "demo_loha", PURPLE_STAR, {}),
+    ("LoHa, previous, green cross", "demo_loha", GREEN_CROSS, LOHA_PREVIOUS),
+    ("LoHa, shipped, green cross", "demo_loha", GREEN_CROSS, {}),
     ("Hypernetwork, 8 epochs at a constant rate", "demo_hypernetwork", PURPLE_STAR,
      {"scheduler": {"type": "constant"}, "training": {"epochs": 8}}),
     ("Hypernetwork, shipped", "demo_hypernetwork", PURPLE_STAR, {}),
