@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.demo.learning import GREEN_CROSS, PURPLE_STAR, train_and_score  # noqa: E402
+from engine.demo.learning import GREEN_CROSS, PURPLE_STAR, TRAINING_SEEDS, train_and_score  # noqa: E402
 
 # (label, demo job, concept, job overrides); the "before" and "previous" rows are the recipes of
 # earlier releases, rebuilt from today's job by overriding what changed
@@ -50,7 +50,7 @@ VARIANTS = [
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(TRAINING_SEEDS))
     ap.add_argument("--only", default="", help="only variants of this demo job")
     ap.add_argument("--match", default="", help="only variants whose label holds this text")
     args = ap.parse_args(argv)

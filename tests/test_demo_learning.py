@@ -8,11 +8,9 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT
 
-from engine.demo.learning import CONTROL, PURPLE_STAR, demo_job, score
+from engine.demo.learning import CONTROL, PURPLE_STAR, TRAINING_SEEDS, demo_job, score
 from engine.generate.sampler import SampleSpec, build_pipeline, generate
 from engine.models.loader import load_sd_components
-
-TRAINING_SEEDS = [42, 7, 123]  # the job's own seed and two others: not one lucky random stream
 
 
 @pytest.fixture(scope="module", params=TRAINING_SEEDS, ids=[f"seed{s}" for s in TRAINING_SEEDS])

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.demo.learning import PURPLE_STAR, train_and_score
-
-TRAINING_SEEDS = [42, 7, 123]
+from engine.demo.learning import PURPLE_STAR, TRAINING_SEEDS, train_and_score
 
 
 @pytest.fixture(scope="module", params=TRAINING_SEEDS, ids=[f"seed{s}" for s in TRAINING_SEEDS])

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.demo.learning import GREEN_CROSS, train_and_score
-
-TRAINING_SEEDS = [42, 7, 123]
+from engine.demo.learning import GREEN_CROSS, TRAINING_SEEDS, train_and_score
 
 
 @pytest.fixture(scope="module", params=TRAINING_SEEDS, ids=[f"seed{s}" for s in TRAINING_SEEDS])
@@ -19,7 +17,7 @@ def cross(request, tmp_path_factory):
 
 
 def test_a_new_shape_is_drawn_for_most_sampling_seeds(cross):
-    """Measured for seeds 42 / 7 / 123: 8 / 6 / 7 of 8 green crosses at weight 1, none at 0 (the
+    """Measured for seeds 42 / 7 / 123: 6 / 6 / 7 of 8 green crosses at weight 1, none at 0 (the
     recipe before the cosine schedule and conv_alpha 8: 8 / 4 / 5)."""
     assert cross.hits[1.0] >= 5 and cross.hits[0.0] == 0, cross.line()
 

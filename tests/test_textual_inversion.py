@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from engine.config.job import ConfigError, parse_config
 from engine.config.lr_schedule import LrScheduleError, lr_at, parse_lr_schedule
+from engine.demo.learning import TRAINING_SEEDS
 from engine.models.text import encode_prompts
 from engine.networks.textual_inversion import embedding_from_b64
 from engine.training.callbacks import Callbacks
@@ -210,7 +211,7 @@ def test_grid_strength_axis_is_a1111_emphasis(trained_ti, tiny_model_dir, tmp_pa
     torch.testing.assert_close(got, want)
 
 
-@pytest.fixture(scope="module", params=[42, 7, 123])
+@pytest.fixture(scope="module", params=TRAINING_SEEDS)
 def demo_ti(request, tmp_path_factory):
     """The shipped demo TI job with three training seeds: the learned vectors' norms and, for 8
     sampling seeds of the prompt "zkzstar", whether each image is a purple star."""
