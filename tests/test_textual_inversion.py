@@ -215,23 +215,15 @@ def test_grid_strength_axis_is_a1111_emphasis(trained_ti, tiny_model_dir, tmp_pa
 def demo_ti(request, tmp_path_factory):
     """The shipped demo TI job with three training seeds: the learned vectors' norms and, for 8
     sampling seeds of the prompt "zkzstar", whether each image is a purple star."""
-    import tomllib
-
-    from conftest import ROOT
-
     from engine.config.job import parse_config
-    from engine.demo.measure import foreground_mask, purple_fraction, shape_class
+    from engine.demo.learning import PURPLE_STAR, demo_job
+    from engine.demo.measure import foreground_mask
     from engine.generate.sampler import SampleSpec, build_pipeline, generate_batch
     from engine.generate.swappers import NetworkSwapper
     from engine.models.loader import load_sd_components
     from engine.training.loop import train
 
-    job = tomllib.loads((ROOT / "presets/jobs/demo_ti.toml").read_text(encoding="utf-8"))
-    job["dataset"]["path"] = str(ROOT / job["dataset"]["path"])
-    job["output"]["dir"] = str(tmp_path_factory.mktemp("demo-ti"))
-    job["training"]["seed"] = request.param
-    job.pop("sample")
-    result = train(parse_config(job))
+    result = train(parse_config(demo_job("demo_ti", request.param, tmp_path_factory.mktemp("demo-ti"))))
     model = load_sd_components("embedded", local_files_only=True)
     word = float(model.text_encoder.get_input_embeddings().weight.detach().norm(dim=1).mean())
     specs = [SampleSpec("zkzstar", seed=s, steps=20, cfg_scale=5.0, width=64, height=64) for s in range(8)]
@@ -242,10 +234,7 @@ def demo_ti(request, tmp_path_factory):
     swapper.set_weight(1.0)
     after = generate_batch(pipe, specs, encode=swapper.encode)
     vectors = load_file(str(result.final_path))["emb_params"]
-
-    def star(im):
-        return purple_fraction(im) > 0.05 and shape_class(im) == "pointy"
-
+    star = PURPLE_STAR.hit  # a purple, pointy shape: what the other demos' learning tests count
     return {"norms": vectors.norm(dim=1).tolist(), "word": word, "before": [star(im) for im in before],
             "after": [star(im) for im in after], "drawn": [round(float(foreground_mask(im).mean()), 3) > 0.03 for im in after],
             "foreground": [round(float(foreground_mask(im).mean()), 3) for im in after]}
