@@ -2,6 +2,7 @@
 every few steps, because people would rather look at a curve than read numbers."""
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -51,15 +52,18 @@ def plot_curves(steps: list[int], losses: list[float], lrs: list[float], path: P
 
 class CurveWriter(Callbacks):
     """Writes ``<dir>/<name>_loss.csv`` every step and ``<dir>/<name>_loss.png`` every
-    ``plot_every`` steps and at the end; the validation loss, when measured, to
-    ``<dir>/<name>_validation.csv`` and into the same plot."""
+    ``plot_every`` steps (but not more often than every ``min_seconds``: a plot costs a quarter
+    of a second, more than a step of a small model) and at the end; the validation loss, when
+    measured, to ``<dir>/<name>_validation.csv`` and into the same plot."""
 
-    def __init__(self, out_dir: Path, name: str, plot_every: int = 10) -> None:
+    def __init__(self, out_dir: Path, name: str, plot_every: int = 10, min_seconds: float = 0.0) -> None:
         self.csv = Path(out_dir) / f"{name}_loss.csv"
         self.png = Path(out_dir) / f"{name}_loss.png"
         self.validation_csv = Path(out_dir) / f"{name}_validation.csv"
         self.validation: list[tuple[int, float]] = []
         self.plot_every = plot_every
+        self.min_seconds = min_seconds
+        self._plotted = float("-inf")  # time.monotonic() of the last plot
         self.steps: list[int] = []
         self.losses: list[float] = []
         self.lrs: list[float] = []
@@ -121,8 +125,10 @@ class CurveWriter(Callbacks):
         with self._disk("the loss curve"):
             with open(self.csv, "a", encoding="utf-8") as fh:
                 fh.write(f"{info.step},{info.epoch},{info.loss:.6f},{info.lr:.6e}\n")
-            if self.plot_every and info.step % self.plot_every == 0:
+            if (self.plot_every and info.step % self.plot_every == 0
+                    and time.monotonic() - self._plotted >= self.min_seconds):
                 plot_curves(self.steps, self.losses, self.lrs, self.png, self.validation)
+                self._plotted = time.monotonic()
 
     def on_end(self, result: TrainResult) -> None:
         if self.steps:

@@ -144,7 +144,7 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
     AcceleratorState._reset_state(reset_partial_state=False)
     # (the same cpu flag accelerate's own state would read, so the shared state it creates agrees)
     main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
-    curves = CurveWriter(Path(cfg.output.dir), cfg.output.name, plot_every=25) if main else None
+    curves = CurveWriter(Path(cfg.output.dir), cfg.output.name, plot_every=25, min_seconds=20) if main else None
     # with several processes only the first reports, plots and writes files
     cb = CallbackList(curves, tensorboard_logger(cfg), callbacks) if main else CallbackList()
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(t.mixed_precision, cb),
