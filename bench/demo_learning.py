@@ -21,7 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.demo.learning import GREEN_CROSS, PURPLE_STAR, TRAINING_SEEDS, train_and_score  # noqa: E402
+from engine.demo.learning import (  # noqa: E402
+    GREEN_CROSS,
+    PURPLE_CROSS,
+    PURPLE_STAR,
+    TRAINING_SEEDS,
+    train_and_score,
+)
 
 # (label, demo job, concept, job overrides); the "before" and "previous" rows are the recipes of
 # earlier releases, rebuilt from today's job by overriding what changed
@@ -36,11 +42,13 @@ VARIANTS = [
     ("LoCon, before, green cross", "demo_lora", GREEN_CROSS, {**PREVIOUS, **BEFORE}),
     ("LoCon, previous, green cross", "demo_lora", GREEN_CROSS, PREVIOUS),
     ("LoCon, shipped, green cross", "demo_lora", GREEN_CROSS, {}),
+    ("LoCon, shipped, purple cross", "demo_lora", PURPLE_CROSS, {}),
     ("LoHa, before: 4 epochs, no prior preservation", "demo_loha", PURPLE_STAR, {**LOHA_PREVIOUS, **BEFORE}),
     ("LoHa, previous: 6 epochs at a constant rate 2e-3, conv_alpha 2", "demo_loha", PURPLE_STAR, LOHA_PREVIOUS),
     ("LoHa, shipped", "demo_loha", PURPLE_STAR, {}),
     ("LoHa, previous, green cross", "demo_loha", GREEN_CROSS, LOHA_PREVIOUS),
     ("LoHa, shipped, green cross", "demo_loha", GREEN_CROSS, {}),
+    ("LoHa, shipped, purple cross", "demo_loha", PURPLE_CROSS, {}),
     ("Hypernetwork, 8 epochs at a constant rate", "demo_hypernetwork", PURPLE_STAR,
      {"scheduler": {"type": "constant"}, "training": {"epochs": 8}}),
     ("Hypernetwork, shipped", "demo_hypernetwork", PURPLE_STAR, {}),
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| recipe | training seed | concept at 1 | at 0 | control kept at 1 | bleed | s (train + count) |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        datasets = {GREEN_CROSS.name: GREEN_CROSS.write(Path(tmp) / "cross")}
+        datasets = {c.name: c.write(Path(tmp) / c.name.replace(" ", "-")) for c in (GREEN_CROSS, PURPLE_CROSS)}
         for label, name, concept, overrides in VARIANTS:
             if (args.only and name != args.only) or args.match not in label:
                 continue

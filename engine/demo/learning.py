@@ -62,9 +62,14 @@ def _green_cross(im: Image.Image) -> bool:
     return is_cross(im) and dominant_colour(im) == "green"
 
 
-# a new colour for a known shape (the shipped demo), and a new shape in a known colour
+def _purple_cross(im: Image.Image) -> bool:
+    return is_cross(im) and purple_fraction(im) > 0.05
+
+
+# a new colour for a known shape (the shipped demo), a new shape in a known colour, and both at once
 PURPLE_STAR = Concept("purple star", "star", DEMO_COLOUR, _purple_star)
 GREEN_CROSS = Concept("green cross", "cross", COLOURS["green"], _green_cross)
+PURPLE_CROSS = Concept("purple cross", "cross", DEMO_COLOUR, _purple_cross)
 
 
 @dataclass
