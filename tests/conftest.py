@@ -28,6 +28,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_sd15(tmp_path_factory.mktemp("models") / "tiny-sd15", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory) -> Path:
+    """A tiny Flux.1 [dev] folder (engine.models.toy.build_tiny_flux)."""
+    from engine.models.toy import build_tiny_flux
+
+    return build_tiny_flux(tmp_path_factory.mktemp("models") / "tiny-flux")
+
+
 def draw_shape_images(folder: Path, n: int, colour=(150, 40, 200), size: int = 64,
                       caption: str = "zkz star, purple") -> Path:
     """Simple structured images (a coloured disc at varying places) so a model can learn them."""

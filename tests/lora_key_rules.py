@@ -237,6 +237,59 @@ def comfyui_problems(modules: dict[str, torch.Size], key_map: dict[str, torch.Si
     return problems
 
 
+# ---------------------------------------------------------------------------------------- Flux.1
+
+def comfyui_flux_to_original(transformer) -> dict[str, tuple[str, int, int]]:
+    """ComfyUI's Flux table (its ``flux_to_diffusers``): each diffusers linear of the blocks ->
+    (original weight, first row, rows). The original fuses q, k, v of a double block's image and
+    text attention into ``qkv`` and a single block's q, k, v and MLP input into ``linear1``."""
+    h = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    mlp = transformer.single_transformer_blocks[0].mlp_hidden_dim if len(transformer.single_transformer_blocks) else 4 * h
+    out: dict[str, tuple[str, int, int]] = {}
+    for i in range(len(transformer.transformer_blocks)):
+        src, dst = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        for j, (q, c) in enumerate((("to_q", "add_q_proj"), ("to_k", "add_k_proj"), ("to_v", "add_v_proj"))):
+            out[f"{src}.attn.{q}"] = (f"{dst}.img_attn.qkv", j * h, h)
+            out[f"{src}.attn.{c}"] = (f"{dst}.txt_attn.qkv", j * h, h)
+        for diff, orig, rows in (("attn.to_out.0", "img_attn.proj", h), ("attn.to_add_out", "txt_attn.proj", h),
+                                 ("norm1.linear", "img_mod.lin", 6 * h), ("norm1_context.linear", "txt_mod.lin", 6 * h),
+                                 ("ff.net.0.proj", "img_mlp.0", 4 * h), ("ff.net.2", "img_mlp.2", h),
+                                 ("ff_context.net.0.proj", "txt_mlp.0", 4 * h), ("ff_context.net.2", "txt_mlp.2", h)):
+            out[f"{src}.{diff}"] = (f"{dst}.{orig}", 0, rows)
+    for i in range(len(transformer.single_transformer_blocks)):
+        src, dst = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        for j, q in enumerate(("to_q", "to_k", "to_v")):
+            out[f"{src}.attn.{q}"] = (f"{dst}.linear1", j * h, h)
+        out[f"{src}.proj_mlp"] = (f"{dst}.linear1", 3 * h, mlp)
+        out[f"{src}.norm.linear"] = (f"{dst}.modulation.lin", 0, 3 * h)
+        out[f"{src}.proj_out"] = (f"{dst}.linear2", 0, h)
+    return out
+
+
+def flux_original_shapes(transformer) -> dict[str, torch.Size]:
+    """The original (BFL) checkpoint's block weights and shapes, assembled by ComfyUI's table from
+    the diffusers model (a fused weight: all its parts' rows, the parts' input width)."""
+    modules = dict(transformer.named_modules())
+    rows: dict[str, int] = {}
+    cols: dict[str, int] = {}
+    for diff, (orig, start, n) in comfyui_flux_to_original(transformer).items():
+        assert modules[diff].out_features == n, f"{diff}: {modules[diff].out_features} rows, ComfyUI expects {n}"
+        rows[orig] = max(rows.get(orig, 0), start + n)
+        cols[orig] = modules[diff].in_features
+    return {orig: torch.Size((rows[orig], cols[orig])) for orig in rows}
+
+
+def comfyui_flux_key_map(transformer) -> dict[str, torch.Size]:
+    """ComfyUI's names for a Flux model's weights (kohya's: ``lora_unet_`` + the original path
+    with dots as underscores; diffusers' ``transformer.`` names, which patch a part of a fused
+    weight) -> the shape the patch must have."""
+    out = {f"lora_unet_{orig.replace('.', '_')}": shape for orig, shape in flux_original_shapes(transformer).items()}
+    modules = dict(transformer.named_modules())
+    for diff in comfyui_flux_to_original(transformer):
+        out[f"transformer.{diff}"] = modules[diff].weight.shape
+    return out
+
+
 # -------------------------------------------------------------------------------------- file modules
 
 def module_deltas(state: dict[str, torch.Tensor]) -> dict[str, torch.Size]:

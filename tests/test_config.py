@@ -58,7 +58,7 @@ def test_defaults_are_valid_and_network_defaults_to_lora():
     (with_("output", name="../evil"), "output.name: String should match pattern"),
     (with_("output", name=""), "output.name: String should have at least 1 character"),
     (with_("output", save_precision="int8"), "output.save_precision: Input should be 'fp16', 'bf16' or 'fp32'"),
-    (with_("model", family="sd3"), "model.family: Input should be 'auto', 'sd15', 'sd2' or 'sdxl'"),
+    (with_("model", family="sd3"), "model.family: Input should be 'auto', 'sd15', 'sd2', 'sdxl' or 'flux1'"),
     ({**BASE, "schema_version": 99}, "schema_version: 99 is newer than this build understands"),
     ({**BASE, "schema_version": "one"}, "schema_version: must be an integer"),
     ({**BASE, "schema_version": 0}, "schema_version: 0 is not a valid version"),

@@ -103,6 +103,34 @@ def test_1_start_trains_the_page_not_a_stale_job(server, tmp_path, tiny_model_di
     assert "purple star" not in meta.get("modelspec.description", "")  # the demo's words left with its images
 
 
+def test_1_a_flux_base_trains_a_flux_lora(server, tmp_path, tiny_flux_dir):
+    """A newcomer points step 1 at a Flux.1 folder, uploads their own images and presses Start
+    with the page's defaults (a LoCon-style conv rank among them): a Flux LoRA in kohya's Flux
+    layout comes out, and the log says what a Flux run does differently."""
+    wizard = page(server)
+    views = wizard(str(tiny_flux_dir), api_name="/set_base")
+    assert "Base model: tiny-flux (Flux.1)" in as_read(views[-1]), as_read(views[-1])
+    upload(wizard, my_photos(tmp_path / "mine"), "green", 2)
+    wizard.set("output.name", "my_flux")
+    wizard.set("output.trigger_phrase", "green")  # their captions say "a green disc"
+    wizard.set("training.epochs", 1)
+    wizard.set("training.batch_size", 2)
+    assert wizard.check().startswith("Ready to train."), wizard.check()
+    run = Path(wizard.start().split("writing to ")[1])
+    out = wizard.wait(300)
+    message, log = out[0], out[3]
+    final = run / "my_flux.safetensors"
+    assert message == f"done: {final}", message
+    assert "text encoders (CLIP-L, T5) stay frozen" in log and "no convolutions" in log, log
+    assert "prior-preservation images" in log, log  # the base drew them through FluxPipeline
+    meta = metadata(final)
+    assert meta["modelspec.architecture"] == "flux-1-dev/lora" and meta["ss_network_module"] == "networks.lora_flux"
+    with safe_open(str(final), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("lora_unet_double_blocks_") or k.startswith("lora_unet_single_blocks_")
+                        for k in keys), keys[:5]
+
+
 def test_1_every_view_edits_the_same_job(server, tmp_path, tiny_model_dir):
     """The base from step 1, the expert TOML and the fields stay in one job: an edit in one
     shows in the others, and what only the TOML can say survives field edits (8)."""

@@ -163,6 +163,14 @@ class TrainingConfig(Section):
                            "value for the exponential and snr schedules), 0.1 usual.")
     huber_scale: float = Field(default=1.0, gt=0.0, le=10.0, description="Multiplies the constant and "
                                "exponential thresholds.")
+    # Flux.1 (rectified flow) only; kohya's names
+    timestep_sampling: Literal["flux_shift", "shift"] = Field(
+        default="flux_shift", description="Flux: how noise levels are drawn; flux_shift follows the image "
+                                          "size as Flux samples, shift uses discrete_flow_shift.")
+    discrete_flow_shift: float = Field(default=3.1582, gt=0.0, le=100.0, description="Flux: the shift for "
+                                       "timestep_sampling = shift (3.16 = what flux_shift gives at 1024 px).")
+    flux_guidance: float = Field(default=1.0, ge=0.0, le=30.0, description="Flux.1 [dev]: the guidance value "
+                                 "training conditions on (1.0 usual; samples use 3.5).")
     min_timestep: int = Field(default=0, ge=0, le=999, description="Train only timesteps from here.")
     max_timestep: int = Field(default=1000, ge=1, le=1000, description="... up to (not including) here.")
     clip_skip: int = Field(default=1, ge=1, le=12)

@@ -22,9 +22,10 @@ FORMAT = "1"
 
 
 def vae_fingerprint(vae) -> str:
-    """sha256 over the VAE's weights and scaling factor (short, path-independent: the same VAE
-    inside two model files shares cache entries)."""
-    h = hashlib.sha256(f"{getattr(vae.config, 'scaling_factor', 1.0)}".encode())
+    """sha256 over the VAE's weights, scaling factor and shift (Flux's VAE) (short,
+    path-independent: the same VAE inside two model files shares cache entries)."""
+    shift = getattr(vae.config, "shift_factor", None)
+    h = hashlib.sha256(f"{getattr(vae.config, 'scaling_factor', 1.0)}{'' if shift is None else f'-{shift}'}".encode())
     for name, tensor in sorted(vae.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

@@ -159,7 +159,19 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
         "modelspec.author": cfg.output.author,
         "modelspec.description": cfg.output.description,
     }
+    if families.family(run.family).denoiser == "flux":
+        meta |= flux_metadata(t)
+        meta.pop("modelspec.prediction_type")  # (kohya leaves it out for Flux: flow, not a DDPM type)
     return meta
+
+
+def flux_metadata(t: TrainingConfig) -> dict[str, str]:
+    """What kohya's Flux LoRAs say differently: their network module, the original
+    implementation, frozen text encoders and the flow-matching settings they were trained with."""
+    return {"ss_network_module": "networks.lora_flux", "ss_network_train_unet_only": "True",
+            "ss_text_encoder_lr": "0.0", "modelspec.implementation": "https://github.com/black-forest-labs/flux",
+            "ss_timestep_sampling": t.timestep_sampling, "ss_discrete_flow_shift": str(t.discrete_flow_shift),
+            "ss_guidance_scale": str(t.flux_guidance), "ss_model_prediction_type": "raw"}
 
 
 # the noise and loss options under sd-scripts' keys: job field (training.*) -> metadata key

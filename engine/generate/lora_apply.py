@@ -53,8 +53,17 @@ class LoraSwapper:
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
         tes = model.text_encoders
-        self._parts = {lora.UNET_PREFIX: model.unet, **dict(zip(lora.te_prefixes(len(tes)), tes))}
-        self._names = {p: _module_names(m, p) for p, m in self._parts.items()}
+        self._flux = model.spec.denoiser == "flux"
+        if self._flux:  # the transformer, its modules under their original (fused) names
+            from engine.networks import flux_lora
+
+            transformer = model.unet.transformer
+            self._parts = {lora.UNET_PREFIX: transformer}
+            self._flux_modules = flux_lora.file_modules(transformer)
+            self._names = {lora.UNET_PREFIX: {key: key for key in self._flux_modules}}
+        else:
+            self._parts = {lora.UNET_PREFIX: model.unet, **dict(zip(lora.te_prefixes(len(tes)), tes))}
+            self._names = {p: _module_names(m, p) for p, m in self._parts.items()}
         self._adapters: dict[frozenset, str] = {}
         self.active: str | None = None
         self.injections = 0  # how many times layers were injected (tests assert reuse)
@@ -72,7 +81,10 @@ class LoraSwapper:
                 if key not in self._names[prefix]:
                     raise LoraFileError(f"{key}: no such module in this base model (wrong base model?)",
                                         "file_wrong_base", module=key, count=1)
-                targets.append(lora.Target(self._names[prefix][key], rank, alpha))
+                if self._flux:  # each diffusers part of a fused module at the file's rank
+                    targets += [lora.Target(path, rank, alpha) for path, _ in self._flux_modules[key]]
+                else:
+                    targets.append(lora.Target(self._names[prefix][key], rank, alpha))
             if targets:
                 lora.inject_lora(part, targets, adapter_name=name)
                 part.requires_grad_(False)
@@ -83,7 +95,11 @@ class LoraSwapper:
     def load(self, path: Path) -> None:
         state = load_file(str(path))
         name = self._adapter_for(file_structure(state))
-        for prefix, part in self._parts.items():
+        if self._flux:
+            from engine.networks import flux_lora
+
+            flux_lora.apply_file_tensors(self._parts[lora.UNET_PREFIX], state, name)
+        for prefix, part in ({} if self._flux else self._parts).items():
             lora.load_kohya_state_dict(part, prefix, state, adapter_name=name)
         self._activate(name)
 

@@ -33,7 +33,9 @@ def pipeline_of(model: "LoadedModel", unet, text_encoders: list, scheduler):
 
     cls = getattr(diffusers, model.spec.pipeline)
     accepted = inspect.signature(cls.__init__).parameters
-    parts = {"vae": model.vae, "unet": unet, "scheduler": scheduler, "tokenizer": model.tokenizer,
+    # Flux's transformer sits in engine.models.flux.FluxDenoiser for training; its pipeline takes it bare
+    parts = {"vae": model.vae, "unet": unet, "transformer": getattr(unet, "transformer", unet),
+             "scheduler": scheduler, "tokenizer": model.tokenizer,
              "tokenizer_2": model.tokenizer_2, "safety_checker": None, "feature_extractor": None,
              "requires_safety_checker": False}
     parts |= {"text_encoder" if i == 0 else f"text_encoder_{i + 1}": te for i, te in enumerate(text_encoders)}
@@ -48,7 +50,10 @@ def build_pipeline(model: "LoadedModel", unet=None, text_encoders: list | None =
 
     kinds = {"euler_a": EulerAncestralDiscreteScheduler, "euler": EulerDiscreteScheduler,
              "ddim": DDIMScheduler}
-    sched = kinds[scheduler].from_config(model.noise_scheduler.config)
+    if model.spec.denoiser == "flux":  # a flow model samples with its own flow-matching Euler
+        sched = type(model.noise_scheduler).from_config(model.noise_scheduler.config)
+    else:
+        sched = kinds[scheduler].from_config(model.noise_scheduler.config)
     pipe = pipeline_of(model, unet or model.unet, text_encoders or model.text_encoders, sched)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -68,12 +73,19 @@ def generate_batch(pipe, specs: list[SampleSpec], encode=None) -> list[Image.Ima
     gens = [torch.Generator(device="cpu").manual_seed(s.seed) for s in specs]
     negatives = [s.negative or "" for s in specs] if any(s.negative for s in specs) else None
     text = {"prompt": [s.prompt for s in specs], "negative_prompt": negatives}
+    extra = {}
+    if getattr(pipe, "tokenizer_2", None) is not None and hasattr(pipe, "transformer"):
+        from engine.models.flux import t5_tokens
+
+        # Flux: guidance is a number the model is conditioned on, no negative prompt
+        text = {"prompt": [s.prompt for s in specs]}
+        extra["max_sequence_length"] = t5_tokens(pipe.tokenizer_2)
     if encode is not None:
         text = {"prompt_embeds": encode([s.prompt for s in specs]),
                 "negative_prompt_embeds": encode([s.negative or "" for s in specs])}
     with torch.no_grad():
         out = pipe(**text, num_inference_steps=first.steps, guidance_scale=first.cfg_scale,
-                   width=first.width, height=first.height, generator=gens, output_type="pil")
+                   width=first.width, height=first.height, generator=gens, output_type="pil", **extra)
     return out.images
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from engine.models.families import FAMILY_IDS
+from engine.models.families import UNET_FAMILY_IDS
 
 if TYPE_CHECKING:
     import random
@@ -48,7 +48,7 @@ class TrainingMethod:
 
     type: str = ""  # network.type
     config: ClassVar[builtins.type[Section]]  # its [network] schema (a ``type: Literal[...]`` field)
-    families: tuple[str, ...] = FAMILY_IDS  # model families it trains
+    families: tuple[str, ...] = UNET_FAMILY_IDS  # model families it trains
     keeps_base_half: bool = True  # the frozen base is cast to the training precision
     usage: str = "network"  # one of USAGES
     civitai_type: str = "LORA"  # Civitai's model type (model card)

@@ -11,6 +11,7 @@ from engine.config.base import Section
 from engine.i18n import UserInputError
 from engine.methods.base import MethodParts, TrainingMethod
 from engine.methods.blocks import LAYOUTS, SD, BlockLayout, block_index, layout_for, lr_weight
+from engine.models.families import FAMILY_IDS
 
 
 class LoraPlusFields(Section):
@@ -177,6 +178,7 @@ class LoraNetworkFiles(TrainingMethod):
 class LoraMethod(LoraNetworkFiles):
     type = "lora"
     config = LoraNetworkConfig
+    families = FAMILY_IDS  # (Flux.1: on its transformer, engine.networks.flux_lora)
 
     def attach(self, cfg, model, train_te, device):
         import torch
@@ -184,6 +186,8 @@ class LoraMethod(LoraNetworkFiles):
 
         from engine.networks import lora
 
+        if model.spec.denoiser == "flux":
+            return self._attach_flux(cfg, model)
         net, tes = cfg.network, model.text_encoders
         # conv ranks per block train 3x3 convs even with conv_dim 0 (as kohya)
         targets = lora.unet_targets(model.unet, net.model_copy(update={"conv_dim": net.conv_dim or 1})
@@ -209,9 +213,30 @@ class LoraMethod(LoraNetworkFiles):
                 scale[id(p)] = weight
         return MethodParts(unet_params, te_params, up_params=up, lr_scale=scale)
 
-    def state_dict(self, s, accelerator):
-        from engine.networks import lora
+    def _attach_flux(self, cfg, model):
+        """The attention and MLP linears of the transformer's blocks; no per-block settings (they
+        number a UNet's blocks), frozen text encoders."""
+        import torch
+        from diffusers.training_utils import cast_training_params
 
+        from engine.networks import flux_lora, lora
+
+        net = cfg.network
+        if net.block_args():  # (a conv rank is left unused: the train log says so)
+            raise UserInputError("network block settings (block_dims, down_lr_weight, ...) number a UNet's "
+                                 "blocks (SD 1.x, 2.x, SDXL); Flux.1 has none: leave them empty",
+                                 "cfg_flux_unet_options")
+        transformer = model.unet.transformer
+        params = lora.inject_lora(transformer, flux_lora.flux_targets(transformer, net.dim, net.alpha), net.dropout)
+        cast_training_params([transformer], dtype=torch.float32)
+        up = [p for name, p in transformer.named_parameters() if ".lora_B." in name and p.requires_grad]
+        return MethodParts(params, [], up_params=up)
+
+    def state_dict(self, s, accelerator):
+        from engine.networks import flux_lora, lora
+
+        if s.model.spec.denoiser == "flux":
+            return flux_lora.kohya_flux_state_dict(accelerator.unwrap_model(s.model.unet).transformer)
         state = lora.kohya_state_dict(accelerator.unwrap_model(s.model.unet), lora.UNET_PREFIX)
         if s.train_te:
             tes = s.model.text_encoders

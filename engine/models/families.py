@@ -1,5 +1,5 @@
 """The model families LoRA Forge trains on, one record each: every fact that differs between
-SD 1.x, SD 2.x and SDXL (names other programs use for them, text encoders, resolution, the
+SD 1.x, SD 2.x, SDXL and Flux.1 (names other programs use for them, text encoders, resolution, the
 reference architecture) lives here, so code asks the record instead of testing a family's id.
 
 Torch-free: job validation and the wizard read it without loading a model.
@@ -31,6 +31,7 @@ class Family:
     aesthetic_clip: str | None  # CLIP vision model an aesthetic embedding uses (None: not offered)
     sample_cfg: float = 7.0  # what images of this family are usually generated with (grids, cards)
     sample_steps: int = 20
+    denoiser: str = "unet"  # "unet" (DDPM noise prediction) or "flux" (rectified-flow transformer)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -52,10 +53,19 @@ FAMILIES: tuple[Family, ...] = (
            text_encoders=2, pooled_text=True, default_resolution=1024, lowest_good_resolution=768,
            pipeline="StableDiffusionXLPipeline", folder_scheduler="EulerDiscreteScheduler", stock_tokenizer=False,
            metadata_markers=("sdxl", "stable-diffusion-xl"), aesthetic_clip=None),
+    # Flux.1 [dev]: CLIP-L (pooled) + T5-XXL, a 16-channel VAE, LoRA on the transformer only;
+    # "CFG" is the distilled guidance value the model is conditioned on (no negative prompt)
+    Family(id="flux1", label="Flux.1", civitai_base_model="Flux.1 D", a1111_sd_version="Flux",
+           kohya_version="flux1", modelspec_architecture="flux-1-dev", modelspec_architecture_v="flux-1-dev",
+           reference="flux1-dev", v_reference=None, text_encoders=2, pooled_text=True, default_resolution=1024,
+           lowest_good_resolution=512, pipeline="FluxPipeline", folder_scheduler="FlowMatchEulerDiscreteScheduler",
+           stock_tokenizer=False, metadata_markers=("flux",), aesthetic_clip=None, sample_cfg=3.5,
+           sample_steps=20, denoiser="flux"),
 )
 BY_ID: dict[str, Family] = {f.id: f for f in FAMILIES}
 FAMILY_IDS: tuple[str, ...] = tuple(BY_ID)
 DEFAULT = BY_ID["sd15"]  # what a file without any family hint is taken for
+UNET_FAMILY_IDS: tuple[str, ...] = tuple(f.id for f in FAMILIES if f.denoiser == "unet")
 
 
 def family(family_id: str) -> Family:

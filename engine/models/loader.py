@@ -108,8 +108,13 @@ def detect_family_from_folder(path: Path) -> Family:
     path = Path(path)
     index = _read_json(path / "model_index.json")
     if index and "unet" not in index:
+        from engine.models.flux import is_flux_folder
+
+        if is_flux_folder(index, path):
+            return "flux1"
         kind = index.get("_class_name", "non-UNet")
-        raise ModelLoadError(f"{path} is a {kind} model; only Stable Diffusion 1.x/2.x/XL models are supported.",
+        raise ModelLoadError(f"{path} is a {kind} model; only Stable Diffusion 1.x/2.x/XL and Flux.1 models are "
+                              "supported.",
                              "model_other_pipeline", path=path, kind=kind)
     unet = _read_json(path / "unet" / "config.json")
     if ("text_encoder_2" in index or (path / "text_encoder_2").is_dir()
@@ -326,6 +331,8 @@ def load_sd_components(base: str, family: str = "auto", local_files_only: bool =
     source = resolve_source(base, local_files_only=local_files_only, cache_dir=cache_dir,
                             allow_pickle=allow_pickle)
     _check_family(source, family)
+    if families.family(source.family).denoiser == "flux":
+        return _load_flux(source, dtype, vae, local_files_only, allow_pickle, cache_dir)
     try:
         if source.kind == "single_file":
             import diffusers
@@ -368,3 +375,26 @@ def load_sd_components(base: str, family: str = "auto", local_files_only: bool =
     return LoadedModel(**parts, noise_scheduler=noise_scheduler, vae_info=vae_info, family=source.family,
                        prediction_type=noise_scheduler.config.prediction_type, source_kind=source.kind,
                        name=source.name, path=source.path)
+
+
+def _load_flux(source: ResolvedSource, dtype: torch.dtype, vae: str | None, local_files_only: bool,
+               allow_pickle: bool, cache_dir: Path | None) -> LoadedModel:
+    from engine.models.flux import load_flux_folder
+
+    if source.kind == "single_file":
+        raise ModelLoadError(f"{source.name}: a Flux.1 single-file checkpoint needs its text encoders and VAE "
+                             "too; use a diffusers Flux folder", "flux_single_file", name=source.name)
+    try:
+        parts = load_flux_folder(source.path, dtype)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise ModelLoadError(f"Could not load {source.name}: {err}", "model_load_failed", name=source.name,
+                             error=err) from err
+    vae_info = None
+    if vae:
+        from engine.models.vae import load_vae
+
+        parts["vae"], vae_info = load_vae(vae, source.family, dtype, local_files_only, allow_pickle, cache_dir)
+    return LoadedModel(**parts, vae_info=vae_info, family=source.family, prediction_type="flow",
+                       source_kind=source.kind, name=source.name, path=source.path)

@@ -1,5 +1,5 @@
 """The reference architectures of Stable Diffusion 1.5, 2.x (512 px epsilon, 768 px
-v-prediction) and SDXL base, as diffusers config folders, so a single-file checkpoint (an
+v-prediction), SDXL base and Flux.1 [dev], as diffusers config folders, so a single-file checkpoint (an
 A1111 / Civitai ``.safetensors``) loads with no network at all.
 
 A single file holds weights, not the architecture: its layer sizes, scheduler and tokenizer
@@ -39,6 +39,17 @@ _OPEN_CLIP_BIG_G = {**_CLIP_L, "architectures": ["CLIPTextModelWithProjection"],
                     "intermediate_size": 5120, "num_attention_heads": 20, "num_hidden_layers": 32,
                     "hidden_act": "gelu", "projection_dim": 1280}
 _EOS, _BANG = "<|endoftext|>", "!"  # SD 1.x pads with the end token, OpenCLIP's encoders with "!"
+# Flux.1 [dev]: the transformer, its 16-channel VAE and T5 v1.1 XXL (the encoder only)
+_FLUX_TRANSFORMER = {"_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channels": 64,
+                     "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128,
+                     "num_attention_heads": 24, "joint_attention_dim": 4096, "pooled_projection_dim": 768,
+                     "guidance_embeds": True, "axes_dims_rope": [16, 56, 56]}
+_FLUX_VAE = {**_VAE, "latent_channels": 16, "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+             "use_quant_conv": False, "use_post_quant_conv": False}
+_T5_XXL = {"architectures": ["T5EncoderModel"], "model_type": "t5", "d_model": 4096, "d_ff": 10240, "d_kv": 64,
+           "num_heads": 64, "num_layers": 24, "vocab_size": 32128, "feed_forward_proj": "gated-gelu",
+           "is_gated_act": True, "dense_act_fn": "gelu_new", "relative_attention_num_buckets": 32,
+           "layer_norm_epsilon": 1e-6, "tie_word_embeddings": False, "is_encoder_decoder": False, "use_cache": False}
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "sd15": {"pipeline": "StableDiffusionPipeline", "unet": {**_UNET_SD, "attention_head_dim": 8,
@@ -66,12 +77,32 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "scheduler": ("EulerDiscreteScheduler", {
             **{k: v for k, v in _NOISE.items() if k not in ("clip_sample", "set_alpha_to_one")},
             "prediction_type": "epsilon", "timestep_spacing": "leading", "interpolation_type": "linear"})},
+    # no tokenizer_2: T5's vocabulary ships in no offline wheel; a real Flux folder brings its own
+    "flux1-dev": {"pipeline": "FluxPipeline", "transformer": _FLUX_TRANSFORMER, "vae": _FLUX_VAE,
+                  "text_encoder": _CLIP_L, "tokenizer_pad": _EOS, "text_encoder_2": _T5_XXL,
+                  "scheduler": ("FlowMatchEulerDiscreteScheduler", {
+                      "num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5,
+                      "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096})},
 }
+
+
+def _flux_files(spec: dict[str, Any]) -> dict[str, Any]:
+    sched_class, sched = spec["scheduler"]
+    index = {"_class_name": spec["pipeline"], "scheduler": ["diffusers", sched_class],
+             "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "text_encoder_2": ["transformers", "T5EncoderModel"], "tokenizer_2": ["transformers", "T5TokenizerFast"]}
+    return {"model_index.json": index, "transformer/config.json": spec["transformer"],
+            "vae/config.json": spec["vae"], "text_encoder/config.json": spec["text_encoder"],
+            "text_encoder_2/config.json": spec["text_encoder_2"],
+            "scheduler/scheduler_config.json": {"_class_name": sched_class, **sched}}
 
 
 def _files(arch: str) -> dict[str, Any]:
     """Relative path -> JSON content of the config folder (tokenizers are added separately)."""
     spec = ARCHITECTURES[arch]
+    if "transformer" in spec:
+        return _flux_files(spec)
     sched_class, sched = spec["scheduler"]
     index = {"_class_name": spec["pipeline"], "scheduler": ["diffusers", sched_class],
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],

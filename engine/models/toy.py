@@ -174,3 +174,68 @@ def build_tiny_clip(out_dir: Path, seed: int = 0) -> Path:
                        ).save_pretrained(out_dir)
     load_clip_tokenizer().save_pretrained(out_dir)
     return out_dir
+
+
+# tiny Flux.1: the real classes (FluxTransformer2DModel, T5EncoderModel, CLIP, a 16-channel VAE)
+FLUX_T5_TOKENS = 32  # what the tiny T5 tokenizer pads to (Flux.1 [dev]: 512)
+FLUX_WIDTH = 32  # the transformer's width (2 heads of 16); Flux.1 [dev]: 3072
+_T5_WORDS = ("a an the on of in with and background white black gray red green blue yellow purple orange pink "
+             "star cross square circle triangle photo zkz").split()
+
+
+def tiny_t5_tokenizer():
+    """A T5 (SentencePiece Unigram) tokenizer with a few words and single letters, built with the
+    ``tokenizers`` library: no vocabulary file ships offline, and a tiny model needs no real one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(f"\u2581{w}", -1.0) for w in _T5_WORDS]
+    vocab += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789,.:()"] + [("\u2581", -3.0)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=FLUX_T5_TOKENS)
+
+
+def tiny_flux_components(seed: int = 0, double_blocks: int = 1, single_blocks: int = 1,
+                         width: int = FLUX_WIDTH) -> dict[str, Any]:
+    """In-memory tiny Flux.1 [dev] (guidance-distilled) components, seeded."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    from engine.models.clip_tokenizer import load_clip_tokenizer
+
+    t5_tok = tiny_t5_tokenizer()
+    torch.manual_seed(seed + 3)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
+    torch.manual_seed(seed + 2)
+    clip = CLIPTextModel(_text_config())
+    torch.manual_seed(seed)
+    heads = width // 16
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=double_blocks, num_single_layers=single_blocks,
+        attention_head_dim=16, num_attention_heads=heads, joint_attention_dim=32, pooled_projection_dim=TEXT_HIDDEN,
+        guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+    torch.manual_seed(seed + 1)
+    # 8x down like Flux's own VAE (a 64 px image is 8 x 8 latents, 16 tokens)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 32, 32, 32),
+                        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, scaling_factor=0.3611,
+                        shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    return {"transformer": transformer, "vae": vae, "text_encoder": clip.eval(), "text_encoder_2": t5.eval(),
+            "tokenizer": load_clip_tokenizer(), "tokenizer_2": t5_tok, "scheduler": scheduler}
+
+
+def build_tiny_flux(out_dir: Path, seed: int = 0, **kwargs: Any) -> Path:
+    """Save a tiny Flux.1 diffusers folder (model_index.json, transformer/, vae/, text_encoder/,
+    text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/)."""
+    from diffusers import FluxPipeline
+
+    out_dir = Path(out_dir)
+    FluxPipeline(**tiny_flux_components(seed, **kwargs)).save_pretrained(out_dir, safe_serialization=True)
+    return out_dir

@@ -2,12 +2,14 @@
 
 SD 1.x/2.x: the text encoder's hidden states. SDXL: both encoders' penultimate states, the pooled
 projection and six size numbers per image (original size, crop corner, target size), passed as
-``added_cond_kwargs``. Kept out of the loop so the loop reads the same for every family.
+``added_cond_kwargs``. Flux.1: T5's states and CLIP-L's pooled output. Kept out of the loop
+so the loop reads the same for every family.
 """
 from __future__ import annotations
 
 import torch
 
+from engine.models.flux import encode_flux_prompts
 from engine.models.text import encode_prompts, encode_sdxl_prompts
 
 
@@ -20,12 +22,20 @@ def unet_conditioning(model, text_encoders: list, captions: list[str], batch: di
         hidden = te_cache.get(captions, device, dtype)
         if not model.spec.pooled_text:
             return hidden, None
-        pooled = te_cache.get_pooled(captions, device, dtype)
-        return hidden, {"text_embeds": pooled, "time_ids": batch["time_ids"].to(device, dtype)}
+        return hidden, _added(model, te_cache.get_pooled(captions, device, dtype), batch, device, dtype)
     with torch.set_grad_enabled(train_te):
         if not model.spec.pooled_text:
             return encode_prompts(model.tokenizer, text_encoders[0], captions, clip_skip).to(dtype), None
-        hidden, pooled = encode_sdxl_prompts([model.tokenizer, model.tokenizer_2], text_encoders,
-                                             captions)
-    added = {"text_embeds": pooled.to(dtype), "time_ids": batch["time_ids"].to(device, dtype)}
-    return hidden.to(dtype), added
+        tokenizers = [model.tokenizer, model.tokenizer_2]
+        if model.spec.denoiser == "flux":
+            hidden, pooled = encode_flux_prompts(tokenizers, text_encoders, captions)
+        else:
+            hidden, pooled = encode_sdxl_prompts(tokenizers, text_encoders, captions)
+    return hidden.to(dtype), _added(model, pooled.to(dtype), batch, device, dtype)
+
+
+def _added(model, pooled: torch.Tensor, batch: dict, device, dtype) -> dict:
+    """SDXL: the pooled projection and the size/crop numbers; Flux: the pooled CLIP output."""
+    if model.spec.denoiser == "flux":
+        return {"pooled_projections": pooled}
+    return {"text_embeds": pooled, "time_ids": batch["time_ids"].to(device, dtype)}

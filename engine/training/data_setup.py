@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from engine.config.job import JobConfig
+from engine.data.captions import caption_is_fixed
 from engine.data.dataset import BucketBatchSampler, BucketOptions, TrainingSamples, collate
 from engine.data.folder import DatasetError, DatasetIndex, ImageItem, images_under, scan_dataset
 from engine.data.holdout import hold_out
@@ -115,17 +116,20 @@ def scan_reg_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetInde
 
 @torch.no_grad()
 def encode_latents(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
-    """The latent distribution's mean, scaled. The mean (not a sample) makes a cached latent equal
-    to a freshly encoded one, so caching changes speed only, never the result; the SD VAE's
-    posterior is so narrow that sampling adds next to nothing."""
+    """The latent distribution's mean, shifted (Flux's VAE) and scaled. The mean (not a sample)
+    makes a cached latent equal to a freshly encoded one, so caching changes speed only, never the
+    result; the SD VAE's posterior is so narrow that sampling adds next to nothing."""
     vae = model.vae
-    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    return dist.mode() * vae.config.scaling_factor
+    mean = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        mean = mean - shift
+    return mean * vae.config.scaling_factor
 
 
 def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Callbacks,
                index: DatasetIndex, reg_index: DatasetIndex | None, num_processes: int = 1,
-               rank: int = 0, validation_items: list[ImageItem] | None = None) -> DataSetup:
+               rank: int = 0, validation_items: list[ImageItem] | None = None, objective=None) -> DataSetup:
     d, t = cfg.dataset, cfg.training
     buckets = (BucketOptions(d.min_bucket_reso, d.max_bucket_reso, d.bucket_no_upscale)
                if d.enable_bucket else None)
@@ -157,11 +161,12 @@ def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Cal
             cb.on_log(f"latent cache: {disk.hits} reused, {disk.misses} encoded, {disk.rebuilt} rebuilt")
     validation = None
     if validation_items:  # encoded now, while the VAE is still on the device
-        validation = build_validation_set(cfg, model, validation_items, encode, buckets)
+        validation = build_validation_set(cfg, model, validation_items, encode, buckets, objective)
         cb.on_log(f"validation loss on {len(validation)} images the training never sees "
                   f"({len(validation.timesteps)} fixed timesteps each)")
     te_cache = None
-    if t.cache_text_encoder_outputs:
+    if t.cache_text_encoder_outputs or (model.spec.denoiser == "flux" and caption_is_fixed(
+            d.shuffle_caption, d.caption_dropout_rate, d.tag_dropout_rate)):  # Flux: T5 once per caption
         te_cache = TextEncoderCache()
         te_cache.build(dataset.captions() + (validation.captions if validation else []),
                        caption_encoder(model, t.clip_skip))

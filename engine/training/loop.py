@@ -32,16 +32,10 @@ from engine.training.distributed import (
 from engine.training.ema import averaged, restore_ema
 from engine.training.guards import bytes_needed, check_finite, check_loss, guarded_save
 from engine.training.losses import (
-    debiased_weights,
     diffusion_loss,
-    huber_threshold,
     latent_mask,
-    min_snr_weights,
-    noisy_input,
     offset_noise,
     pyramid_noise,
-    sample_timesteps,
-    training_target,
 )
 from engine.training.samples import sample_during_training, should_sample
 from engine.training.setup import SetupError, TrainingSetup, build_training, encode_latents, resolve_mixed_precision
@@ -161,7 +155,7 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
         accelerator, [s.model.unet, *tes] if s.train_te else [s.model.unet], s.optimizer, s.loader,
         s.scheduler)
     unet, tes = models[0], (models[1:] if s.train_te else tes)
-    noise_sched, pred_type = s.model.noise_scheduler, s.model.prediction_type
+    objective = s.objective
     caption_rng = random.Random(t.seed)
     out_dir = Path(cfg.output.dir)
     if accelerator.is_main_process:
@@ -278,10 +272,9 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                 if t.multires_noise_iterations:
                     noise = pyramid_noise(noise, t.multires_noise_iterations, t.multires_noise_discount)
                 noise = shard.rows(noise)
-                timesteps = shard.rows(sample_timesteps(shard.total, t.min_timestep, t.max_timestep,
-                                                        noise_sched, latents.device))
+                timesteps = shard.rows(objective.timesteps(shard.total, whole))
                 extra = shard.rows(torch.randn_like(whole)) if t.ip_noise_gamma else None
-                noisy = noisy_input(noise_sched, latents, noise, timesteps, t.ip_noise_gamma, extra)
+                noisy = objective.noisy(latents, noise, timesteps, t.ip_noise_gamma, extra)
                 captions = [process_caption(c, caption_rng, cfg.dataset.shuffle_caption,
                                             cfg.dataset.keep_tokens, cfg.dataset.caption_dropout_rate,
                                             cfg.dataset.tag_dropout_rate)
@@ -296,13 +289,12 @@ def train(cfg: JobConfig, callbacks: Callbacks | None = None, stop: StopToken | 
                                              s.weight_dtype)[0]
 
                 pred = s.method.predict(s, cfg, unet, noisy, timesteps, hidden, added, encode)
-                target = training_target(noise_sched, latents, noise, timesteps, pred_type)
+                target = objective.target(latents, noise, timesteps)
                 weights = batch["loss_weights"].to(latents.device)  # prior_loss_weight on reg images
-                if t.min_snr_gamma:
-                    weights = weights * min_snr_weights(noise_sched, timesteps, t.min_snr_gamma, pred_type)
-                if t.debiased_estimation_loss:
-                    weights = weights * debiased_weights(noise_sched, timesteps, pred_type)
-                threshold = (huber_threshold(noise_sched, timesteps, t.huber_schedule, t.huber_c, t.huber_scale)
+                snr = objective.weights(timesteps, t.min_snr_gamma, t.debiased_estimation_loss)
+                if snr is not None:
+                    weights = weights * snr
+                threshold = (objective.huber(timesteps, t.huber_schedule, t.huber_c, t.huber_scale)
                              if t.loss_type in ("huber", "smooth_l1") else None)
                 mask = latent_mask(batch["masks"], latents) if "masks" in batch else None
                 loss = diffusion_loss(pred, target, weights, t.loss_type, threshold, mask)

@@ -38,6 +38,7 @@ from engine.training.data_setup import (
     uses_prior_images,
 )
 from engine.training.losses import zero_terminal_snr
+from engine.training.objective import DiffusionObjective, FlowObjective, Objective
 from engine.training.optim import (
     OptimizerUnavailable,
     build_optimizer,
@@ -74,6 +75,7 @@ class TrainingSetup:
     state: Any = None  # the method's own object (TextualInversion, a LyCORIS or hypernetwork net)
     network: torch.nn.Module | None = None  # LyCORIS / hypernetwork modules hooked into the base
     method: Any = None  # engine.methods.TrainingMethod
+    objective: Any = None  # engine.training.objective: what the denoiser learns (DDPM or flow)
 
 
 def resolve_mixed_precision(requested: str, cb: Callbacks) -> str:
@@ -95,6 +97,23 @@ def _configure_memory(cfg: JobConfig, model: LoadedModel, train_te: bool) -> Non
         model.unet.enable_gradient_checkpointing()
         for te in (model.text_encoders if train_te else []):
             te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+# DDPM-only options: what each means for a rectified-flow model is not defined
+_FLUX_REFUSED = {"min_snr_gamma": None, "debiased_estimation_loss": False, "zero_terminal_snr": False,
+                 "min_timestep": 0, "max_timestep": 1000, "clip_skip": 1}
+
+
+def _check_flux_job(cfg: JobConfig) -> None:
+    t = cfg.training
+    bad = [f"training.{name}" for name, off in _FLUX_REFUSED.items() if getattr(t, name) != off]
+    if t.loss_type in ("huber", "smooth_l1") and t.huber_schedule == "snr":
+        bad.append("training.huber_schedule = \"snr\"")
+    if cfg.model.prediction_type != "auto":
+        bad.append("model.prediction_type")
+    if bad:
+        raise SetupError(f"{', '.join(bad)}: for noise-prediction (UNet) models only; Flux.1 is a flow model "
+                         "(leave them at their defaults)", "setup_flux_option", options=", ".join(bad))
 
 
 def _prior_images(cfg: JobConfig, model: LoadedModel, index: DatasetIndex, drawing, device, cb: Callbacks) -> None:
@@ -133,7 +152,8 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                                    vae=cfg.model.vae)
     prediction_type = (model.prediction_type if cfg.model.prediction_type == "auto"
                        else cfg.model.prediction_type)
-    model.noise_scheduler.register_to_config(prediction_type=prediction_type)
+    if model.spec.denoiser == "unet":  # (a flow model's scheduler has no prediction type)
+        model.noise_scheduler.register_to_config(prediction_type=prediction_type)
     model.prediction_type = prediction_type
     if cfg.training.zero_terminal_snr and prediction_type != "v_prediction":
         raise SetupError("training.zero_terminal_snr needs a v-prediction model (SD 2.x 768-v, or set "
@@ -146,6 +166,8 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         raise SetupError(f"network.type = {method.type!r} is not available for {fam.label} yet "
                          f"({fam.label} trains {labels})", "method_family", kind=method.type,
                          family=fam.label, methods=labels)
+    if fam.denoiser == "flux":
+        _check_flux_job(cfg)
     d = cfg.dataset
     drawing = for_job(cfg)  # what this base draws best with, unless the job says
     if d.num_class_images:
@@ -173,7 +195,11 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         cb.on_log("noise schedule rescaled to zero terminal SNR (samples and saved checkpoints use it too)")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
                                                                       torch.float32)
-    train_te = method.trains_text_encoder(cfg.network)
+    train_te = method.trains_text_encoder(cfg.network) and fam.denoiser == "unet"
+    if fam.denoiser == "flux":
+        cb.on_log(f"{fam.label}: the text encoders (CLIP-L, T5) stay frozen; the LoRA is on the transformer"
+                  + ("; network.conv_dim is not used (a transformer has no convolutions)"
+                     if getattr(cfg.network, "conv_dim", 0) else ""))
     for m in (model.unet, model.vae, *model.text_encoders):
         m.requires_grad_(False)
     for m in (model.vae, *model.text_encoders):  # the UNet joins them after caching (below)
@@ -193,8 +219,9 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         cb.on_log("note: " + note)
     _configure_memory(cfg, model, train_te)
 
+    objective = objective_for(cfg, model)
     data = build_data(cfg, model, accelerator.device, cb, index, reg_index,
-                      accelerator.num_processes, accelerator.process_index, validation_items)
+                      accelerator.num_processes, accelerator.process_index, validation_items, objective)
     dataset, loader = data.dataset, data.loader
     if t.offload_after_caching and (dataset.has_latent_cache or data.te_cache):
         if dataset.has_latent_cache:
@@ -250,7 +277,15 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                   bucket_counts=dict(Counter(dataset.bucket_keys())))
     return TrainingSetup(model, index, dataset, loader, optimizer, scheduler, trainable, train_te,
                          total, num_batches, weight_dtype, run, data.te_cache, data.validation, ema,
-                         parts.state, parts.network, method)
+                         parts.state, parts.network, method, objective)
+
+
+def objective_for(cfg: JobConfig, model: LoadedModel) -> Objective:
+    """Rectified flow for a flow model (Flux.1), noise prediction on its schedule otherwise."""
+    t = cfg.training
+    if model.spec.denoiser == "flux":
+        return FlowObjective(t.timestep_sampling, t.discrete_flow_shift)
+    return DiffusionObjective(model.noise_scheduler, model.prediction_type, t.min_timestep, t.max_timestep)
 
 
 def base_weights_file(model: LoadedModel) -> Path | None:

@@ -8,11 +8,14 @@ from typing import Callable
 
 import torch
 
+from engine.models.flux import encode_flux_prompts
 from engine.models.text import encode_prompts, encode_sdxl_prompts
 
 
 def caption_encoder(model, clip_skip: int = 1) -> Callable[[list[str]], tuple[torch.Tensor, torch.Tensor | None]]:
     """captions -> (hidden states, pooled projection or None), as the training step computes them."""
+    if model.spec.denoiser == "flux":
+        return lambda chunk: encode_flux_prompts([model.tokenizer, model.tokenizer_2], model.text_encoders, chunk)
     if model.spec.pooled_text:
         return lambda chunk: encode_sdxl_prompts([model.tokenizer, model.tokenizer_2],
                                                  model.text_encoders, chunk)

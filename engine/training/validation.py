@@ -20,7 +20,7 @@ from engine.data.dataset import BucketOptions, TrainingSamples
 from engine.data.folder import DatasetIndex, ImageItem, Subset
 from engine.models.loader import LoadedModel
 from engine.training.conditioning import unet_conditioning
-from engine.training.losses import diffusion_loss, huber_threshold, training_target
+from engine.training.losses import diffusion_loss
 
 NUM_TIMESTEPS = 4  # per image: spread evenly over the job's timestep range
 
@@ -42,20 +42,12 @@ def validation_seed(cfg: JobConfig) -> int:
     return cfg.training.seed if cfg.dataset.validation_seed is None else cfg.dataset.validation_seed
 
 
-def fixed_timesteps(low: int, high: int, total: int) -> torch.Tensor:
-    """NUM_TIMESTEPS timesteps at the middles of equal parts of [low, high) (within the schedule)."""
-    high = min(high, total)
-    low = min(low, high - 1)
-    span = (high - low) / NUM_TIMESTEPS
-    return torch.tensor([int(low + (k + 0.5) * span) for k in range(NUM_TIMESTEPS)], dtype=torch.long)
-
-
 @torch.no_grad()
 def build_validation_set(cfg: JobConfig, model: LoadedModel, items: list[ImageItem], encode,
-                         buckets: BucketOptions | None) -> ValidationSet:
+                         buckets: BucketOptions | None, objective) -> ValidationSet:
     """Encode each validation image once (at its training size: the training images' ``buckets``)
     and draw its fixed noise."""
-    d, t = cfg.dataset, cfg.training
+    d = cfg.dataset
     root = Path(items[0].path).parent
     samples = TrainingSamples(DatasetIndex(root, [Subset("validation", root, 1, list(items))]), d.resolution,
                               buckets=buckets)
@@ -67,7 +59,7 @@ def build_validation_set(cfg: JobConfig, model: LoadedModel, items: list[ImageIt
         latents.append(lat)
         time_ids.append(samples.size_conditioning(i).unsqueeze(0))
         noise.append(torch.randn((NUM_TIMESTEPS, *lat.shape[1:]), generator=generator))
-    timesteps = fixed_timesteps(t.min_timestep, t.max_timestep, model.noise_scheduler.config.num_train_timesteps)
+    timesteps = objective.fixed_timesteps(NUM_TIMESTEPS)
     return ValidationSet(latents, [it.caption for it in items], time_ids, noise, timesteps, seed)
 
 
@@ -77,16 +69,16 @@ def validation_loss(vset: ValidationSet, s, cfg: JobConfig, unet, text_encoders:
     """The mean loss over the validation images and fixed timesteps, the job's loss type without
     per-timestep weights (so runs with different weightings stay comparable)."""
     t = cfg.training
-    sched, pred_type = s.model.noise_scheduler, s.model.prediction_type
+    objective = s.objective
     rng = random.Random(vset.seed)  # a method's prompt (a TI template) is drawn the same way each time
     timesteps = vset.timesteps.to(device)
-    threshold = (huber_threshold(sched, timesteps, t.huber_schedule, t.huber_c, t.huber_scale)
+    threshold = (objective.huber(timesteps, t.huber_schedule, t.huber_c, t.huber_scale)
                  if t.loss_type in ("huber", "smooth_l1") else None)
     total = 0.0
     for lat, caption, size, noise in zip(vset.latents, vset.captions, vset.time_ids, vset.noise):
         latents = lat.to(device, s.weight_dtype).expand(len(timesteps), *lat.shape[1:])
         noise = noise.to(device, s.weight_dtype)
-        noisy = sched.add_noise(latents, noise, timesteps)
+        noisy = objective.noisy(latents, noise, timesteps)
         prompts = [s.method.prompt(s, caption, rng)] * len(timesteps)
         batch = {"time_ids": size.expand(len(timesteps), -1)}
         cache = s.te_cache if s.te_cache is not None and s.te_cache.has(prompts[0]) else None
@@ -99,6 +91,6 @@ def validation_loss(vset: ValidationSet, s, cfg: JobConfig, unet, text_encoders:
                                          s.weight_dtype)[0]
 
             pred = s.method.predict(s, cfg, unet, noisy, timesteps, hidden, added, encode)
-        target = training_target(sched, latents, noise, timesteps, pred_type)
+        target = objective.target(latents, noise, timesteps)
         total += float(diffusion_loss(pred, target, None, t.loss_type, threshold))
     return total / max(len(vset), 1)

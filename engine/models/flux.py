@@ -1,0 +1,188 @@
+"""Flux.1: a rectified-flow transformer on packed 16-channel latents, conditioned on T5 and CLIP.
+
+The training loop is written for a UNet called as ``unet(latents, timesteps, hidden,
+added_cond_kwargs=...)``. :class:`FluxDenoiser` gives Flux's transformer that call: it packs the
+latents into 2x2 patches (the 64-wide tokens the transformer reads), builds the position ids,
+adds the fixed guidance value a guidance-distilled model ([dev]) is conditioned on, and unpacks
+the prediction. Everything the loop does with a UNet (accelerate, gradient checkpointing, the
+loss on [B, C, H, W]) then works unchanged; LoRA layers go into ``denoiser.transformer``.
+
+Packing and ids follow the reference implementation (and diffusers' FluxPipeline): tokens in
+row-major order, channels ordered (channel, row in patch, column in patch), image ids
+(0, row, column), text ids all zero.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+# what Flux.1 [dev] was distilled for and what people sample it with; training conditions on
+# 1.0 (kohya's documented setting for [dev] LoRAs)
+SAMPLE_GUIDANCE = 3.5
+TRAIN_GUIDANCE = 1.0
+# T5 tokens: Flux.1 [dev] was trained with 512, [schnell] with 256
+T5_TOKENS = 512
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, (H/2)(W/2), 4C]."""
+    b, c, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The inverse of :func:`pack` for latents of ``height`` x ``width``."""
+    b, _, d = tokens.shape
+    c = d // 4
+    x = tokens.view(b, height // 2, width // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, height, width)
+
+
+def image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[(H/2)(W/2), 3]: (0, row, column) of each packed token."""
+    ids = torch.zeros(height // 2, width // 2, 3, device=device, dtype=dtype)
+    ids[..., 1] = torch.arange(height // 2, device=device, dtype=dtype)[:, None]
+    ids[..., 2] = torch.arange(width // 2, device=device, dtype=dtype)[None, :]
+    return ids.reshape(-1, 3)
+
+
+def sequence_length(height: int, width: int) -> int:
+    """Packed image tokens of latents ``height`` x ``width`` (what the resolution shift reads)."""
+    return (height // 2) * (width // 2)
+
+
+@dataclass
+class DenoiserOutput:
+    sample: torch.Tensor
+
+
+class FluxDenoiser(nn.Module):
+    """Flux's transformer behind the UNet call the loop makes. ``timestep`` is the flow-matching
+    sigma in [0, 1] (the transformer scales it by 1000 itself, as it does the guidance)."""
+
+    transformer: Any  # diffusers' FluxTransformer2DModel
+
+    def __init__(self, transformer: nn.Module, guidance: float = TRAIN_GUIDANCE) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.guidance = guidance
+
+    @property
+    def config(self) -> Any:
+        return self.transformer.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def guidance_embeds(self) -> bool:
+        return bool(self.transformer.config.guidance_embeds)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.transformer.enable_gradient_checkpointing()
+
+    def enable_xformers_memory_efficient_attention(self) -> None:
+        self.transformer.enable_xformers_memory_efficient_attention()
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                added_cond_kwargs: dict | None = None, **_: Any) -> DenoiserOutput:
+        b, h, w = sample.shape[0], sample.shape[2], sample.shape[3]
+        pooled = (added_cond_kwargs or {})["pooled_projections"]
+        dtype = sample.dtype
+        guidance = (torch.full((b,), self.guidance, device=sample.device, dtype=torch.float32)
+                    if self.guidance_embeds else None)
+        out = self.transformer(
+            hidden_states=pack(sample), encoder_hidden_states=encoder_hidden_states, pooled_projections=pooled,
+            timestep=timestep.to(dtype), img_ids=image_ids(h, w, sample.device, dtype),
+            txt_ids=torch.zeros(encoder_hidden_states.shape[1], 3, device=sample.device, dtype=dtype),
+            guidance=guidance, return_dict=False)[0]
+        return DenoiserOutput(unpack(out, h, w))
+
+
+def t5_tokens(tokenizer: Any) -> int:
+    """How many T5 tokens a prompt is padded to: 512 ([dev]), fewer when the tokenizer's own
+    limit is lower (the tiny test models)."""
+    limit = getattr(tokenizer, "model_max_length", T5_TOKENS) or T5_TOKENS
+    return min(T5_TOKENS, int(limit))
+
+
+def encode_flux_prompts(tokenizers: list, text_encoders: list, prompts: list[str]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T5's last hidden states [B, tokens, d], CLIP-L's pooled output [B, 768]), as Flux reads
+    them: CLIP truncated at 77 tokens, T5 padded to :func:`t5_tokens` without an attention mask."""
+    clip_tok, t5_tok = tokenizers
+    clip, t5 = text_encoders
+    ids = clip_tok(prompts, padding="max_length", max_length=clip_tok.model_max_length, truncation=True,
+                   return_tensors="pt").input_ids.to(clip.device)
+    pooled = clip(ids, output_hidden_states=False).pooler_output
+    n = t5_tokens(t5_tok)
+    t5_ids = t5_tok(prompts, padding="max_length", max_length=n, truncation=True,
+                    return_tensors="pt").input_ids.to(t5.device)
+    hidden = t5(t5_ids, output_hidden_states=False)[0]
+    return hidden, pooled
+
+
+FOLDER_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+
+def is_flux_folder(index: dict, path) -> bool:
+    """A diffusers Flux folder: FluxPipeline's model_index.json, or a transformer of Flux's class."""
+    import json
+    from pathlib import Path
+
+    if str(index.get("_class_name", "")).startswith("Flux"):
+        return True
+    config = Path(path) / "transformer" / "config.json"
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("_class_name") == "FluxTransformer2DModel"
+    except (OSError, ValueError):
+        return False
+
+
+def load_flux_folder(folder, dtype: torch.dtype) -> dict[str, Any]:
+    """The parts of a diffusers Flux folder: transformer, 16-channel VAE, CLIP-L, T5 and their
+    tokenizers, and the flow-matching scheduler (safetensors weights only)."""
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
+    from engine.models.loader import ModelLoadError
+
+    folder = Path(folder)
+    missing = [p for p in FOLDER_PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise ModelLoadError(f"{folder} is a Flux folder without {', '.join(p + '/' for p in missing)}; a Flux "
+                             "model needs its transformer, VAE, both text encoders (CLIP-L and T5-XXL), their "
+                             "tokenizers and its scheduler", "flux_folder_incomplete", path=folder,
+                             parts=", ".join(missing))
+    try:
+        tokenizer_2 = AutoTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
+    except (OSError, ValueError, ImportError) as err:
+        raise ModelLoadError(f"the T5 tokenizer in {folder / 'tokenizer_2'} cannot be read without the internet or "
+                             f"sentencepiece ({err}); it needs its tokenizer.json (every diffusers copy of Flux.1 "
+                             "has one: download the tokenizer_2 folder again)", "flux_t5_tokenizer",
+                             path=folder / "tokenizer_2") from None
+    # safetensors only: never fall back to pickled .bin weights
+    transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype,
+                                                         use_safetensors=True)
+    return {
+        "unet": FluxDenoiser(transformer),
+        "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, use_safetensors=True),
+        "text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype,
+                                                      use_safetensors=True),
+        "text_encoder_2": T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", dtype=dtype,
+                                                         use_safetensors=True),
+        "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+        "tokenizer_2": tokenizer_2,
+        "noise_scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
+    }

@@ -1,0 +1,254 @@
+"""Flux.1 LoRA on a tiny Flux (the real classes: FluxTransformer2DModel with one double and one
+single block, T5 and CLIP encoders, a 16-channel VAE; tiny widths, random weights).
+
+The file is checked against its consumers: ComfyUI's key map for Flux (kohya's names over the
+original checkpoint's fused weights), diffusers' FluxPipeline.load_lora_weights (it must draw
+what our in-memory model draws), and, at Flux.1's real width where diffusers hard-codes it, the
+single block's fused q | k | v | MLP weight."""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import stop_at
+from lora_key_rules import comfyui_flux_key_map, comfyui_flux_to_original, module_deltas
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from engine.demo.learning import PURPLE_CROSS
+
+
+def flux_job(model_dir, data, out_dir, **overrides) -> dict:
+    job = {"model": {"base": str(model_dir), "local_files_only": True},
+           "dataset": {"path": str(data), "resolution": 64},
+           "network": {"type": "lora", "dim": 4, "alpha": 2.0},
+           "optimizer": {"lr": 1e-2}, "training": {"epochs": 2, "batch_size": 2, "seed": 3},
+           "output": {"dir": str(out_dir), "name": "tinyflux", "save_every_n_epochs": 1, "save_precision": "fp32",
+                      "trigger_phrase": "zkz"}}
+    for section, values in overrides.items():
+        job.setdefault(section, {}).update(values)
+    return job
+
+
+@pytest.fixture(scope="module")
+def flux_dir(tiny_flux_dir):
+    return tiny_flux_dir
+
+
+@pytest.fixture(scope="module")
+def flux_data(tmp_path_factory):
+    return PURPLE_CROSS.write(tmp_path_factory.mktemp("flux-data"), repeats=2)
+
+
+@pytest.fixture(scope="module")
+def trained(flux_dir, flux_data, tmp_path_factory):
+    from engine.config.job import parse_config
+    from engine.training.loop import train
+
+    cfg = parse_config(flux_job(flux_dir, flux_data, tmp_path_factory.mktemp("flux-out")))
+    return cfg, train(cfg)
+
+
+def test_a_flux_folder_is_its_own_family(flux_dir):
+    from engine.models.loader import detect_family_from_folder, load_sd_components
+
+    assert detect_family_from_folder(flux_dir) == "flux1"
+    model = load_sd_components(str(flux_dir), local_files_only=True)
+    assert model.family == "flux1" and model.prediction_type == "flow"
+    assert type(model.unet.transformer).__name__ == "FluxTransformer2DModel"
+    assert [type(te).__name__ for te in model.text_encoders] == ["CLIPTextModel", "T5EncoderModel"]
+
+
+def test_the_file_maps_fully_under_comfyuis_flux_rules(trained, flux_dir):
+    """Every module is a kohya name of an original weight, with that weight's shape; the fused
+    weights hold the parts in ComfyUI's order (its diffusers-name offsets)."""
+    from engine.models.loader import load_sd_components
+
+    _, result = trained
+    state = load_file(str(result.final_path))
+    transformer = load_sd_components(str(flux_dir), local_files_only=True).unet.transformer
+    key_map = comfyui_flux_key_map(transformer)
+    deltas = module_deltas(state)
+    assert deltas and all(key_map.get(m) == shape for m, shape in deltas.items()), \
+        {m: (tuple(s), key_map.get(m)) for m, s in deltas.items() if key_map.get(m) != s}
+    wanted = {orig for orig, _, _ in comfyui_flux_to_original(transformer).values() if "mod" not in orig}
+    assert {m.removeprefix("lora_unet_") for m in deltas} == {o.replace(".", "_") for o in wanted}
+    assert all(f"{m}.alpha" in state for m in deltas)
+
+
+def test_metadata_names_flux(trained):
+    _, result = trained
+    with safe_open(str(result.final_path), "pt") as fh:
+        meta = fh.metadata()
+    assert meta["modelspec.architecture"] == "flux-1-dev/lora"
+    assert meta["ss_base_model_version"] == "flux1" and meta["ss_network_module"] == "networks.lora_flux"
+    assert meta["ss_network_train_unet_only"] == "True" and "modelspec.prediction_type" not in meta
+
+
+def _random_lora(transformer, seed: int = 1):
+    from engine.networks import flux_lora, lora
+
+    lora.inject_lora(transformer, flux_lora.flux_targets(transformer, 4, 2.0))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in transformer.named_parameters():
+            if ".lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def _denoise(transformer, seed: int = 0) -> torch.Tensor:
+    from engine.models.flux import FluxDenoiser
+
+    g = torch.Generator().manual_seed(seed)
+    x, hidden = torch.randn(1, 16, 8, 8, generator=g), torch.randn(1, 7, 32, generator=g)
+    pooled = torch.randn(1, 32, generator=g)
+    with torch.no_grad():
+        return FluxDenoiser(transformer)(x, torch.tensor([0.6]), hidden, {"pooled_projections": pooled}).sample
+
+
+@pytest.mark.parametrize("blocks", [(1, 0, 32), (0, 1, 3072)], ids=["double-tiny", "single-real-width"])
+def test_diffusers_draws_what_our_model_draws(tmp_path, blocks):
+    """FluxPipeline.load_lora_weights on our file changes the transformer exactly as our own
+    layers do. diffusers splits a single block's fused linear1 at Flux.1's real sizes (3072 x 3 +
+    12288), so that block is tested at real width."""
+    from diffusers import FluxPipeline
+
+    from engine.models.toy import tiny_flux_components
+    from engine.networks import flux_lora
+
+    double, single, width = blocks
+    ours = tiny_flux_components(0, double_blocks=double, single_blocks=single, width=width)["transformer"]
+    before = _denoise(ours)
+    _random_lora(ours)
+    expected = _denoise(ours)
+    save_file({k: v.contiguous() for k, v in flux_lora.kohya_flux_state_dict(ours).items()}, tmp_path / "l.safetensors")
+    del ours
+    pipe = FluxPipeline(**tiny_flux_components(0, double_blocks=double, single_blocks=single, width=width))
+    pipe.load_lora_weights(str(tmp_path / "l.safetensors"))
+    got = _denoise(pipe.transformer)
+    assert (expected - before).abs().max() > 1e-3  # the LoRA does change the output
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_fused_delta_is_comfyuis(tmp_path):
+    """ComfyUI adds strength x alpha / rank x up @ down to the fused weight: its rows for q, k and
+    v are exactly our three layers' changes."""
+    from engine.models.toy import tiny_flux_components
+    from engine.networks import flux_lora
+    from engine.networks.lora import lora_layers
+
+    transformer = tiny_flux_components(0)["transformer"]
+    _random_lora(transformer)
+    state = flux_lora.kohya_flux_state_dict(transformer)
+    layers = lora_layers(transformer)
+    for diff, (orig, start, rows) in comfyui_flux_to_original(transformer).items():
+        key = "lora_unet_" + orig.replace(".", "_")
+        if key + ".alpha" not in state:
+            continue
+        up, down = state[key + ".lora_up.weight"], state[key + ".lora_down.weight"]
+        fused = float(state[key + ".alpha"]) / down.shape[0] * up @ down
+        layer = layers[diff]
+        ours = layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+        torch.testing.assert_close(fused[start:start + rows], ours)
+
+
+def test_training_lowers_the_loss_at_fixed_noise(trained, flux_dir, flux_data):
+    """The flow-matching loss at fixed noise and sigmas, on the training images, before and
+    after: the file (applied by the grid's swapper) must have learned something."""
+    from engine.data.dataset import TrainingSamples
+    from engine.data.folder import scan_dataset
+    from engine.generate.lora_apply import LoraSwapper
+    from engine.models.loader import load_sd_components
+    from engine.training.conditioning import unet_conditioning
+    from engine.training.data_setup import encode_latents
+    from engine.training.objective import FlowObjective
+
+    _, result = trained
+    model = load_sd_components(str(flux_dir), local_files_only=True)
+    data = TrainingSamples(scan_dataset(flux_data), 64)
+    with torch.no_grad():
+        latents = encode_latents(model, torch.stack([data.pixels(i) for i in range(4)]))
+        hidden, added = unet_conditioning(model, model.text_encoders, data.captions()[:4], {}, 1, False, None,
+                                          "cpu", torch.float32)
+    objective = FlowObjective()
+
+    def loss() -> float:
+        g = torch.Generator().manual_seed(5)
+        total = 0.0
+        with torch.no_grad():
+            for sigma in (0.2, 0.4, 0.6, 0.8):
+                noise = torch.randn(latents.shape, generator=g)
+                sigmas = torch.full((4,), sigma)
+                pred = model.unet(objective.noisy(latents, noise, sigmas), sigmas, hidden, added).sample
+                total += torch.nn.functional.mse_loss(pred, objective.target(latents, noise, sigmas)).item()
+        return total
+
+    base = loss()
+    swapper = LoraSwapper(model)
+    swapper.load(result.final_path)
+    swapper.set_weight(1.0)
+    assert loss() < 0.95 * base, (loss(), base)  # measured 4.98 vs 5.66
+
+
+def test_stop_then_resume_gives_the_same_file(flux_dir, flux_data, tmp_path):
+    from engine.config.job import parse_config
+    from engine.training.loop import train
+
+    whole = train(parse_config(flux_job(flux_dir, flux_data, tmp_path / "whole")))
+    job = flux_job(flux_dir, flux_data, tmp_path / "split", output={"save_state": True})
+    token, cb = stop_at(5)
+    train(parse_config(job), callbacks=cb, stop=token)
+    resumed = train(parse_config(job), resume="auto")
+    a, b = load_file(str(whole.final_path)), load_file(str(resumed.final_path))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def test_the_grid_swaps_epochs_in_place(trained, flux_dir, tmp_path):
+    """Both epochs' files through one set of injected layers; weight 0 is the base, and the
+    epochs draw different images."""
+    import numpy as np
+    from PIL import Image
+
+    from engine.generate.grid import GridJob, run_grid
+    from engine.models.loader import load_sd_components
+
+    _, result = trained
+    model = load_sd_components(str(flux_dir), local_files_only=True)
+    job = GridJob(checkpoints=list(result.saved), prompts=["zkz, a cross on a white background"],
+                  weights=[0.0, 1.0], steps=4, cfg_scale=3.5, width=64, height=64)
+    grid = run_grid(model, job, tmp_path)
+    cells = {k: np.asarray(Image.open(p), dtype=float) for k, p in grid.cells.items()}
+    (e1w0, e1w1), (e2w0, e2w1) = [[cells[(r, c, 0)] for c in range(2)] for r in range(2)]
+    assert np.array_equal(e1w0, e2w0)  # weight 0: the base, whichever file is loaded
+    assert np.abs(e1w1 - e2w1).mean() > 0.1 and np.abs(e1w1 - e1w0).mean() > 0.1
+
+
+def test_ddpm_options_are_refused_for_flux(flux_dir, flux_data, tmp_path):
+    from engine.config.job import parse_config
+    from engine.training.loop import train
+    from engine.training.setup import SetupError
+
+    job = flux_job(flux_dir, flux_data, tmp_path, training={"min_snr_gamma": 5.0, "epochs": 1})
+    with pytest.raises(SetupError) as err:
+        train(parse_config(job))
+    assert err.value.key == "setup_flux_option" and "training.min_snr_gamma" in str(err.value)
+
+
+def test_the_cli_trains_a_flux_lora_and_doctor_reads_the_job(flux_dir, flux_data, tmp_path):
+    import subprocess
+    import sys
+
+    import tomli_w
+    from conftest import ROOT
+
+    job = tmp_path / "flux.toml"
+    job.write_text(tomli_w.dumps(flux_job(flux_dir, flux_data, tmp_path / "out", training={"epochs": 1})))
+    proc = subprocess.run([sys.executable, str(ROOT / "launcher.py"), "train", "--config", str(job)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stay frozen" in proc.stdout
+    assert load_file(str(tmp_path / "out" / "tinyflux.safetensors"))
+    doctor = subprocess.run([sys.executable, str(ROOT / "launcher.py"), "doctor", "--job", str(job)],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert doctor.returncode == 0 and "Traceback" not in doctor.stderr, doctor.stderr[-3000:]
