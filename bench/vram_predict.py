@@ -1,5 +1,6 @@
 """Predicted GPU memory peaks (engine.system.vram) of each shipped tier for each model family
-(SD 1.5 at 512 px, SD 2.x at 768 px, SDXL at 1024 px: the tier with its [family.<id>] table), on
+(SD 1.5 at 512 px, SD 2.x at 768 px, SDXL and Flux.1 at 1024 px: the tier with its [family.<id>]
+table), on
 the real-size architectures (random weights, fake tensors: no GPU needed).
 Prints a Markdown table for BENCHMARKS.md; the measured column stays "no GPU yet" until
 bench/train_bench.py runs on a GPU.
@@ -21,7 +22,8 @@ from engine.models.reference import reference_config_dir  # noqa: E402
 from engine.system.hardware import VRAM_TIERS  # noqa: E402
 from engine.system.vram import GIB, PRECISION_LABEL, predict_vram  # noqa: E402
 
-FAMILIES = [("SD 1.5", "sd15", "sd15", 512), ("SD 2.x 768-v", "sd2-768-v", "sd2", 768), ("SDXL", "sdxl", "sdxl", 1024)]
+FAMILIES = [("SD 1.5", "sd15", "sd15", 512), ("SD 2.x 768-v", "sd2-768-v", "sd2", 768), ("SDXL", "sdxl", "sdxl", 1024),
+            ("Flux.1 [dev]", "flux1-dev", "flux1", 1024)]
 
 
 def job(family: str, resolution: int, **training) -> dict:
@@ -58,6 +60,10 @@ def main() -> None:
         for name, low, _ in reversed(VRAM_TIERS):
             print(row(f"tier {name}, {label} LoRA", arch, family, apply_tier({}, name, job(family, resolution)), low))
     print(row("SDXL LoRA dim 16, no tier", "sdxl", "sdxl", job("sdxl", 1024, mixed_precision="bf16"), None))
+    for resolution in (512, 1024):
+        print(row(f"Flux.1 LoRA dim 16 at {resolution} px, bf16, GC", "flux1-dev", "flux1",
+                  job("flux1", resolution, mixed_precision="bf16", gradient_checkpointing=True,
+                      offload_after_caching=True), None))
 
 
 if __name__ == "__main__":

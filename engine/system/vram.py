@@ -74,8 +74,19 @@ class StorageCounter(TorchDispatchMode):
     def restart_peak(self) -> None:
         self.peak = self.live
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Ops inside make tensors that are not counted (work done before the counted step)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        if getattr(self, "_paused", False):
+            return out
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.add(t)
@@ -195,6 +206,8 @@ def _fake_model(folder: Path, family: str, dtype: torch.dtype):
     from engine.models.loader import LoadedModel
 
     spec = families.family(family)
+    if spec.denoiser == "flux":
+        return _fake_flux(folder, family, dtype)
 
     def tokenizer(sub: str):
         if (folder / sub).is_dir():
@@ -209,6 +222,35 @@ def _fake_model(folder: Path, family: str, dtype: torch.dtype):
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))  # fp32, as in training
     return LoadedModel(unet, vae, te, tokenizer("tokenizer"), None, family, "epsilon", "fake", folder.name, folder,
                        te2, tokenizer("tokenizer_2") if te2 is not None else None)
+
+
+def _fake_flux(folder: Path, family: str, dtype: torch.dtype):
+    """Flux.1's transformer, VAE, CLIP-L and T5 from their configs, on fake tensors. Only the
+    padded length of T5's input matters here: a folder's own tokenizer, else a stand-in that pads
+    to the same 512 tokens."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from engine.models.clip_tokenizer import load_clip_tokenizer
+    from engine.models.flux import T5_TOKENS, FluxDenoiser
+    from engine.models.loader import LoadedModel
+    from engine.models.toy import tiny_t5_tokenizer
+
+    with _default_dtype(dtype):
+        transformer = FluxTransformer2DModel.from_config(
+            FluxTransformer2DModel.load_config(folder, subfolder="transformer"))
+        clip = CLIPTextModel(CLIPTextConfig.from_pretrained(folder, subfolder="text_encoder"))
+        t5 = T5EncoderModel(T5Config.from_pretrained(folder, subfolder="text_encoder_2"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae"))
+    if (folder / "tokenizer_2").is_dir():
+        t5_tok = AutoTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
+    else:
+        t5_tok = tiny_t5_tokenizer()
+        t5_tok.model_max_length = T5_TOKENS
+    clip_tok = (load_clip_tokenizer() if not (folder / "tokenizer").is_dir()
+                else AutoTokenizer.from_pretrained(folder, subfolder="tokenizer"))
+    return LoadedModel(FluxDenoiser(transformer), vae, clip, clip_tok, None, family, "flow", "fake", folder.name,
+                       folder, t5, t5_tok)
 
 
 def _fake_to(self: torch.nn.Module, *args, **kwargs) -> torch.nn.Module:
@@ -241,6 +283,7 @@ def predict_vram(cfg: JobConfig, folder: Path | None = None, family: str | None 
     """The job's peak GPU memory for one process (``folder``/``family``: the architecture, when
     the caller knows it; else read from the job's base)."""
     from engine.methods import method_of
+    from engine.models import families
 
     if folder is None or family is None:
         folder, family = architecture_of(cfg)
@@ -248,7 +291,8 @@ def predict_vram(cfg: JobConfig, folder: Path | None = None, family: str | None 
     method = method_of(cfg.network)
     mixed = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.mixed_precision)
     base_dtype = mixed if mixed is not None and method.keeps_base_half else torch.float32
-    train_te = method.trains_text_encoder(cfg.network)
+    # (as training.setup: Flux's text encoders are always frozen)
+    train_te = method.trains_text_encoder(cfg.network) and families.family(family).denoiser == "unet"
     counter = StorageCounter()
     with mock.patch.object(torch.nn.Module, "to", _fake_to):
         return _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter)
@@ -257,11 +301,16 @@ def predict_vram(cfg: JobConfig, folder: Path | None = None, family: str | None 
 def _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter) -> VramPrediction:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from engine.data.captions import caption_is_fixed
+    from engine.models import families
     from engine.training.conditioning import unet_conditioning
 
     t, d = cfg.training, cfg.dataset
+    flux = families.family(family).denoiser == "flux"
     latents_cached = t.cache_latents or t.cache_latents_to_disk
-    te_cached = t.cache_text_encoder_outputs and not train_te
+    # (as training.data_setup: a Flux run caches T5's outputs whenever its captions are fixed)
+    te_cached = (t.cache_text_encoder_outputs or (flux and caption_is_fixed(
+        d.shuffle_caption, d.caption_dropout_rate, d.tag_dropout_rate))) and not train_te
     b, r = t.batch_size, d.resolution
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = _fake_model(folder, family, base_dtype)
@@ -289,6 +338,8 @@ def _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter) 
         state, temp = _state_bytes(cfg.optimizer.type, trainable)
         if t.ema:  # the moving average: one more copy of what trains (engine.training.ema)
             state += sum(p.numel() * p.element_size() for p in trainable)
+        channels = model.vae.config.latent_channels
+        down = 2 ** (len(model.vae.config.block_out_channels) - 1)
         autocast = (torch.autocast("cpu", dtype=mixed) if mixed is not None else contextlib.nullcontext())
         with counter, autocast:
             counter.restart_peak()
@@ -296,7 +347,7 @@ def _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter) 
                 with torch.no_grad():
                     model.vae.encode(torch.randn(1, 3, r, r)).latent_dist.mean
                 cache_peak = counter.peak - counter.live
-                latents = torch.randn(b, 4, r // 8, r // 8, dtype=mixed or torch.float32)
+                latents = torch.randn(b, channels, r // down, r // down, dtype=mixed or torch.float32)
             else:
                 cache_peak = 0
             counter.restart_peak()
@@ -305,10 +356,17 @@ def _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter) 
                     latents = model.vae.encode(torch.randn(b, 3, r, r)).latent_dist.mean
             captions = ["a photo of a thing, " * 20] * b  # a full 75-token caption
             batch = {"time_ids": torch.zeros(b, 6)}
-            hidden, added = unet_conditioning(model, model.text_encoders, captions, batch, t.clip_skip, train_te,
-                                              None, torch.device("cpu"), mixed or torch.float32)
+            if te_cached:  # the cache was built before training: its tensors come in, no encoder runs
+                with counter.paused():
+                    hidden, added = unet_conditioning(model, model.text_encoders, captions, batch, t.clip_skip,
+                                                      False, None, torch.device("cpu"), mixed or torch.float32)
+                hidden, added = hidden.clone(), {k: v.clone() for k, v in (added or {}).items()} or None
+            else:
+                hidden, added = unet_conditioning(model, model.text_encoders, captions, batch, t.clip_skip,
+                                                  train_te, None, torch.device("cpu"), mixed or torch.float32)
             noise = torch.randn_like(latents)
-            pred = model.unet(latents + noise, torch.full((b,), 500), hidden, added_cond_kwargs=added).sample
+            timesteps = torch.full((b,), 0.5) if flux else torch.full((b,), 500)  # a flow sigma / a DDPM step
+            pred = model.unet(latents + noise, timesteps, hidden, added_cond_kwargs=added).sample
             loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
             loss.backward()
             del loss, pred, hidden, added, noise, latents
