@@ -36,6 +36,15 @@ def tiny_flux_dir(tmp_path_factory) -> Path:
     return build_tiny_flux(tmp_path_factory.mktemp("models") / "tiny-flux")
 
 
+def green_cross_score(demo_job: str, seed: int, tmp_path_factory):
+    """The shipped demo job ``demo_job`` trained with training seed ``seed`` on a green cross
+    of the user's own (12 images written here), scored by engine.demo.learning."""
+    from engine.demo.learning import GREEN_CROSS, train_and_score
+
+    data = GREEN_CROSS.write(tmp_path_factory.mktemp(f"{demo_job}-cross-data"))
+    return train_and_score(demo_job, seed, tmp_path_factory.mktemp(f"{demo_job}-cross"), GREEN_CROSS, data)[0]
+
+
 def draw_shape_images(folder: Path, n: int, colour=(150, 40, 200), size: int = 64,
                       caption: str = "zkz star, purple") -> Path:
     """Simple structured images (a coloured disc at varying places) so a model can learn them."""

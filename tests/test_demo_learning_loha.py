@@ -7,15 +7,14 @@ one trained here (12 epochs of LoHa per seed are the suite's slowest module)."""
 from __future__ import annotations
 
 import pytest
+from conftest import green_cross_score
 
-from engine.demo.learning import GREEN_CROSS, TRAINING_SEEDS, train_and_score
+from engine.demo.learning import TRAINING_SEEDS
 
 
 @pytest.fixture(scope="module", params=TRAINING_SEEDS, ids=[f"seed{s}" for s in TRAINING_SEEDS])
 def cross(request, tmp_path_factory):
-    data = GREEN_CROSS.write(tmp_path_factory.mktemp("loha-cross-data"))
-    score, _ = train_and_score("demo_loha", request.param, tmp_path_factory.mktemp("loha-cross"), GREEN_CROSS, data)
-    return score
+    return green_cross_score("demo_loha", request.param, tmp_path_factory)
 
 
 def test_loha_draws_a_new_shape_for_most_sampling_seeds(cross):

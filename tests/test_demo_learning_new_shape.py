@@ -5,15 +5,14 @@ test_demo_learning (engine.demo.learning: 8 sampling seeds, 20 Euler a steps, CF
 from __future__ import annotations
 
 import pytest
+from conftest import green_cross_score
 
-from engine.demo.learning import GREEN_CROSS, TRAINING_SEEDS, train_and_score
+from engine.demo.learning import TRAINING_SEEDS
 
 
 @pytest.fixture(scope="module", params=TRAINING_SEEDS, ids=[f"seed{s}" for s in TRAINING_SEEDS])
 def cross(request, tmp_path_factory):
-    data = GREEN_CROSS.write(tmp_path_factory.mktemp("cross-data"))
-    score, _ = train_and_score("demo_lora", request.param, tmp_path_factory.mktemp("cross"), GREEN_CROSS, data)
-    return score
+    return green_cross_score("demo_lora", request.param, tmp_path_factory)
 
 
 def test_a_new_shape_is_drawn_for_most_sampling_seeds(cross):
