@@ -125,6 +125,7 @@ def test_1_a_flux_base_trains_a_flux_lora(server, tmp_path, tiny_flux_dir):
     assert "prior-preservation images" in log, log  # the base drew them through FluxPipeline
     meta = metadata(final)
     assert meta["modelspec.architecture"] == "flux-1-dev/lora" and meta["ss_network_module"] == "networks.lora_flux"
+    assert "conv_dim" not in json.loads(meta["ss_network_args"])  # the page's conv rank trained nothing
     with safe_open(str(final), "pt") as f:
         keys = list(f.keys())
     assert keys and all(k.startswith("lora_unet_double_blocks_") or k.startswith("lora_unet_single_blocks_")

@@ -161,6 +161,8 @@ def lora_metadata(cfg: JobConfig, data: DatasetIndex, run: RunInfo, epoch: int, 
     }
     if families.family(run.family).denoiser == "flux":
         meta |= flux_metadata(t)
+        # (a transformer has no convolutions: a conv rank in the job trained nothing)
+        meta["ss_network_args"] = json.dumps({k: v for k, v in network_args.items() if not k.startswith("conv_")})
         meta.pop("modelspec.prediction_type")  # (kohya leaves it out for Flux: flow, not a DDPM type)
     return meta
 
