@@ -252,3 +252,34 @@ def test_the_cli_trains_a_flux_lora_and_doctor_reads_the_job(flux_dir, flux_data
     doctor = subprocess.run([sys.executable, str(ROOT / "launcher.py"), "doctor", "--job", str(job)],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert doctor.returncode == 0 and "Traceback" not in doctor.stderr, doctor.stderr[-3000:]
+
+
+def test_buckets_validation_ema_and_loraplus_run_on_flux(flux_dir, tmp_path):
+    """Non-square images in buckets (packed into 2x2 tokens at every bucket size), a held-out
+    validation loss on the flow objective, an EMA file and LoRA+: one epoch, and the file says so."""
+    import json
+    import math
+
+    from PIL import Image, ImageDraw
+
+    from engine.config.job import parse_config
+    from engine.training.loop import train
+
+    data = tmp_path / "data" / "1_zkz"
+    data.mkdir(parents=True)
+    for i, (w, h) in enumerate([(256, 64), (64, 256), (128, 128), (192, 64)] * 2):
+        im = Image.new("RGB", (w, h), "white")
+        ImageDraw.Draw(im).ellipse((w // 4, h // 4, 3 * w // 4, 3 * h // 4), fill=(150, 40, 200))
+        im.save(data / f"{i}.png")
+        (data / f"{i}.txt").write_text("zkz, a purple disc", encoding="utf-8")
+    job = flux_job(flux_dir, tmp_path / "data", tmp_path / "out",
+                   dataset={"resolution": 128, "enable_bucket": True, "min_bucket_reso": 64, "max_bucket_reso": 256,
+                            "validation_split": 0.25},
+                   network={"loraplus_lr_ratio": 16.0}, training={"epochs": 1, "ema": True, "ema_decay": 0.9})
+    result = train(parse_config(job))
+    with safe_open(str(result.final_path), "pt") as fh:
+        meta = fh.metadata()
+    assert len(json.loads(meta["ss_bucket_info"])["buckets"]) >= 3
+    assert math.isfinite(float(meta["loraforge_validation_loss"]))
+    assert json.loads(meta["ss_network_args"])["loraplus_lr_ratio"] == "16.0"
+    assert all(k.startswith("lora_unet_") for k in load_file(str(result.final_path)))
