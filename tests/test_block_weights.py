@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from engine.config.job import parse_config
-from engine.methods.blocks import block_index as kohya_block_index
+from engine.methods.blocks import block_index
 from engine.training.loop import train
 
 
@@ -26,7 +26,7 @@ from engine.training.loop import train
     ("lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_ff_net_2", 24),
 ])
 def test_block_numbers_follow_kohya(name, index):
-    assert kohya_block_index(name) == index
+    assert block_index(name) == index
 
 
 def test_sd15_attention_lora_sits_in_the_17_blocks_block_weight_tools_know():
@@ -40,7 +40,7 @@ def test_sd15_attention_lora_sits_in_the_17_blocks_block_weight_tools_know():
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(reference_config_dir("sd15") / "unet"))
-    blocks = {kohya_block_index(t.name) for t in unet_targets(unet, LoraNetworkConfig())}
+    blocks = {block_index(t.name) for t in unet_targets(unet, LoraNetworkConfig())}
     assert blocks == {1, 2, 4, 5, 7, 8, 12, *range(16, 25)}, sorted(blocks)
 
 
@@ -97,7 +97,7 @@ def test_block_weights_rules(tmp_path, tiny_dataset):
 def test_sdxl_block_numbers_follow_kohya(name, index):
     from engine.methods.blocks import SDXL
 
-    assert kohya_block_index(name, SDXL) == index
+    assert block_index(name, SDXL) == index
 
 
 def test_sdxl_attention_lora_sits_in_its_blocks_and_a_zero_block_has_none(tmp_path, tiny_dataset):
@@ -115,7 +115,7 @@ def test_sdxl_attention_lora_sits_in_its_blocks_and_a_zero_block_has_none(tmp_pa
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(reference_config_dir("sdxl") / "unet"))
-    blocks = {kohya_block_index(unet_file_name(unet, t.name), SDXL) for t in unet_targets(unet, LoraNetworkConfig())}
+    blocks = {block_index(unet_file_name(unet, t.name), SDXL) for t in unet_targets(unet, LoraNetworkConfig())}
     assert blocks == {5, 6, 8, 9, 11, *range(13, 19)}, sorted(blocks)
 
     sdxl = build_tiny_sdxl(tmp_path / "tiny-sdxl", seed=0)
@@ -154,7 +154,7 @@ def test_block_dims_and_alphas_set_each_blocks_rank_in_the_file(tiny_model_dir, 
     assert ranks and not any("mid_block" in k for k in ranks)
     for name, rank in ranks.items():
         conv_module = state[f"{name}.lora_down.weight"].dim() == 4 and state[f"{name}.lora_down.weight"].shape[-1] == 3
-        idx = kohya_block_index(name)
+        idx = block_index(name)
         assert rank == (conv if conv_module else dims)[idx], (name, rank)
         if not conv_module:
             assert state[f"{name}.alpha"].item() == alphas[idx]

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import denoising_loss, lora_job
+from conftest import ROOT, denoising_loss, lora_job
 from PIL import Image
 from test_lora_training import _unet_inputs
 from torch import nn
@@ -340,3 +340,18 @@ def test_the_warning_in_the_log_and_on_the_page(tiny_model_dir, tiny_dataset, tm
 
     train(_job(tiny_model_dir, tiny_dataset, tmp_path, activation="relu", layer_norm=True), Log())
     assert any("ComfyUI also applies the activation after the last layer" in line for line in Log.lines)
+
+
+def test_the_lr_note_is_for_real_models_not_the_embedded_demo():
+    """The demo trains the embedded model at 1e-3 on purpose; the same rate on a real model
+    gets the note that A1111 trains hypernetworks at 5e-6 .. 1e-5."""
+    import tomllib
+
+    from engine.config.job import parse_config
+    from engine.methods import method_of
+
+    job = tomllib.loads((ROOT / "presets" / "jobs" / "demo_hypernetwork.toml").read_text(encoding="utf-8"))
+    method = method_of("hypernetwork")
+    assert method.setup_notes(parse_config(job)) == []
+    job["model"]["base"] = "some/sd15-model"
+    assert "may overshoot on a real model" in method.setup_notes(parse_config(job))[0]
