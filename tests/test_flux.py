@@ -283,3 +283,81 @@ def test_buckets_validation_ema_and_loraplus_run_on_flux(flux_dir, tmp_path):
     assert math.isfinite(float(meta["loraforge_validation_loss"]))
     assert json.loads(meta["ss_network_args"])["loraplus_lr_ratio"] == "16.0"
     assert all(k.startswith("lora_unet_") for k in load_file(str(result.final_path)))
+
+
+def _original_layout(transformer) -> dict[str, torch.Tensor]:
+    """The diffusers transformer's weights under the original (BFL) checkpoint's names, as
+    ComfyUI's table and the reference implementation lay them out: q, k, v (and a single block's
+    MLP input) fused, the final norm's (scale, shift) back in (shift, scale) order."""
+    sd = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+
+    def move(dst: str, *srcs: str, swap: bool = False) -> None:
+        for kind in ("weight", "bias"):
+            parts = [sd.pop(f"{s}.{kind}") for s in srcs if f"{s}.{kind}" in sd]
+            if parts:
+                t = torch.cat(parts)
+                out[f"{dst}.{kind}"] = torch.cat(t.chunk(2)[::-1]) if swap else t
+
+    emb = "time_text_embed"
+    for dst, src in (("time_in", "timestep_embedder"), ("vector_in", "text_embedder"),
+                     ("guidance_in", "guidance_embedder")):
+        move(f"{dst}.in_layer", f"{emb}.{src}.linear_1")
+        move(f"{dst}.out_layer", f"{emb}.{src}.linear_2")
+    move("txt_in", "context_embedder")
+    move("img_in", "x_embedder")
+    for i in range(len(transformer.transformer_blocks)):
+        d, b = f"double_blocks.{i}", f"transformer_blocks.{i}"
+        move(f"{d}.img_mod.lin", f"{b}.norm1.linear")
+        move(f"{d}.txt_mod.lin", f"{b}.norm1_context.linear")
+        move(f"{d}.img_attn.qkv", f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v")
+        move(f"{d}.txt_attn.qkv", f"{b}.attn.add_q_proj", f"{b}.attn.add_k_proj", f"{b}.attn.add_v_proj")
+        for side, q, k in (("img", "norm_q", "norm_k"), ("txt", "norm_added_q", "norm_added_k")):
+            out[f"{d}.{side}_attn.norm.query_norm.scale"] = sd.pop(f"{b}.attn.{q}.weight")
+            out[f"{d}.{side}_attn.norm.key_norm.scale"] = sd.pop(f"{b}.attn.{k}.weight")
+        move(f"{d}.img_attn.proj", f"{b}.attn.to_out.0")
+        move(f"{d}.txt_attn.proj", f"{b}.attn.to_add_out")
+        for side, ff in (("img", "ff"), ("txt", "ff_context")):
+            move(f"{d}.{side}_mlp.0", f"{b}.{ff}.net.0.proj")
+            move(f"{d}.{side}_mlp.2", f"{b}.{ff}.net.2")
+    for i in range(len(transformer.single_transformer_blocks)):
+        d, b = f"single_blocks.{i}", f"single_transformer_blocks.{i}"
+        move(f"{d}.linear1", f"{b}.attn.to_q", f"{b}.attn.to_k", f"{b}.attn.to_v", f"{b}.proj_mlp")
+        move(f"{d}.linear2", f"{b}.proj_out")
+        move(f"{d}.modulation.lin", f"{b}.norm.linear")
+        out[f"{d}.norm.query_norm.scale"] = sd.pop(f"{b}.attn.norm_q.weight")
+        out[f"{d}.norm.key_norm.scale"] = sd.pop(f"{b}.attn.norm_k.weight")
+    move("final_layer.linear", "proj_out")
+    move("final_layer.adaLN_modulation.1", "norm_out.linear", swap=True)
+    assert not sd, sorted(sd)  # every weight has its original name
+    return out
+
+
+def test_a_downloaded_flux_transformer_file_loads_with_a_folders_encoders(tiny_flux_dir, tmp_path):
+    """flux1-dev.safetensors as downloaded (the original layout, ComfyUI's prefix) with the VAE,
+    encoders and tokenizers of a Flux folder (model.config_dir): the transformer comes back
+    weight for weight. At Flux's real width (diffusers' converter splits a single block's linear1
+    at 3072), one double and one single block; without model.config_dir a clear message."""
+    import shutil
+
+    from engine.models.loader import ModelLoadError, detect_family_from_keys, load_sd_components, single_file_keys
+    from engine.models.toy import tiny_flux_components
+
+    ours = tiny_flux_components(0, double_blocks=1, single_blocks=1, width=3072)["transformer"].to(torch.bfloat16)
+    folder = tmp_path / "components"  # the tiny folder's encoders, with this transformer's config
+    shutil.copytree(tiny_flux_dir, folder)
+    shutil.rmtree(folder / "transformer")
+    ours.save_config(folder / "transformer")
+    original = {f"model.diffusion_model.{k}": v for k, v in _original_layout(ours).items()}
+    save_file(original, tmp_path / "flux1-dev.safetensors")
+    del original
+    assert detect_family_from_keys(single_file_keys(tmp_path / "flux1-dev.safetensors")) == "flux1"
+    model = load_sd_components(str(tmp_path / "flux1-dev.safetensors"), single_file_config=folder,
+                               dtype=torch.bfloat16, local_files_only=True)
+    assert model.family == "flux1" and model.source_kind == "single_file"
+    theirs = model.unet.transformer.state_dict()
+    assert theirs.keys() == ours.state_dict().keys()
+    assert all(torch.equal(theirs[k], v) for k, v in ours.state_dict().items())
+    with pytest.raises(ModelLoadError) as err:
+        load_sd_components(str(tmp_path / "flux1-dev.safetensors"), local_files_only=True)
+    assert err.value.key == "flux_single_file" and "model.config_dir" in str(err.value)

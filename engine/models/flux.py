@@ -148,9 +148,9 @@ def is_flux_folder(index: dict, path) -> bool:
         return False
 
 
-def load_flux_folder(folder, dtype: torch.dtype) -> dict[str, Any]:
-    """The parts of a diffusers Flux folder: transformer, 16-channel VAE, CLIP-L, T5 and their
-    tokenizers, and the flow-matching scheduler (safetensors weights only)."""
+def load_flux_folder(folder, dtype: torch.dtype, transformer: nn.Module | None = None) -> dict[str, Any]:
+    """The parts of a diffusers Flux folder: transformer (unless given: a single file's), 16-channel
+    VAE, CLIP-L, T5 and their tokenizers, and the flow-matching scheduler (safetensors only)."""
     from pathlib import Path
 
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -159,7 +159,7 @@ def load_flux_folder(folder, dtype: torch.dtype) -> dict[str, Any]:
     from engine.models.loader import ModelLoadError
 
     folder = Path(folder)
-    missing = [p for p in FOLDER_PARTS if not (folder / p).is_dir()]
+    missing = [p for p in FOLDER_PARTS if not (folder / p).is_dir() and not (p == "transformer" and transformer)]
     if missing:
         raise ModelLoadError(f"{folder} is a Flux folder without {', '.join(p + '/' for p in missing)}; a Flux "
                              "model needs its transformer, VAE, both text encoders (CLIP-L and T5-XXL), their "
@@ -172,9 +172,9 @@ def load_flux_folder(folder, dtype: torch.dtype) -> dict[str, Any]:
                              f"sentencepiece ({err}); it needs its tokenizer.json (every diffusers copy of Flux.1 "
                              "has one: download the tokenizer_2 folder again)", "flux_t5_tokenizer",
                              path=folder / "tokenizer_2") from None
-    # safetensors only: never fall back to pickled .bin weights
-    transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype,
-                                                         use_safetensors=True)
+    if transformer is None:  # safetensors only: never fall back to pickled .bin weights
+        transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype,
+                                                             use_safetensors=True)
     return {
         "unet": FluxDenoiser(transformer),
         "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, use_safetensors=True),
@@ -186,3 +186,35 @@ def load_flux_folder(folder, dtype: torch.dtype) -> dict[str, Any]:
         "tokenizer_2": tokenizer_2,
         "noise_scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
     }
+
+
+def is_flux_checkpoint(keys: list[str]) -> bool:
+    """The original (BFL) Flux transformer layout, as downloaded (``flux1-dev.safetensors``), with
+    or without ComfyUI's ``model.diffusion_model.`` prefix."""
+    return any(k.endswith("double_blocks.0.img_attn.qkv.weight") for k in keys) and not any(
+        k.startswith(("lora_unet_", "lora_te")) for k in keys)
+
+
+def load_flux_single_file(path, components, dtype: torch.dtype) -> dict[str, Any]:
+    """A Flux transformer file in the original layout (diffusers converts it) with the VAE, text
+    encoders, tokenizers and scheduler of a diffusers Flux folder (``model.config_dir``). The
+    transformer's architecture comes from that folder's ``transformer/config.json``, else from
+    Flux.1 [dev]'s reference."""
+    from pathlib import Path
+
+    from diffusers import FluxTransformer2DModel
+
+    from engine.models.families import family
+    from engine.models.loader import ModelLoadError
+    from engine.models.reference import reference_config_dir
+
+    if components is None:
+        raise ModelLoadError(f"{Path(path).name} holds Flux's transformer only; set model.config_dir to a diffusers "
+                             "Flux folder: its VAE, text encoders (CLIP-L, T5-XXL), tokenizers and scheduler are "
+                             "used with this transformer", "flux_single_file", name=Path(path).name)
+    components = Path(components)
+    config = components if (components / "transformer" / "config.json").is_file() else \
+        reference_config_dir(family("flux1").reference)
+    transformer = FluxTransformer2DModel.from_single_file(str(path), config=str(config), subfolder="transformer",
+                                                          torch_dtype=dtype, local_files_only=True)
+    return load_flux_folder(components, dtype, transformer=transformer)

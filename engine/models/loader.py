@@ -75,8 +75,13 @@ class LoadedModel:
 
 
 def detect_family_from_keys(keys: Iterable[str]) -> Family:
-    """Family of an original-layout checkpoint, from its text encoder key prefixes."""
+    """Family of an original-layout checkpoint, from its text encoder key prefixes (Flux: from
+    its transformer's, the only part such a file holds)."""
+    from engine.models.flux import is_flux_checkpoint
+
     keys = list(keys)
+    if is_flux_checkpoint(keys):
+        return "flux1"
     if any(k.startswith("conditioner.embedders.") for k in keys):
         return "sdxl"  # XL base has embedders.0 (CLIP-L) + embedders.1 (OpenCLIP-G)
     if any(k.startswith("cond_stage_model.model.") for k in keys):
@@ -332,7 +337,7 @@ def load_sd_components(base: str, family: str = "auto", local_files_only: bool =
                             allow_pickle=allow_pickle)
     _check_family(source, family)
     if families.family(source.family).denoiser == "flux":
-        return _load_flux(source, dtype, vae, local_files_only, allow_pickle, cache_dir)
+        return _load_flux(source, dtype, vae, local_files_only, allow_pickle, cache_dir, single_file_config)
     try:
         if source.kind == "single_file":
             import diffusers
@@ -378,14 +383,14 @@ def load_sd_components(base: str, family: str = "auto", local_files_only: bool =
 
 
 def _load_flux(source: ResolvedSource, dtype: torch.dtype, vae: str | None, local_files_only: bool,
-               allow_pickle: bool, cache_dir: Path | None) -> LoadedModel:
-    from engine.models.flux import load_flux_folder
+               allow_pickle: bool, cache_dir: Path | None, components: Path | None) -> LoadedModel:
+    from engine.models.flux import load_flux_folder, load_flux_single_file
 
-    if source.kind == "single_file":
-        raise ModelLoadError(f"{source.name}: a Flux.1 single-file checkpoint needs its text encoders and VAE "
-                             "too; use a diffusers Flux folder", "flux_single_file", name=source.name)
     try:
-        parts = load_flux_folder(source.path, dtype)
+        if source.kind == "single_file":
+            parts = load_flux_single_file(source.path, components, dtype)
+        else:
+            parts = load_flux_folder(source.path, dtype)
     except ModelLoadError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as err:
