@@ -361,3 +361,19 @@ def test_a_downloaded_flux_transformer_file_loads_with_a_folders_encoders(tiny_f
     with pytest.raises(ModelLoadError) as err:
         load_sd_components(str(tmp_path / "flux1-dev.safetensors"), local_files_only=True)
     assert err.value.key == "flux_single_file" and "model.config_dir" in str(err.value)
+
+
+def test_the_jobs_guidance_is_what_training_conditions_on(flux_dir, flux_data, tmp_path):
+    """training.flux_guidance reaches the transformer's guidance input: the same step at another
+    value trains another file (and the file says which)."""
+    from engine.config.job import parse_config
+    from engine.training.loop import train
+
+    files = []
+    for g in (1.0, 4.0):
+        job = flux_job(flux_dir, flux_data, tmp_path / str(g), training={"epochs": 1, "max_steps": 1, "flux_guidance": g})
+        files.append(train(parse_config(job)).final_path)
+    a, b = load_file(str(files[0])), load_file(str(files[1]))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    with safe_open(str(files[1]), "pt") as fh:
+        assert fh.metadata()["ss_guidance_scale"] == "4.0"

@@ -19,10 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-# what Flux.1 [dev] was distilled for and what people sample it with; training conditions on
-# 1.0 (kohya's documented setting for [dev] LoRAs)
-SAMPLE_GUIDANCE = 3.5
-TRAIN_GUIDANCE = 1.0
 # T5 tokens: Flux.1 [dev] was trained with 512, [schnell] with 256
 T5_TOKENS = 512
 
@@ -62,14 +58,18 @@ class DenoiserOutput:
 
 class FluxDenoiser(nn.Module):
     """Flux's transformer behind the UNet call the loop makes. ``timestep`` is the flow-matching
-    sigma in [0, 1] (the transformer scales it by 1000 itself, as it does the guidance)."""
+    sigma in [0, 1] (the transformer scales it by 1000 itself, as it does the guidance).
+    ``guidance``: what a guidance-distilled model ([dev]) is conditioned on; training sets the
+    job's ``training.flux_guidance`` (whose default it starts from)."""
 
     transformer: Any  # diffusers' FluxTransformer2DModel
 
-    def __init__(self, transformer: nn.Module, guidance: float = TRAIN_GUIDANCE) -> None:
+    def __init__(self, transformer: nn.Module, guidance: float | None = None) -> None:
+        from engine.config.job import TrainingConfig
+
         super().__init__()
         self.transformer = transformer
-        self.guidance = guidance
+        self.guidance = TrainingConfig.model_fields["flux_guidance"].default if guidance is None else guidance
 
     @property
     def config(self) -> Any:

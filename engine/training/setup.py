@@ -168,6 +168,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                          family=fam.label, methods=labels)
     if fam.denoiser == "flux":
         _check_flux_job(cfg)
+        model.unet.guidance = cfg.training.flux_guidance  # what the distilled model is conditioned on
     d = cfg.dataset
     drawing = for_job(cfg)  # what this base draws best with, unless the job says
     if d.num_class_images:
