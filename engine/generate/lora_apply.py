@@ -99,8 +99,9 @@ class LoraSwapper:
             from engine.networks import flux_lora
 
             flux_lora.apply_file_tensors(self._parts[lora.UNET_PREFIX], state, name)
-        for prefix, part in ({} if self._flux else self._parts).items():
-            lora.load_kohya_state_dict(part, prefix, state, adapter_name=name)
+        else:
+            for prefix, part in self._parts.items():
+                lora.load_kohya_state_dict(part, prefix, state, adapter_name=name)
         self._activate(name)
 
     def _activate(self, name: str) -> None:

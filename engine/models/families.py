@@ -32,6 +32,7 @@ class Family:
     sample_cfg: float = 7.0  # what images of this family are usually generated with (grids, cards)
     sample_steps: int = 20
     denoiser: str = "unet"  # "unet" (DDPM noise prediction) or "flux" (rectified-flow transformer)
+    trains_text_encoders: bool = True  # False: frozen, their outputs computed once per fixed caption
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -60,7 +61,7 @@ FAMILIES: tuple[Family, ...] = (
            reference="flux1-dev", v_reference=None, text_encoders=2, pooled_text=True, default_resolution=1024,
            lowest_good_resolution=512, pipeline="FluxPipeline", folder_scheduler="FlowMatchEulerDiscreteScheduler",
            stock_tokenizer=False, metadata_markers=("flux",), aesthetic_clip=None, sample_cfg=3.5,
-           sample_steps=20, denoiser="flux"),
+           sample_steps=20, denoiser="flux", trains_text_encoders=False),
 )
 BY_ID: dict[str, Family] = {f.id: f for f in FAMILIES}
 FAMILY_IDS: tuple[str, ...] = tuple(BY_ID)

@@ -371,15 +371,23 @@ def load_sd_components(base: str, family: str = "auto", local_files_only: bool =
                                  detail=detail) from None
         raise ModelLoadError(f"Could not load {source.name}: {err}", "model_load_failed", name=source.name,
                              error=err) from err
-    vae_info = None
-    if vae:
-        from engine.models.vae import load_vae
-
-        parts["vae"], vae_info = load_vae(vae, source.family, dtype, local_files_only, allow_pickle, cache_dir)
+    vae_info = _replace_vae(parts, vae, source.family, dtype, local_files_only, allow_pickle, cache_dir)
     noise_scheduler = DDPMScheduler.from_config(scheduler_config)
     return LoadedModel(**parts, noise_scheduler=noise_scheduler, vae_info=vae_info, family=source.family,
                        prediction_type=noise_scheduler.config.prediction_type, source_kind=source.kind,
                        name=source.name, path=source.path)
+
+
+def _replace_vae(parts: dict[str, Any], vae: str | None, family: Family, dtype: torch.dtype, local_files_only: bool,
+                 allow_pickle: bool, cache_dir: Path | None):
+    """``model.vae``: a separate VAE in place of the base's own (engine.models.vae); its record, or
+    None for the base's."""
+    if not vae:
+        return None
+    from engine.models.vae import load_vae
+
+    parts["vae"], info = load_vae(vae, family, dtype, local_files_only, allow_pickle, cache_dir)
+    return info
 
 
 def _load_flux(source: ResolvedSource, dtype: torch.dtype, vae: str | None, local_files_only: bool,
@@ -396,10 +404,6 @@ def _load_flux(source: ResolvedSource, dtype: torch.dtype, vae: str | None, loca
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise ModelLoadError(f"Could not load {source.name}: {err}", "model_load_failed", name=source.name,
                              error=err) from err
-    vae_info = None
-    if vae:
-        from engine.models.vae import load_vae
-
-        parts["vae"], vae_info = load_vae(vae, source.family, dtype, local_files_only, allow_pickle, cache_dir)
+    vae_info = _replace_vae(parts, vae, source.family, dtype, local_files_only, allow_pickle, cache_dir)
     return LoadedModel(**parts, vae_info=vae_info, family=source.family, prediction_type="flow",
                        source_kind=source.kind, name=source.name, path=source.path)

@@ -53,6 +53,7 @@ class StorageCounter(TorchDispatchMode):
         self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
         self.live = 0
         self.peak = 0
+        self._paused = False
 
     def add(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
@@ -85,7 +86,7 @@ class StorageCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if getattr(self, "_paused", False):
+        if self._paused:
             return out
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
@@ -291,8 +292,8 @@ def predict_vram(cfg: JobConfig, folder: Path | None = None, family: str | None 
     method = method_of(cfg.network)
     mixed = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.mixed_precision)
     base_dtype = mixed if mixed is not None and method.keeps_base_half else torch.float32
-    # (as training.setup: Flux's text encoders are always frozen)
-    train_te = method.trains_text_encoder(cfg.network) and families.family(family).denoiser == "unet"
+    # (as training.setup: a family's frozen text encoders stay frozen)
+    train_te = method.trains_text_encoder(cfg.network) and families.family(family).trains_text_encoders
     counter = StorageCounter()
     with mock.patch.object(torch.nn.Module, "to", _fake_to):
         return _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter)
@@ -301,16 +302,14 @@ def predict_vram(cfg: JobConfig, folder: Path | None = None, family: str | None 
 def _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter) -> VramPrediction:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from engine.data.captions import caption_is_fixed
     from engine.models import families
     from engine.training.conditioning import unet_conditioning
+    from engine.training.data_setup import caches_text_encoder_outputs
 
     t, d = cfg.training, cfg.dataset
     flux = families.family(family).denoiser == "flux"
     latents_cached = t.cache_latents or t.cache_latents_to_disk
-    # (as training.data_setup: a Flux run caches T5's outputs whenever its captions are fixed)
-    te_cached = (t.cache_text_encoder_outputs or (flux and caption_is_fixed(
-        d.shuffle_caption, d.caption_dropout_rate, d.tag_dropout_rate))) and not train_te
+    te_cached = caches_text_encoder_outputs(cfg, families.family(family)) and not train_te
     b, r = t.batch_size, d.resolution
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = _fake_model(folder, family, base_dtype)

@@ -114,6 +114,14 @@ def scan_reg_dataset(cfg: JobConfig, cb: Callbacks | None = None) -> DatasetInde
     return _usable(scan_dataset(root, 1, cfg.dataset.caption_extension), cfg.dataset.resolution, cb)
 
 
+def caches_text_encoder_outputs(cfg: JobConfig, family) -> bool:
+    """The job asks for it, or the family's encoders never train (Flux: T5 runs once per caption)
+    and the captions do not change from step to step."""
+    d = cfg.dataset
+    return cfg.training.cache_text_encoder_outputs or (not family.trains_text_encoders and caption_is_fixed(
+        d.shuffle_caption, d.caption_dropout_rate, d.tag_dropout_rate))
+
+
 @torch.no_grad()
 def encode_latents(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
     """The latent distribution's mean, shifted (Flux's VAE) and scaled. The mean (not a sample)
@@ -165,8 +173,7 @@ def build_data(cfg: JobConfig, model: LoadedModel, device: torch.device, cb: Cal
         cb.on_log(f"validation loss on {len(validation)} images the training never sees "
                   f"({len(validation.timesteps)} fixed timesteps each)")
     te_cache = None
-    if t.cache_text_encoder_outputs or (model.spec.denoiser == "flux" and caption_is_fixed(
-            d.shuffle_caption, d.caption_dropout_rate, d.tag_dropout_rate)):  # Flux: T5 once per caption
+    if caches_text_encoder_outputs(cfg, model.spec):
         te_cache = TextEncoderCache()
         te_cache.build(dataset.captions() + (validation.captions if validation else []),
                        caption_encoder(model, t.clip_skip))

@@ -196,7 +196,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
         cb.on_log("noise schedule rescaled to zero terminal SNR (samples and saved checkpoints use it too)")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
                                                                       torch.float32)
-    train_te = method.trains_text_encoder(cfg.network) and fam.denoiser == "unet"
+    train_te = method.trains_text_encoder(cfg.network) and fam.trains_text_encoders
     if fam.denoiser == "flux":
         cb.on_log(f"{fam.label}: the text encoders (CLIP-L, T5) stay frozen; the LoRA is on the transformer"
                   + ("; network.conv_dim is not used (a transformer has no convolutions)"
