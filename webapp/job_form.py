@@ -64,6 +64,7 @@ FIELDS: list[FormField] = [
     F("optimizer", "type", True), F("optimizer", "unet_lr", True), F("optimizer", "text_encoder_lr", True),
     F("scheduler", "type", True), F("scheduler", "warmup_steps", True),
     F("training", "mixed_precision", True), F("training", "gradient_checkpointing", True),
+    F("training", "quantize_base", True),
     F("network", "conv_dim", True), F("network", "conv_alpha", True), F("network", "max_norm", True),
     F("network", "loraplus_lr_ratio", True), F("network", "loraplus_unet_lr_ratio", True),
     F("network", "loraplus_text_encoder_lr_ratio", True), F("network", "dora_wd", True, only_for=LYCORIS_TYPES),

@@ -169,6 +169,9 @@ class TrainingConfig(Section):
                                           "size as Flux samples, shift uses discrete_flow_shift.")
     discrete_flow_shift: float = Field(default=3.1582, gt=0.0, le=100.0, description="Flux: the shift for "
                                        "timestep_sampling = shift (3.16 = what flux_shift gives at 1024 px).")
+    quantize_base: Literal["none", "int8", "nf4"] = Field(
+        default="none", description="Flux: keep the frozen transformer in 8 bits (int8) or 4 bits (nf4) so "
+                                    "it fits 12-24 GB cards (T5 then in int8); bitsandbytes, a little slower.")
     flux_guidance: float = Field(default=1.0, ge=0.0, le=30.0, description="Flux.1 [dev]: the guidance value "
                                  "training conditions on (1.0 usual; samples use 3.5).")
     min_timestep: int = Field(default=0, ge=0, le=999, description="Train only timesteps from here.")

@@ -21,6 +21,12 @@ from torch import nn
 
 # T5 tokens: Flux.1 [dev] was trained with 512, [schnell] with 256
 T5_TOKENS = 512
+# the repeated blocks, which hold nearly all weights: what training.quantize_base quantizes
+TRANSFORMER_BLOCKS = ("transformer_blocks", "single_transformer_blocks")
+T5_BLOCKS = ("encoder.block",)
+# T5 quantizes to int8 only: its feed-forward casts its input to the output layer's dtype unless
+# that is int8, so a 4-bit (uint8-stored) layer there breaks it; int8 is near-lossless for T5
+T5_QUANT = "int8"
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:

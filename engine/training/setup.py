@@ -116,6 +116,40 @@ def _check_flux_job(cfg: JobConfig) -> None:
                          "(leave them at their defaults)", "setup_flux_option", options=", ".join(bad))
 
 
+def _quantize_frozen_base(cfg: JobConfig, model: LoadedModel, dtype: torch.dtype, device: torch.device,
+                          cb: Callbacks) -> None:
+    """training.quantize_base: Flux's transformer blocks in int8 / NF4 (parked off the GPU until
+    the text encoders have cached) and T5 in int8, before the LoRA wraps them."""
+    from engine.models import flux
+    from engine.models.quantize import QuantizationUnavailable, probe, quantize_blocks
+
+    kind = cfg.training.quantize_base
+    if kind == "none":
+        return
+    if model.spec.denoiser != "flux":
+        raise SetupError(f"training.quantize_base = \"{kind}\" is for Flux.1 (its 12B transformer); "
+                         f"{model.spec.label} fits without it: set it to \"none\"", "setup_quantize_family",
+                         kind=kind, family=model.spec.label)
+    try:
+        for k in {kind, flux.T5_QUANT}:
+            probe(k, device, dtype)
+    except QuantizationUnavailable as err:
+        raise SetupError(f"training.quantize_base = \"{kind}\" cannot be used here: {err}. Install bitsandbytes "
+                         "0.45 or newer for this GPU, or set it to \"none\"", "setup_quantize_unavailable",
+                         kind=kind, error=err) from None
+    done = quantize_blocks(model.unet.transformer, flux.TRANSFORMER_BLOCKS, kind, dtype, device,
+                           park=torch.device("cpu"))
+    t5 = model.text_encoders[1]
+    quantize_blocks(t5, flux.T5_BLOCKS, flux.T5_QUANT, dtype, device, park=next(t5.parameters()).device)
+    cb.on_log(f"frozen base quantized with bitsandbytes: transformer blocks {kind} ({_size(done.before)} -> "
+              f"{_size(done.after)}), T5 {flux.T5_QUANT}"
+              + ("; on a CPU this saves memory, not time" if device.type == "cpu" else ""))
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
 def _prior_images(cfg: JobConfig, model: LoadedModel, index: DatasetIndex, drawing, device, cb: Callbacks) -> None:
     """dataset.prior_preservation: the base draws the captions without the trigger word(s)."""
     d, trigger = cfg.dataset, cfg.output.trigger_phrase
@@ -208,6 +242,8 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     if weight_dtype != torch.float32 and method.keeps_base_half:  # frozen base in half precision; the
         for m in (model.unet, *model.text_encoders):                # VAE stays fp32 (fp16 SD VAEs make NaNs)
             m.to(dtype=weight_dtype)
+    _quantize_frozen_base(cfg, model, weight_dtype if method.keeps_base_half else torch.float32,
+                          accelerator.device, cb)
     try:
         parts = method.attach(cfg, model, train_te, accelerator.device)
     except ValueError as err:  # a TI token clash, a LyCORIS preset matching nothing
