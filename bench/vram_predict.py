@@ -1,7 +1,7 @@
 """Predicted GPU memory peaks (engine.system.vram) of each shipped tier for each model family
-(SD 1.5 at 512 px, SD 2.x at 768 px, SDXL and Flux.1 at 1024 px: the tier with its [family.<id>]
-table), on
-the real-size architectures (random weights, fake tensors: no GPU needed).
+(SD 1.5 at 512 px, SD 2.x at 768 px, SDXL at 1024 px, Flux.1 at its own 1024 px unless its tier
+table lowers it: the tier with its [family.<id>] table), on the real-size architectures (random
+weights, fake tensors: no GPU needed).
 Prints a Markdown table for BENCHMARKS.md; the measured column stays "no GPU yet" until
 bench/train_bench.py runs on a GPU.
 
@@ -18,17 +18,19 @@ sys.path.insert(0, str(ROOT))
 
 from engine.config.job import parse_config  # noqa: E402
 from engine.config.tiers import apply_tier  # noqa: E402
+from engine.models import families  # noqa: E402
 from engine.models.reference import reference_config_dir  # noqa: E402
 from engine.system.hardware import VRAM_TIERS  # noqa: E402
 from engine.system.vram import GIB, PRECISION_LABEL, predict_vram  # noqa: E402
 
 FAMILIES = [("SD 1.5", "sd15", "sd15", 512), ("SD 2.x 768-v", "sd2-768-v", "sd2", 768), ("SDXL", "sdxl", "sdxl", 1024),
-            ("Flux.1 [dev]", "flux1-dev", "flux1", 1024)]
+            ("Flux.1 [dev]", "flux1-dev", "flux1", None)]
 
 
-def job(family: str, resolution: int, **training) -> dict:
-    return {"model": {"base": "embedded", "family": family},
-            "dataset": {"path": str(ROOT / "presets/demo/zkz_star"), "resolution": resolution},
+def job(family: str, resolution: int | None, **training) -> dict:
+    """``resolution`` None: the tier's (Flux's tier tables set it)."""
+    dataset = {"path": str(ROOT / "presets/demo/zkz_star")} | ({"resolution": resolution} if resolution else {})
+    return {"model": {"base": "embedded", "family": family}, "dataset": dataset,
             "training": training, "output": {"dir": "out", "name": "x"}}
 
 
@@ -42,7 +44,8 @@ def row(label: str, arch: str, family: str, data: dict, card: float | None) -> s
     t, net = cfg.training, cfg.network
     extras = [x for x, on in (("UNet only", getattr(net, "train_unet_only", False)),
                               ("TE outputs cached", t.cache_text_encoder_outputs),
-                              ("offload", t.offload_after_caching)) if on]
+                              ("offload", t.offload_after_caching),
+                              (f"base {t.quantize_base}", t.quantize_base != "none")) if on]
     setup = (f"{cfg.dataset.resolution} px, batch {t.batch_size}, dim {getattr(net, 'dim', '-')}, "
              f"{PRECISION_LABEL[t.mixed_precision]}, GC {'on' if t.gradient_checkpointing else 'off'}, "
              f"{cfg.optimizer.type}" + "".join(f", {x}" for x in extras))
@@ -58,12 +61,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for label, arch, family, resolution in FAMILIES:
         for name, low, _ in reversed(VRAM_TIERS):
-            print(row(f"tier {name}, {label} LoRA", arch, family, apply_tier({}, name, job(family, resolution)), low))
+            # (no resolution: the family's own under the tier, which may lower it, as the wizard does)
+            below = {} if resolution else {"dataset": {"resolution": families.family(family).default_resolution}}
+            print(row(f"tier {name}, {label} LoRA", arch, family, apply_tier(below, name, job(family, resolution)),
+                      low))
     print(row("SDXL LoRA dim 16, no tier", "sdxl", "sdxl", job("sdxl", 1024, mixed_precision="bf16"), None))
     for resolution in (512, 1024):
-        print(row(f"Flux.1 LoRA dim 16 at {resolution} px, bf16, GC", "flux1-dev", "flux1",
-                  job("flux1", resolution, mixed_precision="bf16", gradient_checkpointing=True,
-                      offload_after_caching=True), None))
+        for kind in ("none", "int8", "nf4"):
+            print(row(f"Flux.1 LoRA dim 16 at {resolution} px, bf16, GC, base {kind}", "flux1-dev", "flux1",
+                      job("flux1", resolution, mixed_precision="bf16", gradient_checkpointing=True,
+                          offload_after_caching=True, quantize_base=kind), None))
 
 
 if __name__ == "__main__":

@@ -78,28 +78,42 @@ def test_larger_settings_never_predict_less():
     assert offloaded.weights < base.weights
 
 
-# (family, reference architecture, resolution); what no setting fits -> the tier whose smallest
-# card the closest settings fit: SDXL below 12 GB (Flux.1: below, test_no_tier_fits_flux_yet)
-FAMILIES = [("sd15", "sd15", 512), ("sd2", "sd2-768-v", 768), ("sdxl", "sdxl", 1024)]
+# (family, reference architecture, resolution: None = the wizard's, the family's own under the
+# tier, which may lower it); what no setting fits -> the
+# tier whose smallest card the closest settings fit: SDXL and Flux.1 below 12 GB
+FAMILIES = [("sd15", "sd15", 512), ("sd2", "sd2-768-v", 768), ("sdxl", "sdxl", 1024), ("flux1", "flux1-dev", None)]
 _PREDICTED: dict = {}
-DOES_NOT_FIT = {("sdxl", "4gb"): "12gb", ("sdxl", "6gb"): "12gb", ("sdxl", "8gb"): "12gb"}
+DOES_NOT_FIT = {("sdxl", "4gb"): "12gb", ("sdxl", "6gb"): "12gb", ("sdxl", "8gb"): "12gb",
+                ("flux1", "4gb"): "12gb", ("flux1", "6gb"): "12gb", ("flux1", "8gb"): "12gb"}
+
+
+def _tier_job(tier: str, family: str, resolution: int | None):
+    """A user's job of ``family`` with ``tier`` laid under it, as `--tier` does. ``resolution``
+    None: as the wizard sets it, the family's own under the tier (which may lower it)."""
+    from engine.config.tiers import apply_tier
+    from engine.models import families
+
+    user = job(model={"family": family}, dataset={"resolution": resolution} if resolution else {})
+    user["training"].pop("mixed_precision")
+    user.pop("network")
+    below = {}
+    if not resolution:
+        user["dataset"].pop("resolution", None)
+        below = {"dataset": {"resolution": families.family(family).default_resolution}}
+    return parse_config(apply_tier(below, tier, user))
 
 
 @pytest.mark.parametrize("family, arch, resolution", FAMILIES, ids=[f[0] for f in FAMILIES])
 @pytest.mark.parametrize("tier", ["4gb", "6gb", "8gb", "12gb", "16gb", "24gb+"])
 def test_every_tier_fits_the_smallest_card_it_is_picked_for_in_each_family(tier, family, arch, resolution):
     """A tier's job (its family table over it, as `--tier` lays it under a job of that family)
-    predicts under 90% of the smallest card the tier is picked for. Where nothing fits (SDXL below
-    12 GB), the tier holds the closest settings, and they fit a larger tier's card."""
-    from engine.config.tiers import apply_tier
+    predicts under 90% of the smallest card the tier is picked for. Where nothing fits (SDXL and
+    Flux.1 below 12 GB), the tier holds the closest settings, and they fit a larger tier's card."""
     from engine.models.reference import reference_config_dir
     from engine.system.hardware import VRAM_TIERS
 
     smallest = {name: low for name, low, _ in VRAM_TIERS}
-    user = job(model={"family": family}, dataset={"resolution": resolution})
-    user["training"].pop("mixed_precision")
-    user.pop("network")
-    cfg = parse_config(apply_tier({}, tier, user))
+    cfg = _tier_job(tier, family, resolution)
     key = (cfg.model_dump_json(exclude={"output"}), arch)  # tiers with the same job predict once
     p = _PREDICTED.get(key) or _PREDICTED.setdefault(key, predict_vram(cfg, reference_config_dir(arch), family))
     if (family, tier) in DOES_NOT_FIT:
@@ -109,22 +123,19 @@ def test_every_tier_fits_the_smallest_card_it_is_picked_for_in_each_family(tier,
         assert p.peak_gib < 0.9 * smallest[tier], (tier, family, p.line(smallest[tier]))
 
 
-@pytest.mark.parametrize("tier", ["4gb", "24gb+"])  # the smallest and the largest LoRA rank
-def test_no_tier_fits_flux_yet(tier):
-    """Flux.1 [dev] in bf16 (22 GiB of transformer weights) needs more than any consumer card
-    until a quantized base is built: every tier's closest settings (batch 1, gradient
-    checkpointing, cached and offloaded text encoders) predict above 90% of 24 GB at 1024 px,
-    and under 90% of a 40 GB card."""
-    from engine.config.tiers import apply_tier
+def test_a_quantized_flux_base_predicts_its_smaller_weights():
+    """Flux.1 [dev] at 1024 px as the 16gb tier trains it: NF4 < int8 < the bf16 base (22 GiB of
+    transformer weights, more than any consumer card), in weights and at the peak."""
     from engine.models.reference import reference_config_dir
 
-    user = job(model={"family": "flux1"}, dataset={"resolution": 1024})
-    user["training"].pop("mixed_precision")
-    user.pop("network")
-    cfg = parse_config(apply_tier({}, tier, user))
-    assert cfg.training.gradient_checkpointing and cfg.training.mixed_precision == "bf16"
-    p = predict_vram(cfg, reference_config_dir("flux1-dev"), "flux1")
-    assert 0.9 * 24 < p.peak_gib < 0.9 * 40 and p.weights / GIB > 22, p.line(24)
+    cfg = _tier_job("16gb", "flux1", None)
+    assert cfg.dataset.resolution == 1024 and cfg.training.quantize_base == "nf4"
+    p = {kind: predict_vram(cfg.model_copy(update={"training": cfg.training.model_copy(
+        update={"quantize_base": kind})}), reference_config_dir("flux1-dev"), "flux1")
+         for kind in ("nf4", "int8", "none")}
+    assert p["nf4"].weights < p["int8"].weights < p["none"].weights and p["none"].weights / GIB > 22
+    assert p["nf4"].peak < p["int8"].peak < p["none"].peak and 0.9 * 24 < p["none"].peak_gib
+    assert "nf4" in " ".join(p["nf4"].notes) and p["nf4"].trainable == p["none"].trainable
 
 
 def test_doctor_job_prints_the_prediction_against_the_gpu(tmp_path, capsys):

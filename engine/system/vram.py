@@ -280,6 +280,28 @@ def _state_bytes(optimizer: str, params: list[torch.Tensor]) -> tuple[int, int]:
     return int(STATE_BYTES.get(optimizer, 8) * n), int(STEP_TEMP.get(optimizer, 1) * 4 * n)
 
 
+@dataclass(frozen=True)
+class _Quantized:
+    transformer_saved: int
+    t5_saved: int
+    largest_dequantized: int
+
+
+def _quantization_savings(cfg: JobConfig, model, dtype: torch.dtype) -> _Quantized | None:
+    """training.quantize_base on Flux: bytes its transformer blocks and T5 no longer hold (from
+    the shapes; bitsandbytes cannot run on fake tensors)."""
+    from engine.models import flux
+    from engine.models.quantize import planned_bytes
+
+    kind = cfg.training.quantize_base
+    if kind == "none":
+        return None
+    blocks = planned_bytes(model.unet.transformer, flux.TRANSFORMER_BLOCKS, kind, dtype)
+    t5 = planned_bytes(model.text_encoders[1], flux.T5_BLOCKS, flux.T5_QUANT, dtype)
+    return _Quantized(_allocated(blocks.before - blocks.after), _allocated(t5.before - t5.after),
+                      max(blocks.largest_dequantized, t5.largest_dequantized))
+
+
 def predict_vram(cfg: JobConfig, folder: Path | None = None, family: str | None = None) -> VramPrediction:
     """The job's peak GPU memory for one process (``folder``/``family``: the architecture, when
     the caller knows it; else read from the job's base)."""
@@ -315,6 +337,7 @@ def _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter) 
         model = _fake_model(folder, family, base_dtype)
         for m in (model.unet, model.vae, *model.text_encoders):
             m.requires_grad_(False)
+        quantized = _quantization_savings(cfg, model, base_dtype) if flux else None
         parts = method.attach(cfg, model, train_te, torch.device("cpu"))
         if t.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
@@ -331,9 +354,13 @@ def _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter) 
             counter.add_module(m)
         for p in trainable:
             counter.add(p)
-        weights = counter.live
+        weights = counted = counter.live
         # caching runs before the UNet joins the VAE and text encoders on the GPU (training.setup)
         caching_weights = sum(_module_bytes(m) for m in (model.vae, *model.text_encoders))
+        if quantized is not None:  # counted at full size above: take off what quantizing saves
+            weights -= quantized.transformer_saved + (quantized.t5_saved if model.text_encoders[1] in on_device
+                                                       else 0)
+            caching_weights -= quantized.t5_saved
         state, temp = _state_bytes(cfg.optimizer.type, trainable)
         if t.ema:  # the moving average: one more copy of what trains (engine.training.ema)
             state += sum(p.numel() * p.element_size() for p in trainable)
@@ -369,8 +396,8 @@ def _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter) 
             loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
             loss.backward()
             del loss, pred, hidden, added, noise, latents
-            step_peak = counter.peak - weights
-            after_backward = counter.live - weights
+            step_peak = counter.peak - counted
+            after_backward = counter.live - counted
     grads = sum(p.numel() * p.element_size() for p in trainable)
     own = sum(p.numel() * p.element_size() for p in trainable) + grads
     activations = max(step_peak, after_backward + temp) - grads
@@ -379,6 +406,10 @@ def _predict(cfg, folder, family, method, mixed, base_dtype, train_te, counter) 
     if caching_weights + cache_peak > training_total:  # caching is the peak: shown as activations
         activations += caching_weights + cache_peak - training_total
         notes.append("the peak is while latents are cached, before training")
+    if quantized is not None:
+        # each quantized matmul dequantizes its layer's weight (and backward its transpose)
+        activations += 2 * quantized.largest_dequantized
+        notes.append(f"transformer blocks {t.quantize_base}, T5 int8 (bitsandbytes)")
     if cfg.training.attention == "xformers":
         notes.append("xformers counted as SDPA")
     return VramPrediction(weights=weights - (own - grads), trainable=own, optimizer=state,
