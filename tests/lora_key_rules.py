@@ -290,6 +290,50 @@ def comfyui_flux_key_map(transformer) -> dict[str, torch.Size]:
     return out
 
 
+def kohya_flux_load(original: dict[str, torch.Size], state: dict[str, torch.Tensor]
+                    ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """kohya sd-scripts' Flux LoRA loader (networks/lora_flux, create_network_from_weights), as
+    rules: a module's rank is its ``lora_down`` rows and its alpha the ``alpha`` key of the same
+    name (the part before the first dot); a LoRA module exists for each original Linear of a
+    double or single block whose ``lora_unet_`` name has a rank; the file is then loaded
+    non-strictly, so a key of no module is dropped in silence, and a shape that differs fails.
+    Returns each module's change (alpha / rank x up @ down, the fused weight's) and the problems."""
+    dims: dict[str, int] = {}
+    alphas: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if "." not in key:
+            continue
+        name = key.split(".")[0]
+        if "alpha" in key:
+            alphas[name] = value
+        elif "lora_down" in key:
+            dims[name] = value.shape[0]
+    expected: dict[str, torch.Size] = {}
+    problems: list[str] = []
+    for orig, shape in original.items():
+        if not orig.startswith(("double_blocks.", "single_blocks.")) or len(shape) != 2:
+            continue  # kohya's targets: the Linear children of DoubleStreamBlock / SingleStreamBlock
+        name = "lora_unet_" + orig.replace(".", "_")
+        if name not in dims:
+            continue
+        if name not in alphas:
+            problems.append(f"{name}: no alpha (kohya's loader fails with a KeyError)")
+            continue
+        expected[f"{name}.lora_down.weight"] = torch.Size((dims[name], shape[1]))
+        expected[f"{name}.lora_up.weight"] = torch.Size((shape[0], dims[name]))
+        expected[f"{name}.alpha"] = torch.Size(())
+    for key, value in state.items():
+        if key not in expected:
+            problems.append(f"{key}: no module of kohya's Flux network has it (dropped without a word)")
+        elif value.shape != expected[key]:
+            problems.append(f"{key}: {tuple(value.shape)}, kohya's module has {tuple(expected[key])}")
+    problems += [f"{key}: missing (kohya's module keeps its initial value)" for key in expected if key not in state]
+    deltas = {name: float(alphas[name]) / dims[name] * state[f"{name}.lora_up.weight"].float()
+              @ state[f"{name}.lora_down.weight"].float()
+              for name in dims if f"{name}.alpha" in expected and not problems}
+    return deltas, problems
+
+
 # -------------------------------------------------------------------------------------- file modules
 
 def module_deltas(state: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
