@@ -103,3 +103,32 @@ def test_compare_grid_through_the_api(server, tmp_path, tiny_model_dir, trained_
     assert message.startswith("saved 2 grid(s) and 2 cells"), message
     assert "likeness" in message and "bleed" in message and "<- best" in message, message
     assert Image.open(cells[1]["image"]).size == (128, 64)
+
+
+def test_a_base_of_another_family_takes_its_resolution_and_its_tier(tiny_model_dir, tiny_flux_dir):
+    """Step 1 on a 12 GB card: the demo's 64 px never reaches a real base; leaving it for Flux.1
+    gives Flux's table of the tier (NF4 base at 512 px, its rank); moving on to an SD 1.5 base
+    takes back what only Flux's table set (an SD job with a quantized base would be refused) and
+    gives SD 1.5's 512 px; a base of the same family keeps what the user changed."""
+    from engine.config.job import parse_config
+    from engine.i18n import EN
+    from webapp.job_view import JobView
+    from webapp.wizard_logic import wizard_job
+
+    view = JobView(EN, None, "12gb")
+    demo = wizard_job()
+    assert demo["dataset"]["resolution"] == 64
+    flux = view.set_base(demo, str(tiny_flux_dir))
+    assert flux["dataset"]["resolution"] == 512 and flux["training"]["quantize_base"] == "nf4"
+    assert flux["network"]["dim"] == 16 and flux["optimizer"]["type"] == "AdamW8bit"
+    sd = view.set_base(flux, str(tiny_model_dir))
+    cfg = parse_config(sd)
+    assert cfg.training.quantize_base == "none" and cfg.dataset.resolution == 512 and cfg.network.dim == 32
+    assert cfg.optimizer.type == "AdamW" and cfg.training.batch_size == 2  # the 12gb tier's SD settings
+    mine = {**sd, "dataset": {**sd["dataset"], "resolution": 768}}
+    other_sd = view.set_base(mine, str(tiny_model_dir) + "/")  # another path, the same family
+    assert other_sd["dataset"]["resolution"] == 768
+    on_24 = JobView(EN, None, "24gb+").set_base(demo, str(tiny_flux_dir))  # Flux's own 1024 px, int8
+    assert on_24["dataset"]["resolution"] == 1024 and on_24["training"]["quantize_base"] == "int8"
+    on_cpu = JobView(EN, None, "cpu").set_base(demo, str(tiny_flux_dir))  # the cpu tier's 256 px
+    assert on_cpu["dataset"]["resolution"] == 256 and "quantize_base" not in on_cpu.get("training", {})

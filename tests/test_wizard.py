@@ -110,7 +110,11 @@ def test_1_a_flux_base_trains_a_flux_lora(server, tmp_path, tiny_flux_dir):
     wizard = page(server)
     views = wizard(str(tiny_flux_dir), api_name="/set_base")
     assert "Base model: tiny-flux (Flux.1)" in as_read(views[-1]), as_read(views[-1])
+    # leaving the demo model, the page takes Flux.1's own resolution (1024 px) under this
+    # machine's tier (a CPU: the cpu tier's 256 px), not the demo's 64 px
+    assert tomllib.loads(views[-4])["dataset"]["resolution"] == 256
     upload(wizard, my_photos(tmp_path / "mine"), "green", 2)
+    wizard.set("dataset.resolution", 64)  # (a tiny model on a CPU: the user lowers it)
     wizard.set("output.name", "my_flux")
     wizard.set("output.trigger_phrase", "green")  # their captions say "a green disc"
     wizard.set("training.epochs", 1)

@@ -105,9 +105,12 @@ class JobView:
         return text
 
     def set_base(self, job: dict[str, Any], base: str) -> dict[str, Any]:
-        """A new base model; leaving the embedded demo model applies this machine's tier once
-        (its memory settings), and only the embedded model stays offline-only."""
-        from engine.models.loader import EMBEDDED_NAMES
+        """A new base model; only the embedded model stays offline-only. Leaving the embedded
+        demo model, or moving to a base of another family, sets the family's own training
+        resolution (the demo's tiny one, or SD 1.5's 512 for SDXL / Flux.1, would draw blurry)
+        and then this machine's tier for that family (its memory settings), once per change."""
+        from engine.models import families
+        from engine.models.loader import EMBEDDED_NAMES, family_of_base
 
         base = (base or "").strip()
         old = job.get("model", {}).get("base", "")
@@ -115,9 +118,18 @@ class JobView:
             return job
         job = jf.set_value(job, "model.base", base)
         job = jf.set_value(job, "model.local_files_only", True if base in EMBEDDED_NAMES else None)
-        if old in EMBEDDED_NAMES and base not in EMBEDDED_NAMES and self.tier_name:
-            job = apply_tier(job, self.tier_name)
-        return job
+        if base in EMBEDDED_NAMES:
+            return job
+        family, old_family = family_of_base(base), family_of_base(old)
+        left_demo = old in EMBEDDED_NAMES
+        if family in families.BY_ID and (left_demo or family != old_family):
+            if self.tier_name and not left_demo and old_family in families.BY_ID:
+                job = drop_tier(job, self.tier_name, old_family)  # (e.g. Flux's quantized base)
+            job = jf.set_value(job, "model.family", None)  # (read from the new base)
+            job = jf.set_value(job, "dataset.resolution", families.family(family).default_resolution)
+        elif not left_demo:
+            return job
+        return apply_tier(job, self.tier_name) if self.tier_name else job
 
     # ------------------------------------------------------------ events
 
@@ -199,6 +211,17 @@ def md_lines(text: str) -> str:
         head = "- " if s.startswith("- ") else ""
         return head + re.sub(r"([\\`*_\[\]<>|#])", r"\\\1", s[len(head):])
     return "\n".join(line(s) for s in text.splitlines())
+
+
+def drop_tier(job: dict[str, Any], tier: str, family: str) -> dict[str, Any]:
+    """The job without what ``tier`` sets for ``family`` (back to the defaults), before the tier
+    of another family is applied: settings only one family has must not stay behind."""
+    from engine.config.tiers import load_tier
+
+    for section, values in load_tier(tier, family).items():
+        for name in values:
+            job = jf.set_value(job, f"{section}.{name}", None)
+    return job
 
 
 def apply_tier(job: dict[str, Any], tier: str) -> dict[str, Any]:
