@@ -379,13 +379,17 @@ def _original_layout(transformer) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_a_downloaded_flux_transformer_file_loads_with_a_folders_encoders(tiny_flux_dir, tmp_path):
+@pytest.mark.parametrize("parts", ["folder", "comfyui"])
+def test_a_downloaded_flux_transformer_file_loads_with_its_other_parts(tiny_flux_dir, tmp_path, parts):
     """flux1-dev.safetensors as downloaded (the original layout, ComfyUI's prefix) with the VAE,
-    encoders and tokenizers of a Flux folder (model.config_dir): the transformer comes back
-    weight for weight. At Flux's real width (diffusers' converter splits a single block's linear1
-    at 3072), one double and one single block; without model.config_dir a clear message."""
+    encoders and tokenizers of a Flux folder (model.config_dir), or as ComfyUI keeps them
+    (model.clip_l, model.t5xxl, model.vae; T5's tokenizer from that ComfyUI folder; the config
+    folder then only describes the architecture): the transformer comes back weight for weight.
+    At Flux's real width (diffusers' converter splits a single block's linear1 at 3072), one
+    double and one single block; without the other parts a message naming each."""
     import shutil
 
+    from engine.models.flux_files import FluxFiles
     from engine.models.loader import ModelLoadError, detect_family_from_keys, load_sd_components, single_file_keys
     from engine.models.toy import tiny_flux_components
 
@@ -398,15 +402,129 @@ def test_a_downloaded_flux_transformer_file_loads_with_a_folders_encoders(tiny_f
     save_file(original, tmp_path / "flux1-dev.safetensors")
     del original
     assert detect_family_from_keys(single_file_keys(tmp_path / "flux1-dev.safetensors")) == "flux1"
+    extra: dict = {}
+    if parts == "comfyui":
+        clip_l, t5xxl, ae = _comfyui_install(tmp_path / "ComfyUI", load_sd_components(str(tiny_flux_dir),
+                                                                                      local_files_only=True))
+        for weights in folder.rglob("*.safetensors"):
+            weights.unlink()
+        shutil.rmtree(folder / "tokenizer_2")
+        extra = {"vae": str(ae), "flux_files": FluxFiles(clip_l=clip_l, t5xxl=t5xxl)}
     model = load_sd_components(str(tmp_path / "flux1-dev.safetensors"), single_file_config=folder,
-                               dtype=torch.bfloat16, local_files_only=True)
+                               dtype=torch.bfloat16, local_files_only=True, **extra)
     assert model.family == "flux1" and model.source_kind == "single_file"
     theirs = model.unet.transformer.state_dict()
     assert theirs.keys() == ours.state_dict().keys()
     assert all(torch.equal(theirs[k], v) for k, v in ours.state_dict().items())
     with pytest.raises(ModelLoadError) as err:
         load_sd_components(str(tmp_path / "flux1-dev.safetensors"), local_files_only=True)
-    assert err.value.key == "flux_single_file" and "model.config_dir" in str(err.value)
+    assert err.value.key == "flux_parts_missing" and "model.config_dir" in str(err.value)
+    assert "model.clip_l" in str(err.value) and "model.vae" in str(err.value)
+
+
+def _comfyui_install(root, model, fp8_t5: bool = False, t5_dtype=torch.float16):
+    """A ComfyUI installation holding ``model``'s encoders and VAE as its users download Flux's:
+    clip_l and t5xxl in models/clip (T5 as fp16, or as ComfyUI's scaled fp8: a float8 weight and
+    a scale per layer; ``t5_dtype`` float32: the exact weights), ae in models/vae (original
+    layout), and ComfyUI's own T5 tokenizer folder. Returns (clip_l, t5xxl, ae)."""
+    from engine.models.single_file import vae_original_state_dict
+
+    for sub in ("models/unet", "models/clip", "models/vae", "comfy/text_encoders/t5_tokenizer"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    save_file({f"text_model.{k}": v.contiguous() for k, v in model.text_encoders[0].state_dict().items()},
+              root / "models/clip/clip_l.safetensors")  # (as OpenAI's and ComfyUI's files name them)
+    t5 = {k: v.detach().clone() for k, v in model.text_encoders[1].state_dict().items()}
+    name = "t5xxl_fp16.safetensors"
+    if fp8_t5:
+        name = "t5xxl_fp8_e4m3fn_scaled.safetensors"
+        for key in [k for k in t5 if k.endswith(".weight") and t5[k].ndim == 2]:
+            scale = t5[key].abs().max() / 448.0
+            t5[key] = (t5[key] / scale).to(torch.float8_e4m3fn)
+            t5[key[:-len("weight")] + "scale_weight"] = scale.reshape(1)
+        t5["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
+    else:
+        t5 = {k: v.to(t5_dtype) for k, v in t5.items()}
+    t5.pop("encoder.embed_tokens.weight")  # (tied to shared.weight; many files keep one name)
+    save_file(t5, root / "models/clip" / name)
+    save_file({k: v.contiguous() for k, v in vae_original_state_dict(model.vae).items()},
+              root / "models/vae/ae.safetensors")
+    model.tokenizer_2.save_pretrained(root / "comfy/text_encoders/t5_tokenizer")
+    return root / "models/clip/clip_l.safetensors", root / "models/clip" / name, root / "models/vae/ae.safetensors"
+
+
+def _without_encoders(tiny_flux_dir, folder, keep_transformer: bool = True):
+    """The tiny Flux folder without its VAE, text encoders and T5 tokenizer (and, unless kept,
+    transformer weights): the parts must then come from their own files."""
+    import shutil
+
+    shutil.copytree(tiny_flux_dir, folder)
+    for weights in folder.rglob("*.safetensors"):
+        if not (keep_transformer and weights.parent.name == "transformer"):
+            weights.unlink()
+    shutil.rmtree(folder / "tokenizer_2")
+    return folder
+
+
+@pytest.mark.parametrize("fp8_t5", [False, True], ids=["t5-fp16", "t5-fp8-scaled"])
+def test_comfyuis_separate_files_load_as_the_model_they_came_from(tiny_flux_dir, tmp_path, fp8_t5):
+    """clip_l + t5xxl + ae as ComfyUI keeps them (and T5's tokenizer found in that ComfyUI
+    folder): every part comes back as the model they were cut from (T5 to fp16 / fp8 precision:
+    a scaled fp8 file read unscaled would be about 100x off)."""
+    from engine.models.flux_files import FluxFiles
+    from engine.models.loader import load_sd_components
+
+    model = load_sd_components(str(tiny_flux_dir), local_files_only=True)
+    clip_l, t5xxl, ae = _comfyui_install(tmp_path / "ComfyUI", model, fp8_t5)
+    got = load_sd_components(str(_without_encoders(tiny_flux_dir, tmp_path / "flux")), vae=str(ae),
+                             flux_files=FluxFiles(clip_l=clip_l, t5xxl=t5xxl), local_files_only=True)
+    for ours, theirs in ((model.vae, got.vae), (model.text_encoders[0], got.text_encoders[0])):
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ids = got.tokenizer_2(["zkz, a green disc"], return_tensors="pt").input_ids
+    assert ids.tolist() == model.tokenizer_2(["zkz, a green disc"], return_tensors="pt").input_ids.tolist()
+    with torch.no_grad():
+        want, have = model.text_encoders[1](ids)[0], got.text_encoders[1](ids)[0]
+    error = ((have - want).norm() / want.norm()).item()
+    assert error < (0.1 if fp8_t5 else 0.01), error
+
+
+def test_a_flux_lora_trains_from_comfyuis_files_and_what_is_missing_is_named(tiny_flux_dir, flux_data, tmp_path,
+                                                                              server):
+    from engine.config.job import parse_config
+    from engine.models.loader import ModelLoadError, load_sd_components
+    from engine.training.loop import train
+    from engine.training.setup import SetupError
+
+    model = load_sd_components(str(tiny_flux_dir), local_files_only=True)
+    clip_l, t5xxl, ae = _comfyui_install(tmp_path / "ComfyUI", model, t5_dtype=torch.float32)
+    files = {"base": str(_without_encoders(tiny_flux_dir, tmp_path / "flux")), "vae": str(ae),
+             "clip_l": str(clip_l), "t5xxl": str(t5xxl)}
+    ran = train(parse_config(flux_job(tiny_flux_dir, flux_data, tmp_path / "out", model=files,
+                                      training={"epochs": 1}))).final_path
+    reference = train(parse_config(flux_job(tiny_flux_dir, flux_data, tmp_path / "folder-run",
+                                            training={"epochs": 1}))).final_path
+    a, b = load_file(str(ran)), load_file(str(reference))  # the same parts: the same training
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    # the compare step draws it with the run's own files (the base alone has no encoders or VAE)
+    from gradio_client import Client
+    from test_webapp import grid_args
+
+    _, cells, message = Client(server, verbose=False).predict(
+        *grid_args(files["base"], [ran], tmp_path / "grid", prompt="zkz, a cross"), api_name="/make_grid")
+    assert message.startswith("saved 1 grid(s) and 2 cells"), message
+    # no CLIP-L: the message names the setting and the file it wants (before the transformer loads)
+    with pytest.raises(ModelLoadError) as err:
+        train(parse_config(flux_job(tiny_flux_dir, flux_data, tmp_path / "x", model={**files, "clip_l": None})))
+    assert err.value.key == "flux_parts_missing" and "model.clip_l = clip_l.safetensors" in str(err.value)
+    # T5 given as CLIP-L: refused by what it holds, not loaded with random layers
+    with pytest.raises(ModelLoadError) as err:
+        train(parse_config(flux_job(tiny_flux_dir, flux_data, tmp_path / "x", model={**files, "clip_l": str(t5xxl)})))
+    assert err.value.key == "flux_encoder_kind" and "CLIP-L" in str(err.value)
+    # Flux's encoder files with an SD base: refused, never silently unused
+    with pytest.raises(SetupError) as err:
+        train(parse_config(flux_job(tiny_flux_dir, flux_data, tmp_path / "x",
+                                    model={"base": "embedded", "clip_l": str(clip_l)})))
+    assert err.value.key == "setup_flux_files"
 
 
 def test_the_jobs_guidance_is_what_training_conditions_on(flux_dir, flux_data, tmp_path):

@@ -132,3 +132,34 @@ def test_a_base_of_another_family_takes_its_resolution_and_its_tier(tiny_model_d
     assert on_24["dataset"]["resolution"] == 1024 and on_24["training"]["quantize_base"] == "int8"
     on_cpu = JobView(EN, None, "cpu").set_base(demo, str(tiny_flux_dir))  # the cpu tier's 256 px
     assert on_cpu["dataset"]["resolution"] == 256 and "quantize_base" not in on_cpu.get("training", {})
+
+
+def test_a_flux_file_in_comfyuis_models_folder_brings_its_encoders_and_vae(tmp_path, tiny_model_dir):
+    """Step 1 pointed at models/unet/flux1-dev.safetensors of a ComfyUI install: the job names the
+    CLIP-L, the T5-XXL closest to the original weights (fp16 over fp8) and ae.safetensors of that
+    install; moving to an SD base drops them (an SD job with Flux's files would be refused)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from engine.i18n import EN
+    from engine.models.toy import tiny_flux_components
+    from test_flux import _original_layout
+    from webapp.job_view import JobView
+    from webapp.wizard_logic import wizard_job
+
+    models = tmp_path / "ComfyUI" / "models"
+    for sub in ("unet", "clip", "vae"):
+        (models / sub).mkdir(parents=True)
+    transformer = tiny_flux_components(0)["transformer"]
+    save_file(_original_layout(transformer), models / "unet" / "flux1-dev.safetensors")
+    for name in ("clip_l.safetensors", "t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp16.safetensors"):
+        save_file({"x": torch.zeros(1)}, models / "clip" / name)
+    save_file({"x": torch.zeros(1)}, models / "vae" / "ae.safetensors")
+    save_file({"x": torch.zeros(1)}, models / "vae" / "sdxl_vae.safetensors")
+    view = JobView(EN, None, "cpu")
+    job = view.set_base(wizard_job(), str(models / "unet" / "flux1-dev.safetensors"))
+    assert job["model"]["clip_l"] == str(models / "clip" / "clip_l.safetensors")
+    assert job["model"]["t5xxl"] == str(models / "clip" / "t5xxl_fp16.safetensors")
+    assert job["model"]["vae"] == str(models / "vae" / "ae.safetensors")
+    sd = view.set_base(job, str(tiny_model_dir))
+    assert not {"clip_l", "t5xxl", "vae"} & set(sd["model"])

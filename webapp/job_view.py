@@ -19,6 +19,8 @@ from webapp import job_form as jf
 from webapp.wizard_logic import Plan, plan, steps_text
 
 CONCURRENCY = {"concurrency_id": "job", "concurrency_limit": 1}  # for every event on the job
+# [model] settings that belong to one family's base: a base of another family starts without them
+FAMILY_SPECIFIC = ("family", "config_dir", "vae", "clip_l", "t5xxl", "t5_tokenizer")
 
 
 class JobView:
@@ -107,8 +109,10 @@ class JobView:
     def set_base(self, job: dict[str, Any], base: str) -> dict[str, Any]:
         """A new base model; only the embedded model stays offline-only. Leaving the embedded
         demo model, or moving to a base of another family, sets the family's own training
-        resolution (the demo's tiny one, or SD 1.5's 512 for SDXL / Flux.1, would draw blurry)
-        and then this machine's tier for that family (its memory settings), once per change."""
+        resolution (the demo's tiny one, or SD 1.5's 512 for SDXL / Flux.1, would draw blurry),
+        drops the old family's model files (VAE, config folder, Flux's encoders), finds a Flux
+        transformer file's encoders and VAE beside it (ComfyUI's / Forge's models folder), and
+        then applies this machine's tier for that family (its memory settings), once per change."""
         from engine.models import families
         from engine.models.loader import EMBEDDED_NAMES, family_of_base
 
@@ -125,10 +129,13 @@ class JobView:
         if family in families.BY_ID and (left_demo or family != old_family):
             if self.tier_name and not left_demo and old_family in families.BY_ID:
                 job = drop_tier(job, self.tier_name, old_family)  # (e.g. Flux's quantized base)
-            job = jf.set_value(job, "model.family", None)  # (read from the new base)
+            for name in FAMILY_SPECIFIC:  # (read from the new base; another family's VAE or encoders fail)
+                job = jf.set_value(job, f"model.{name}", None)
             job = jf.set_value(job, "dataset.resolution", families.family(family).default_resolution)
         elif not left_demo:
             return job
+        if family == "flux1":
+            job = with_flux_files(job, base)
         return apply_tier(job, self.tier_name) if self.tier_name else job
 
     # ------------------------------------------------------------ events
@@ -211,6 +218,22 @@ def md_lines(text: str) -> str:
         head = "- " if s.startswith("- ") else ""
         return head + re.sub(r"([\\`*_\[\]<>|#])", r"\\\1", s[len(head):])
     return "\n".join(line(s) for s in text.splitlines())
+
+
+def with_flux_files(job: dict[str, Any], base: str) -> dict[str, Any]:
+    """A Flux transformer file in a ComfyUI / Forge models folder: its CLIP-L, T5-XXL and VAE
+    files from that folder, where the job names none (shown in the expert view, changeable)."""
+    from pathlib import Path
+
+    from engine.models.flux_files import find_beside
+
+    model = job.get("model", {})
+    if not Path(base).expanduser().is_file() or model.get("config_dir"):
+        return job
+    for name, path in find_beside(Path(base)).items():
+        if not model.get(name):
+            job = jf.set_value(job, f"model.{name}", str(path))
+    return job
 
 
 def drop_tier(job: dict[str, Any], tier: str, family: str) -> dict[str, Any]:

@@ -35,6 +35,15 @@ class ModelConfig(Section):
     vae: Optional[str] = path_field(
         "model", default=None, description="A separate VAE (.safetensors file, diffusers folder or hub id) "
         "that encodes the training images and decodes the samples; empty: the base model's own.")
+    clip_l: Optional[str] = path_field(
+        "file", default=None, description="Flux: CLIP-L as a separate file (ComfyUI's models/clip/clip_l.safetensors); "
+        "empty: model.config_dir's text_encoder.")
+    t5xxl: Optional[str] = path_field(
+        "file", default=None, description="Flux: T5-XXL as a separate file (t5xxl_fp16.safetensors, fp8 works too); "
+        "empty: model.config_dir's text_encoder_2.")
+    t5_tokenizer: Optional[str] = path_field(
+        "folder", default=None, description="Flux: a folder with T5's tokenizer.json; empty: model.config_dir's "
+        "tokenizer_2, else the ComfyUI installation model.t5xxl is in (comfy/text_encoders/t5_tokenizer).")
     allow_pickle: bool = Field(
         default=False, description="Accept a .ckpt/.pt/.pth/.bin base model. Pickles can run code "
         "when loaded; even with this on, only tensors are read (torch.load weights_only=True) and a "

@@ -27,7 +27,8 @@ PRESET_SCHEMA_VERSION = 1
 CODE_PREFIX = "LFP1."  # LoRA Forge Preset, code format 1
 MAX_PRESET_BYTES = 64 * 1024  # a preset is a few hundred bytes; refuse zip bombs early
 # Fields that hold where things are on one machine; the importer supplies its own.
-LOCAL_FIELDS = {("model", "config_dir"), ("dataset", "path"), ("dataset", "reg_path"),
+LOCAL_FIELDS = {("model", "config_dir"), ("model", "clip_l"), ("model", "t5xxl"), ("model", "t5_tokenizer"),
+                ("dataset", "path"), ("dataset", "reg_path"),
                 ("output", "dir"), ("output", "logging_dir")}
 # Safety choices that belong to whoever runs the job: never shared, refused in a preset.
 PERSONAL_FIELDS = {("model", "allow_pickle")}

@@ -154,44 +154,85 @@ def is_flux_folder(index: dict, path) -> bool:
         return False
 
 
-def load_flux_folder(folder, dtype: torch.dtype, transformer: nn.Module | None = None) -> dict[str, Any]:
-    """The parts of a diffusers Flux folder: transformer (unless given: a single file's), 16-channel
-    VAE, CLIP-L, T5 and their tokenizers, and the flow-matching scheduler (safetensors only)."""
+def _has_weights(folder, part: str) -> bool:
+    return folder is not None and any((folder / part).glob("*.safetensors"))
+
+
+def check_flux_parts(folder, files: Any, vae_given: bool, transformer_given: bool, name: str = ""):
+    """Raise ModelLoadError naming every part of Flux the job has no source for (before anything
+    large is read); returns where T5's tokenizer is."""
+    from engine.models import flux_files
+    from engine.models.loader import ModelLoadError
+
+    tokenizer_dir = flux_files.t5_tokenizer_dir(files, folder)
+    missing = [label for label, ok in (
+        ("transformer/", transformer_given or _has_weights(folder, "transformer")),
+        ("the VAE (model.vae = ae.safetensors)", vae_given or _has_weights(folder, "vae")),
+        ("CLIP-L (model.clip_l = clip_l.safetensors)", files.clip_l or _has_weights(folder, "text_encoder")),
+        ("T5-XXL (model.t5xxl = t5xxl_fp16.safetensors)", files.t5xxl or _has_weights(folder, "text_encoder_2")),
+        ("T5's tokenizer (model.t5_tokenizer)", tokenizer_dir is not None)) if not ok]
+    if missing and not transformer_given and folder is not None and not files.any:
+        raise ModelLoadError(f"{folder} is a Flux folder without {', '.join(missing)}; a Flux model needs its "
+                             "transformer, VAE, both text encoders (CLIP-L and T5-XXL), their tokenizers and its "
+                             "scheduler", "flux_folder_incomplete", path=folder, parts=", ".join(missing))
+    if missing:
+        raise ModelLoadError(f"{name or folder}: Flux also needs {'; '.join(missing)}. Give them as ComfyUI keeps "
+                             "them (models/clip, models/vae; T5's tokenizer is found in the ComfyUI folder they "
+                             "sit in) or set model.config_dir to a diffusers Flux folder that has them",
+                             "flux_parts_missing", name=name or folder, parts="; ".join(missing))
+    return tokenizer_dir
+
+
+def load_flux_parts(folder, dtype: torch.dtype, transformer: nn.Module | None = None, files: Any = None,
+                    vae_given: bool = False, name: str = "") -> dict[str, Any]:
+    """Flux's parts: each from its separate file where the job gives one (``files``:
+    engine.models.flux_files.FluxFiles; the transformer from a single file, the VAE through
+    model.vae), else from the diffusers folder ``folder`` (safetensors only). Architectures from
+    ``folder``'s configs, else Flux.1 [dev]'s reference; CLIP's tokenizer from the folder, else
+    built offline; T5's from the folder, model.t5_tokenizer or a ComfyUI installation."""
     from pathlib import Path
 
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
+    from engine.models import flux_files
+    from engine.models.families import family
     from engine.models.loader import ModelLoadError
+    from engine.models.reference import reference_config_dir
 
-    folder = Path(folder)
-    missing = [p for p in FOLDER_PARTS if not (folder / p).is_dir() and not (p == "transformer" and transformer)]
-    if missing:
-        raise ModelLoadError(f"{folder} is a Flux folder without {', '.join(p + '/' for p in missing)}; a Flux "
-                             "model needs its transformer, VAE, both text encoders (CLIP-L and T5-XXL), their "
-                             "tokenizers and its scheduler", "flux_folder_incomplete", path=folder,
-                             parts=", ".join(missing))
+    folder = Path(folder) if folder is not None else None
+    files = files or flux_files.FluxFiles()
+    reference = reference_config_dir(family("flux1").reference)
+
+    def configs(part: str, file: str = "config.json"):
+        return folder if folder is not None and (folder / part / file).is_file() else reference
+
+    tokenizer_dir = check_flux_parts(folder, files, vae_given, transformer is not None, name)
     try:
-        tokenizer_2 = AutoTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
+        tokenizer_2 = AutoTokenizer.from_pretrained(tokenizer_dir)
     except (OSError, ValueError, ImportError) as err:
-        raise ModelLoadError(f"the T5 tokenizer in {folder / 'tokenizer_2'} cannot be read without the internet or "
+        raise ModelLoadError(f"the T5 tokenizer in {tokenizer_dir} cannot be read without the internet or "
                              f"sentencepiece ({err}); it needs its tokenizer.json (every diffusers copy of Flux.1 "
                              "has one: download the tokenizer_2 folder again)", "flux_t5_tokenizer",
-                             path=folder / "tokenizer_2") from None
+                             path=tokenizer_dir) from None
     if transformer is None:  # safetensors only: never fall back to pickled .bin weights
         transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=dtype,
                                                              use_safetensors=True)
-    return {
-        "unet": FluxDenoiser(transformer),
-        "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, use_safetensors=True),
-        "text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype,
-                                                      use_safetensors=True),
-        "text_encoder_2": T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", dtype=dtype,
-                                                         use_safetensors=True),
-        "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
-        "tokenizer_2": tokenizer_2,
-        "noise_scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler"),
-    }
+    parts: dict[str, Any] = {"unet": FluxDenoiser(transformer)}
+    if _has_weights(folder, "vae") and not vae_given:
+        parts["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, use_safetensors=True)
+    parts["text_encoder"] = (flux_files.load_clip_l(files.clip_l, configs("text_encoder"), dtype) if files.clip_l
+                             else CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype,
+                                                                use_safetensors=True))
+    parts["text_encoder_2"] = (flux_files.load_t5(files.t5xxl, configs("text_encoder_2"), dtype) if files.t5xxl
+                               else T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", dtype=dtype,
+                                                                   use_safetensors=True))
+    parts["tokenizer"] = CLIPTokenizer.from_pretrained(configs("tokenizer", "tokenizer_config.json"),
+                                                       subfolder="tokenizer")
+    parts["tokenizer_2"] = tokenizer_2
+    parts["noise_scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(
+        configs("scheduler", "scheduler_config.json"), subfolder="scheduler")
+    return parts
 
 
 def is_flux_checkpoint(keys: list[str]) -> bool:
@@ -201,26 +242,25 @@ def is_flux_checkpoint(keys: list[str]) -> bool:
         k.startswith(("lora_unet_", "lora_te")) for k in keys)
 
 
-def load_flux_single_file(path, components, dtype: torch.dtype) -> dict[str, Any]:
-    """A Flux transformer file in the original layout (diffusers converts it) with the VAE, text
-    encoders, tokenizers and scheduler of a diffusers Flux folder (``model.config_dir``). The
-    transformer's architecture comes from that folder's ``transformer/config.json``, else from
+def load_flux_single_file(path, components, dtype: torch.dtype, files: Any = None,
+                          vae_given: bool = False) -> dict[str, Any]:
+    """A Flux transformer file in the original layout (diffusers converts it) with the other parts
+    from their own files (``files``, model.vae) or a diffusers Flux folder (``model.config_dir``).
+    The transformer's architecture comes from that folder's ``transformer/config.json``, else from
     Flux.1 [dev]'s reference."""
     from pathlib import Path
 
     from diffusers import FluxTransformer2DModel
 
+    from engine.models import flux_files
     from engine.models.families import family
-    from engine.models.loader import ModelLoadError
     from engine.models.reference import reference_config_dir
 
-    if components is None:
-        raise ModelLoadError(f"{Path(path).name} holds Flux's transformer only; set model.config_dir to a diffusers "
-                             "Flux folder: its VAE, text encoders (CLIP-L, T5-XXL), tokenizers and scheduler are "
-                             "used with this transformer", "flux_single_file", name=Path(path).name)
-    components = Path(components)
-    config = components if (components / "transformer" / "config.json").is_file() else \
-        reference_config_dir(family("flux1").reference)
+    components = Path(components) if components is not None else None
+    config = components if components is not None and (components / "transformer" / "config.json").is_file() \
+        else reference_config_dir(family("flux1").reference)
+    name = Path(path).name
+    check_flux_parts(components, files or flux_files.FluxFiles(), vae_given, True, name)
     transformer = FluxTransformer2DModel.from_single_file(str(path), config=str(config), subfolder="transformer",
                                                           torch_dtype=dtype, local_files_only=True)
-    return load_flux_folder(components, dtype, transformer=transformer)
+    return load_flux_parts(components, dtype, transformer=transformer, files=files, vae_given=vae_given, name=name)

@@ -328,16 +328,18 @@ def _load_folder(folder: Path, family: Family, dtype: torch.dtype) -> dict[str, 
 def load_sd_components(base: str, family: str = "auto", local_files_only: bool = False,
                        single_file_config: Path | None = None, dtype: torch.dtype = torch.float32,
                        cache_dir: Path | None = None, allow_pickle: bool = False,
-                       vae: str | None = None) -> LoadedModel:
+                       vae: str | None = None, flux_files: Any = None) -> LoadedModel:
     """Load UNet, VAE, text encoder(s), tokenizer(s) and a DDPM training scheduler (SD 1.x/2.x/XL);
-    ``vae`` replaces the base's VAE (engine.models.vae)."""
+    ``vae`` replaces the base's VAE (engine.models.vae); ``flux_files``: Flux's text encoders as
+    separate files (engine.models.flux_files.FluxFiles)."""
     from diffusers import DDPMScheduler
 
     source = resolve_source(base, local_files_only=local_files_only, cache_dir=cache_dir,
                             allow_pickle=allow_pickle)
     _check_family(source, family)
     if families.family(source.family).denoiser == "flux":
-        return _load_flux(source, dtype, vae, local_files_only, allow_pickle, cache_dir, single_file_config)
+        return _load_flux(source, dtype, vae, local_files_only, allow_pickle, cache_dir, single_file_config,
+                          flux_files)
     try:
         if source.kind == "single_file":
             import diffusers
@@ -378,32 +380,48 @@ def load_sd_components(base: str, family: str = "auto", local_files_only: bool =
                        name=source.name, path=source.path)
 
 
+def load_job_base(model_cfg: Any, base: str | None = None, vae: str | None = None) -> LoadedModel:
+    """The base a job's ``[model]`` names, with everything it says about it (family, config
+    folder, pickles, VAE, Flux's separate encoder files); ``base`` / ``vae`` replace the job's
+    (the compare step draws with the box's base and VAE, the run's settings for the rest)."""
+    from engine.models.flux_files import FluxFiles
+
+    m = model_cfg
+    return load_sd_components(base or m.base, family=m.family, local_files_only=m.local_files_only,
+                              allow_pickle=m.allow_pickle,
+                              single_file_config=Path(m.config_dir).expanduser() if m.config_dir else None,
+                              vae=vae if vae is not None else m.vae, flux_files=FluxFiles.of(m))
+
+
 def _replace_vae(parts: dict[str, Any], vae: str | None, family: Family, dtype: torch.dtype, local_files_only: bool,
-                 allow_pickle: bool, cache_dir: Path | None):
+                 allow_pickle: bool, cache_dir: Path | None, config: Path | None = None):
     """``model.vae``: a separate VAE in place of the base's own (engine.models.vae); its record, or
     None for the base's."""
     if not vae:
         return None
     from engine.models.vae import load_vae
 
-    parts["vae"], info = load_vae(vae, family, dtype, local_files_only, allow_pickle, cache_dir)
+    parts["vae"], info = load_vae(vae, family, dtype, local_files_only, allow_pickle, cache_dir, config)
     return info
 
 
 def _load_flux(source: ResolvedSource, dtype: torch.dtype, vae: str | None, local_files_only: bool,
-               allow_pickle: bool, cache_dir: Path | None, components: Path | None) -> LoadedModel:
-    from engine.models.flux import load_flux_folder, load_flux_single_file
+               allow_pickle: bool, cache_dir: Path | None, components: Path | None, files: Any) -> LoadedModel:
+    from engine.models.flux import load_flux_parts, load_flux_single_file
 
     try:
         if source.kind == "single_file":
-            parts = load_flux_single_file(source.path, components, dtype)
+            parts = load_flux_single_file(source.path, components, dtype, files, vae_given=bool(vae))
         else:
-            parts = load_flux_folder(source.path, dtype)
+            parts = load_flux_parts(source.path, dtype, files=files, vae_given=bool(vae), name=source.name)
     except ModelLoadError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise ModelLoadError(f"Could not load {source.name}: {err}", "model_load_failed", name=source.name,
                              error=err) from err
-    vae_info = _replace_vae(parts, vae, source.family, dtype, local_files_only, allow_pickle, cache_dir)
+    # (the VAE's architecture: the config folder's, for a Flux of other sizes)
+    config = (components if source.kind == "single_file" else source.path) if vae else None
+    vae_info = _replace_vae(parts, vae, source.family, dtype, local_files_only, allow_pickle, cache_dir,
+                            config if config is not None and (Path(config) / "vae" / "config.json").is_file() else None)
     return LoadedModel(**parts, vae_info=vae_info, family=source.family, prediction_type="flow",
                        source_kind=source.kind, name=source.name, path=source.path)

@@ -43,8 +43,10 @@ def _layout(keys: list[str]) -> str:
 
 
 def load_vae(source: str, family: str, dtype: torch.dtype = torch.float32, local_files_only: bool = False,
-             allow_pickle: bool = False, cache_dir: Path | None = None) -> tuple[Any, VaeInfo]:
-    """(AutoencoderKL, info) for ``source``; its architecture is the base family's reference."""
+             allow_pickle: bool = False, cache_dir: Path | None = None, config: Path | None = None
+             ) -> tuple[Any, VaeInfo]:
+    """(AutoencoderKL, info) for ``source``; a single file's architecture is ``config``'s ``vae/``
+    (a diffusers folder), else the base family's reference."""
     from diffusers import AutoencoderKL
     from safetensors import safe_open
 
@@ -53,7 +55,7 @@ def load_vae(source: str, family: str, dtype: torch.dtype = torch.float32, local
 
     source = str(source).strip()
     path = Path(source).expanduser()
-    reference = reference_config_dir(family_record(family).reference)
+    reference = config if config is not None else reference_config_dir(family_record(family).reference)
     try:
         hub = not path.exists() and not looks_like_path(source)
         if hub:  # a hub id of a diffusers VAE: named by its id, as kohya does

@@ -26,7 +26,7 @@ from engine.export.metadata import RunInfo, vae_facts
 from engine.generate.sampling_defaults import for_job
 from engine.i18n import Explained
 from engine.methods import method_of, methods
-from engine.models.loader import LoadedModel, load_sd_components
+from engine.models.loader import LoadedModel, load_job_base
 from engine.training.callbacks import Callbacks
 from engine.training.data_setup import (
     build_data,
@@ -178,12 +178,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     t = cfg.training
     index, held_out = split_job_dataset(cfg, cb)  # before loading the model: a bad dataset fails fast
     if model is None:
-        model = load_sd_components(cfg.model.base, family=cfg.model.family,
-                                   local_files_only=cfg.model.local_files_only,
-                                   allow_pickle=cfg.model.allow_pickle,
-                                   single_file_config=(Path(cfg.model.config_dir)
-                                                       if cfg.model.config_dir else None),
-                                   vae=cfg.model.vae)
+        model = load_job_base(cfg.model)
     prediction_type = (model.prediction_type if cfg.model.prediction_type == "auto"
                        else cfg.model.prediction_type)
     if model.spec.denoiser == "unet":  # (a flow model's scheduler has no prediction type)
@@ -195,6 +190,10 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
                          f"the input is pure noise, which a {prediction_type} model cannot predict",
                          "setup_ztsnr_epsilon", prediction=prediction_type)
     fam, method = model.spec, method_of(cfg.network)
+    flux_only = [f"model.{name}" for name in ("clip_l", "t5xxl", "t5_tokenizer") if getattr(cfg.model, name)]
+    if flux_only and fam.denoiser != "flux":
+        raise SetupError(f"{', '.join(flux_only)}: Flux.1's text-encoder files; {fam.label} uses its own (leave "
+                         "them empty)", "setup_flux_files", options=", ".join(flux_only), family=fam.label)
     if model.family not in method.families:  # before any work with the base (class images, devices)
         labels = ", ".join(n for n, m in methods().items() if model.family in m.families)
         raise SetupError(f"network.type = {method.type!r} is not available for {fam.label} yet "
