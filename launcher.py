@@ -73,7 +73,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
     from engine.cli.aesthetic import settings_from_args
     from engine.generate.grid import GridError, GridJob, parse_weights, run_grid
-    from engine.models.loader import ModelLoadError, load_sd_components
+    from engine.generate.placement import base_for_grid, place, this_machine
+    from engine.models.loader import ModelLoadError
 
     try:
         weights = parse_weights(args.weights)
@@ -93,13 +94,16 @@ def cmd_grid(args: argparse.Namespace) -> int:
                       cfg_scale=usual.cfg_scale if args.cfg is None else args.cfg, width=size, height=size,
                       aesthetic=aesthetic, local_files_only=args.offline, seeds_per_cell=per_cell,
                       control_prompt=args.control_prompt, references=Path(args.dataset) if args.dataset else None)
-        model = load_sd_components(args.base, local_files_only=args.offline, vae=args.vae)
+        model, quantize = base_for_grid(args.base, args.vae, job.checkpoints[0], local_files_only=args.offline)
+        drawing = this_machine()
+        place(model, drawing, quantize)  # the GPU in half precision where there is one
     except (GridError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     bar = tqdm(total=len(job.checkpoints) * len(weights), unit="cell-group")
     try:
-        result = run_grid(model, job, Path(args.out), lambda done, total: bar.update(1))
+        with drawing.autocast():
+            result = run_grid(model, job, Path(args.out), lambda done, total: bar.update(1))
     except ValueError as err:  # a file that does not fit the base, or mixed file kinds
         bar.close()
         print(f"error: {err}", file=sys.stderr)

@@ -140,10 +140,10 @@ def test_a_flux_file_in_comfyuis_models_folder_brings_its_encoders_and_vae(tmp_p
     install; moving to an SD base drops them (an SD job with Flux's files would be refused)."""
     import torch
     from safetensors.torch import save_file
+    from test_flux import _original_layout
 
     from engine.i18n import EN
     from engine.models.toy import tiny_flux_components
-    from test_flux import _original_layout
     from webapp.job_view import JobView
     from webapp.wizard_logic import wizard_job
 

@@ -43,6 +43,7 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
 
     from engine.generate.aesthetic import AestheticSettings
     from engine.generate.grid import GridError, GridJob, parse_weights, run_grid
+    from engine.generate.placement import base_for_grid, place, this_machine
     from engine.models.loader import ModelLoadError
 
     try:
@@ -64,10 +65,13 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
                       seeds=[int(seed)], steps=int(steps), cfg_scale=float(cfg), width=int(size),
                       height=int(size), aesthetic=aesthetic, seeds_per_cell=int(per_cell or 1),
                       control_prompt=control or "", references=ref_dir)
-        model = _grid_base(ws.model(base) or "embedded", vae_file, paths[0], ws)
+        model, quantize = base_for_grid(ws.model(base) or "embedded", vae_file, paths[0], allow=ws.job)
+        drawing = this_machine()
+        place(model, drawing, quantize)  # the GPU in half precision where there is one
         tick = (lambda done, total: progress((done, total), desc=t("compare.progress"), unit="cells")
                 ) if progress else None
-        result = run_grid(model, job, out, tick)
+        with drawing.autocast():
+            result = run_grid(model, job, out, tick)
         ws.serve(out)
     except (GridError, ModelLoadError, ValidationError, ValueError, OSError) as err:
         return None, [], t("compare.error", error=describe_error(err, t))
@@ -79,25 +83,6 @@ def _make_grid(base, files, prompts, weights, seed, size, steps, cfg, out_dir, a
     if result.summary_lines:
         message += "\n" + t("compare.summary") + "\n" + "\n".join(result.summary_lines)
     return str(result.grids[0]), cells, message
-
-
-def _grid_base(base: str, vae: str | None, first_file: Path, ws: Workspace):
-    """The base to draw with. When the files come from a run of this base, the run's job says the
-    rest of how to load it (a Flux transformer file's encoder files and config folder; its VAE
-    when the box has none): drawn as trained. Otherwise the base alone."""
-    from engine.config.job import ConfigError
-    from engine.export.card import load_job_for
-    from engine.i18n import Explained
-    from engine.models.loader import load_job_base, load_sd_components
-
-    try:
-        job = load_job_for(first_file)
-    except (Explained, ConfigError, OSError):
-        job = None
-    if job is not None and Path(str(job.model.base)).expanduser() == Path(base).expanduser():
-        ws.job(job)  # (an exposed server: the run's paths must be inside the workspace too)
-        return load_job_base(job.model, base=base, vae=vae)
-    return load_sd_components(base, vae=vae)
 
 
 def cell_choice(files: str, weights: str, prompts: str, index: float, t: Translator = EN) -> tuple[str, float]:

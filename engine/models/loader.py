@@ -289,7 +289,8 @@ def _as_v_architecture(unet, scheduler_config: dict, architecture: str) -> None:
 def _check_family(source: ResolvedSource, family: str) -> None:
     if family not in ("auto", *families.FAMILY_IDS):
         raise ModelLoadError(f"Unknown model family {family!r}; use auto or one of "
-                             f"{', '.join(families.FAMILY_IDS)}.", "family_unknown", family=family)
+                             f"{', '.join(families.FAMILY_IDS)}.", "family_unknown", family=family,
+                             families=", ".join(families.FAMILY_IDS))
     if family != "auto" and family != source.family:
         found, wanted = families.family(source.family).label, families.family(family).label
         raise ModelLoadError(f"{source.name} is an {found} model but the job is set to {wanted}; change the "

@@ -116,12 +116,11 @@ def _check_flux_job(cfg: JobConfig) -> None:
                          "(leave them at their defaults)", "setup_flux_option", options=", ".join(bad))
 
 
-def _quantize_frozen_base(cfg: JobConfig, model: LoadedModel, dtype: torch.dtype, device: torch.device,
-                          cb: Callbacks) -> None:
-    """training.quantize_base: Flux's transformer blocks in int8 / NF4 (parked off the GPU until
-    the text encoders have cached) and T5 in int8, before the LoRA wraps them."""
+def _check_quantize(cfg: JobConfig, model: LoadedModel, dtype: torch.dtype, device: torch.device) -> None:
+    """training.quantize_base can run here: a Flux base, and bitsandbytes' layers working on
+    this device (checked before anything of the base goes to the GPU)."""
     from engine.models import flux
-    from engine.models.quantize import QuantizationUnavailable, probe, quantize_blocks
+    from engine.models.quantize import QuantizationUnavailable, probe
 
     kind = cfg.training.quantize_base
     if kind == "none":
@@ -137,6 +136,19 @@ def _quantize_frozen_base(cfg: JobConfig, model: LoadedModel, dtype: torch.dtype
         raise SetupError(f"training.quantize_base = \"{kind}\" cannot be used here: {err}. Install bitsandbytes "
                          "0.45 or newer for this GPU, or set it to \"none\"", "setup_quantize_unavailable",
                          kind=kind, error=err) from None
+
+
+def _quantize_frozen_base(cfg: JobConfig, model: LoadedModel, dtype: torch.dtype, device: torch.device,
+                          cb: Callbacks) -> None:
+    """training.quantize_base (checked by :func:`_check_quantize`): Flux's transformer blocks in
+    int8 / NF4 (parked off the GPU until the text encoders have cached) and T5 in int8, before
+    the LoRA wraps them."""
+    from engine.models import flux
+    from engine.models.quantize import quantize_blocks
+
+    kind = cfg.training.quantize_base
+    if kind == "none":
+        return
     done = quantize_blocks(model.unet.transformer, flux.TRANSFORMER_BLOCKS, kind, dtype, device,
                            park=torch.device("cpu"))
     t5 = model.text_encoders[1]
@@ -202,6 +214,8 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     if fam.denoiser == "flux":
         _check_flux_job(cfg)
         model.unet.guidance = cfg.training.flux_guidance  # what the distilled model is conditioned on
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    _check_quantize(cfg, model, half if method.keeps_base_half else torch.float32, accelerator.device)
     d = cfg.dataset
     drawing = for_job(cfg)  # what this base draws best with, unless the job says
     if d.num_class_images:
