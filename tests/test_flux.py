@@ -235,12 +235,15 @@ def test_training_lowers_the_loss_at_fixed_noise(trained, flux_dir, flux_data):
     assert with_lora < 0.95 * base, (with_lora, base)  # measured 4.98 vs 5.66
 
 
-def test_stop_then_resume_gives_the_same_file(flux_dir, flux_data, tmp_path):
+@pytest.mark.parametrize("quantize", ["none", "nf4"])
+def test_stop_then_resume_gives_the_same_file(flux_dir, flux_data, tmp_path, quantize):
+    """Also on a quantized base (training.quantize_base): quantized again on resume, the same."""
     from engine.config.job import parse_config
     from engine.training.loop import train
 
-    whole = train(parse_config(flux_job(flux_dir, flux_data, tmp_path / "whole")))
-    job = flux_job(flux_dir, flux_data, tmp_path / "split", output={"save_state": True})
+    q = {"quantize_base": quantize}
+    whole = train(parse_config(flux_job(flux_dir, flux_data, tmp_path / "whole", training=q)))
+    job = flux_job(flux_dir, flux_data, tmp_path / "split", training=q, output={"save_state": True})
     token, cb = stop_at(5)
     train(parse_config(job), callbacks=cb, stop=token)
     resumed = train(parse_config(job), resume="auto")
@@ -379,14 +382,16 @@ def _original_layout(transformer) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("parts", ["folder", "comfyui"])
+@pytest.mark.parametrize("parts", ["folder", "comfyui", "folder-fp8-scaled"])
 def test_a_downloaded_flux_transformer_file_loads_with_its_other_parts(tiny_flux_dir, tmp_path, parts):
     """flux1-dev.safetensors as downloaded (the original layout, ComfyUI's prefix) with the VAE,
     encoders and tokenizers of a Flux folder (model.config_dir), or as ComfyUI keeps them
     (model.clip_l, model.t5xxl, model.vae; T5's tokenizer from that ComfyUI folder; the config
     folder then only describes the architecture): the transformer comes back weight for weight.
     At Flux's real width (diffusers' converter splits a single block's linear1 at 3072), one
-    double and one single block; without the other parts a message naming each."""
+    double and one single block; without the other parts a message naming each. A transformer in
+    ComfyUI's scaled fp8 (each weight times its scale) comes back to fp8 precision (read unscaled
+    it would be far off)."""
     import shutil
 
     from engine.models.flux_files import FluxFiles
@@ -399,6 +404,12 @@ def test_a_downloaded_flux_transformer_file_loads_with_its_other_parts(tiny_flux
     shutil.rmtree(folder / "transformer")
     ours.save_config(folder / "transformer")
     original = {f"model.diffusion_model.{k}": v for k, v in _original_layout(ours).items()}
+    if parts.endswith("fp8-scaled"):
+        for key in [k for k, v in original.items() if k.endswith(".weight") and v.ndim == 2]:
+            scale = original[key].float().abs().max() / 448.0
+            original[key] = (original[key].float() / scale).to(torch.float8_e4m3fn)
+            original[key[:-len("weight")] + "scale_weight"] = scale.reshape(1)
+        original["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
     save_file(original, tmp_path / "flux1-dev.safetensors")
     del original
     assert detect_family_from_keys(single_file_keys(tmp_path / "flux1-dev.safetensors")) == "flux1"
@@ -415,7 +426,12 @@ def test_a_downloaded_flux_transformer_file_loads_with_its_other_parts(tiny_flux
     assert model.family == "flux1" and model.source_kind == "single_file"
     theirs = model.unet.transformer.state_dict()
     assert theirs.keys() == ours.state_dict().keys()
-    assert all(torch.equal(theirs[k], v) for k, v in ours.state_dict().items())
+    if parts.endswith("fp8-scaled"):
+        for k, v in ours.state_dict().items():
+            error = ((theirs[k].float() - v.float()).norm() / v.float().norm().clamp_min(1e-12)).item()
+            assert error < 0.1, (k, error)
+    else:
+        assert all(torch.equal(theirs[k], v) for k, v in ours.state_dict().items())
     with pytest.raises(ModelLoadError) as err:
         load_sd_components(str(tmp_path / "flux1-dev.safetensors"), local_files_only=True)
     assert err.value.key == "flux_parts_missing" and "model.config_dir" in str(err.value)

@@ -1,12 +1,12 @@
 """training.quantize_base: Flux's frozen transformer in int8 / NF4 through bitsandbytes, with the
 LoRA trained on top, on the tiny Flux. bitsandbytes runs its quantized layers on a CPU too, so the
 real library does the real quantization here; only the speed and the GPU memory are not measured
-(the memory is predicted, test_vram)."""
+(the memory is predicted, test_vram). Stop and Resume on a quantized base: test_flux."""
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import lora_job, stop_at
+from conftest import lora_job
 from safetensors.torch import load_file
 from test_flux import _fixed_noise_losses, flux_job
 
@@ -70,23 +70,6 @@ def test_a_lora_trained_on_a_quantized_base_works_on_the_full_base(tiny_flux_dir
     assert set(state) == {f"{m}.{s}" for m in modules for s in ("lora_down.weight", "lora_up.weight", "alpha")}
     base, with_lora = _fixed_noise_losses(tiny_flux_dir, flux_data, result.final_path)
     assert with_lora < 0.95 * base, (with_lora, base)
-
-
-def test_stop_then_resume_on_a_quantized_base_gives_the_same_file(tiny_flux_dir, flux_data, tmp_path):
-    """The base is quantized again on resume; the same quantization gives the same training."""
-    from engine.config.job import parse_config
-    from engine.training.loop import train
-
-    q = {"quantize_base": "nf4"}
-    whole = train(parse_config(flux_job(tiny_flux_dir, flux_data, tmp_path / "whole", training=q)))
-    job = flux_job(tiny_flux_dir, flux_data, tmp_path / "split", training=q, output={"save_state": True})
-    token, cb = stop_at(5)
-    train(parse_config(job), callbacks=cb, stop=token)
-    resumed = train(parse_config(job), resume="auto")
-    a, b = load_file(str(whole.final_path)), load_file(str(resumed.final_path))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
 def test_a_quantized_base_is_refused_for_a_unet_family(tiny_model_dir, tiny_dataset, tmp_path):

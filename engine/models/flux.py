@@ -261,6 +261,13 @@ def load_flux_single_file(path, components, dtype: torch.dtype, files: Any = Non
         else reference_config_dir(family("flux1").reference)
     name = Path(path).name
     check_flux_parts(components, files or flux_files.FluxFiles(), vae_given, True, name)
-    transformer = FluxTransformer2DModel.from_single_file(str(path), config=str(config), subfolder="transformer",
+    source: Any = str(path)
+    from engine.models.loader import single_file_keys
+
+    if flux_files.is_scaled_fp8(single_file_keys(Path(path))):  # diffusers would read the fp8 values unscaled
+        from safetensors.torch import load_file
+
+        source = flux_files.dequantized(load_file(str(path)))
+    transformer = FluxTransformer2DModel.from_single_file(source, config=str(config), subfolder="transformer",
                                                           torch_dtype=dtype, local_files_only=True)
     return load_flux_parts(components, dtype, transformer=transformer, files=files, vae_given=vae_given, name=name)

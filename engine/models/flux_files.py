@@ -33,7 +33,7 @@ T5_MARKERS = ("encoder.block.0.layer.0.SelfAttention.q.weight",)
 CLIP_PREFIXES = ("", "text_encoders.clip_l.transformer.", "cond_stage_model.transformer.", "transformer.")
 T5_PREFIXES = ("", "text_encoders.t5xxl.transformer.", "transformer.")
 # tensors a file may carry that the encoder has no use for (CLIP-L saved with SD3's projection)
-IGNORED = {"text_projection.weight", "logit_scale", "text_model.embeddings.position_ids", "scaled_fp8"}
+IGNORED = {"text_projection.weight", "logit_scale", "text_model.embeddings.position_ids"}
 # where a ComfyUI installation keeps T5's tokenizer, relative to its root
 COMFYUI_T5_TOKENIZER = Path("comfy") / "text_encoders" / "t5_tokenizer"
 
@@ -66,8 +66,8 @@ def encoder_state(path: Path, markers: tuple[str, ...], prefixes: tuple[str, ...
     if not path.is_file():
         raise ModelLoadError(f"{what} file not found: {path}", "flux_encoder_missing", what=what, path=path)
     if path.suffix.lower() != ".safetensors":
-        raise ModelLoadError(f"{path.name}: give {what} as a .safetensors file", "flux_encoder_format", name=path.name,
-                     what=what)
+        raise ModelLoadError(f"{path.name}: give {what} as a .safetensors file", "flux_encoder_format",
+                             name=path.name, what=what)
     with safe_open(str(path), "pt") as fh:
         keys = list(fh.keys())
         found = set(keys)
@@ -76,12 +76,26 @@ def encoder_state(path: Path, markers: tuple[str, ...], prefixes: tuple[str, ...
             raise ModelLoadError(f"{path.name} is not {what} (it has no {markers[0]})", "flux_encoder_kind",
                                  name=path.name, what=what, marker=markers[0])
         raw = {k[len(prefix):]: fh.get_tensor(k) for k in keys if k.startswith(prefix)}
+    return {k: v for k, v in dequantized(raw).items() if k not in IGNORED}
+
+
+FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def is_scaled_fp8(keys: Any) -> bool:
+    """ComfyUI's "scaled" fp8 layout: a ``scaled_fp8`` marker and a ``scale_weight`` per layer."""
+    return any(k == "scaled_fp8" or k.endswith((".scaled_fp8", ".scale_weight")) for k in keys)
+
+
+def dequantized(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fp8 tensors widened to fp32, each weight of a scaled fp8 file times its ``scale_weight``
+    (as ComfyUI computes it); the scales and markers themselves dropped."""
     state: dict[str, torch.Tensor] = {}
     for key, value in raw.items():
-        if key in IGNORED or key.endswith((".scale_weight", ".scale_input")):
+        if key.endswith(("scaled_fp8", ".scale_weight", ".scale_input")):
             continue
         scale = raw.get(key[: -len(".weight")] + ".scale_weight") if key.endswith(".weight") else None
-        if value.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) or scale is not None:
+        if value.dtype in FP8 or scale is not None:
             value = value.to(torch.float32) * (scale.to(torch.float32) if scale is not None else 1.0)
         state[key] = value
     return state
