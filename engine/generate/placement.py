@@ -29,10 +29,6 @@ class Drawing:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    @property
-    def label(self) -> str:
-        return f"{self.device.type}, {str(self.dtype).removeprefix('torch.') if self.dtype else 'fp32'}"
-
 
 def this_machine() -> Drawing:
     """The first CUDA GPU in bf16 (fp16 where the card lacks bf16); else the CPU in fp32."""
@@ -50,12 +46,10 @@ def place(model: Any, drawing: Drawing, quantize: str = "none") -> None:
     dtype = drawing.dtype or torch.float32
     if quantize != "none" and model.spec.denoiser == "flux":
         from engine.models import flux
-        from engine.models.quantize import quantize_blocks
 
         model.unet.to(dtype=dtype)
         model.text_encoders[1].to(dtype=dtype)
-        quantize_blocks(model.unet.transformer, flux.TRANSFORMER_BLOCKS, quantize, dtype, drawing.device)  # type: ignore[arg-type]
-        quantize_blocks(model.text_encoders[1], flux.T5_BLOCKS, flux.T5_QUANT, dtype, drawing.device)
+        flux.quantize_frozen(model, quantize, dtype, drawing.device)
     model.unet.to(drawing.device, dtype)
     for te in model.text_encoders:
         te.to(drawing.device, dtype)

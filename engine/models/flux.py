@@ -14,7 +14,7 @@ row-major order, channels ordered (channel, row in patch, column in patch), imag
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import torch
 from torch import nn
@@ -26,7 +26,20 @@ TRANSFORMER_BLOCKS = ("transformer_blocks", "single_transformer_blocks")
 T5_BLOCKS = ("encoder.block",)
 # T5 quantizes to int8 only: its feed-forward casts its input to the output layer's dtype unless
 # that is int8, so a 4-bit (uint8-stored) layer there breaks it; int8 is near-lossless for T5
-T5_QUANT = "int8"
+T5_QUANT: Final = "int8"
+
+
+def quantize_frozen(model: Any, kind: Any, dtype: torch.dtype, device: torch.device,
+                    park: torch.device | None = None) -> Any:
+    """training.quantize_base on a loaded Flux (engine.models.loader.LoadedModel): the
+    transformer's blocks in ``kind`` (quantized on ``device``, left on ``park``), T5's in int8
+    (left where T5 is). Returns what the transformer's blocks held before and hold now."""
+    from engine.models.quantize import quantize_blocks
+
+    done = quantize_blocks(model.unet.transformer, TRANSFORMER_BLOCKS, kind, dtype, device, park=park)
+    t5 = model.text_encoders[1]
+    quantize_blocks(t5, T5_BLOCKS, T5_QUANT, dtype, device, park=next(t5.parameters()).device)
+    return done
 
 
 def pack(latents: torch.Tensor) -> torch.Tensor:
@@ -135,9 +148,6 @@ def encode_flux_prompts(tokenizers: list, text_encoders: list, prompts: list[str
                     return_tensors="pt").input_ids.to(t5.device)
     hidden = t5(t5_ids, output_hidden_states=False)[0]
     return hidden, pooled
-
-
-FOLDER_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
 def is_flux_folder(index: dict, path) -> bool:
@@ -251,9 +261,11 @@ def load_flux_single_file(path, components, dtype: torch.dtype, files: Any = Non
     from pathlib import Path
 
     from diffusers import FluxTransformer2DModel
+    from safetensors.torch import load_file
 
     from engine.models import flux_files
     from engine.models.families import family
+    from engine.models.loader import single_file_keys
     from engine.models.reference import reference_config_dir
 
     components = Path(components) if components is not None else None
@@ -262,11 +274,7 @@ def load_flux_single_file(path, components, dtype: torch.dtype, files: Any = Non
     name = Path(path).name
     check_flux_parts(components, files or flux_files.FluxFiles(), vae_given, True, name)
     source: Any = str(path)
-    from engine.models.loader import single_file_keys
-
     if flux_files.is_scaled_fp8(single_file_keys(Path(path))):  # diffusers would read the fp8 values unscaled
-        from safetensors.torch import load_file
-
         source = flux_files.dequantized(load_file(str(path)))
     transformer = FluxTransformer2DModel.from_single_file(source, config=str(config), subfolder="transformer",
                                                           torch_dtype=dtype, local_files_only=True)

@@ -420,9 +420,9 @@ def _load_flux(source: ResolvedSource, dtype: torch.dtype, vae: str | None, loca
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise ModelLoadError(f"Could not load {source.name}: {err}", "model_load_failed", name=source.name,
                              error=err) from err
-    # (the VAE's architecture: the config folder's, for a Flux of other sizes)
-    config = (components if source.kind == "single_file" else source.path) if vae else None
-    vae_info = _replace_vae(parts, vae, source.family, dtype, local_files_only, allow_pickle, cache_dir,
-                            config if config is not None and (Path(config) / "vae" / "config.json").is_file() else None)
+    # a separate VAE takes the config folder's architecture where it has one (a Flux of other sizes)
+    folder = components if source.kind == "single_file" else source.path
+    config = folder if folder is not None and (Path(folder) / "vae" / "config.json").is_file() else None
+    vae_info = _replace_vae(parts, vae, source.family, dtype, local_files_only, allow_pickle, cache_dir, config)
     return LoadedModel(**parts, vae_info=vae_info, family=source.family, prediction_type="flow",
                        source_kind=source.kind, name=source.name, path=source.path)

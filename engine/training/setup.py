@@ -144,15 +144,11 @@ def _quantize_frozen_base(cfg: JobConfig, model: LoadedModel, dtype: torch.dtype
     int8 / NF4 (parked off the GPU until the text encoders have cached) and T5 in int8, before
     the LoRA wraps them."""
     from engine.models import flux
-    from engine.models.quantize import quantize_blocks
 
     kind = cfg.training.quantize_base
     if kind == "none":
         return
-    done = quantize_blocks(model.unet.transformer, flux.TRANSFORMER_BLOCKS, kind, dtype, device,
-                           park=torch.device("cpu"))
-    t5 = model.text_encoders[1]
-    quantize_blocks(t5, flux.T5_BLOCKS, flux.T5_QUANT, dtype, device, park=next(t5.parameters()).device)
+    done = flux.quantize_frozen(model, kind, dtype, device, park=torch.device("cpu"))
     cb.on_log(f"frozen base quantized with bitsandbytes: transformer blocks {kind} ({_size(done.before)} -> "
               f"{_size(done.after)}), T5 {flux.T5_QUANT}"
               + ("; on a CPU this saves memory, not time" if device.type == "cpu" else ""))
@@ -214,8 +210,10 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     if fam.denoiser == "flux":
         _check_flux_job(cfg)
         model.unet.guidance = cfg.training.flux_guidance  # what the distilled model is conditioned on
-    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    _check_quantize(cfg, model, half if method.keeps_base_half else torch.float32, accelerator.device)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
+                                                                      torch.float32)
+    frozen_dtype = weight_dtype if method.keeps_base_half else torch.float32  # the frozen base's
+    _check_quantize(cfg, model, frozen_dtype, accelerator.device)
     d = cfg.dataset
     drawing = for_job(cfg)  # what this base draws best with, unless the job says
     if d.num_class_images:
@@ -241,8 +239,6 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     if cfg.training.zero_terminal_snr:  # after the base drew its prior images with its own schedule
         model.noise_scheduler = zero_terminal_snr(model.noise_scheduler)
         cb.on_log("noise schedule rescaled to zero terminal SNR (samples and saved checkpoints use it too)")
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision,
-                                                                      torch.float32)
     train_te = method.trains_text_encoder(cfg.network) and fam.trains_text_encoders
     if fam.denoiser == "flux":
         cb.on_log(f"{fam.label}: the text encoders (CLIP-L, T5) stay frozen; the LoRA is on the transformer"
@@ -255,8 +251,7 @@ def build_training(cfg: JobConfig, accelerator: Accelerator, cb: Callbacks,
     if weight_dtype != torch.float32 and method.keeps_base_half:  # frozen base in half precision; the
         for m in (model.unet, *model.text_encoders):                # VAE stays fp32 (fp16 SD VAEs make NaNs)
             m.to(dtype=weight_dtype)
-    _quantize_frozen_base(cfg, model, weight_dtype if method.keeps_base_half else torch.float32,
-                          accelerator.device, cb)
+    _quantize_frozen_base(cfg, model, frozen_dtype, accelerator.device, cb)
     try:
         parts = method.attach(cfg, model, train_te, accelerator.device)
     except ValueError as err:  # a TI token clash, a LyCORIS preset matching nothing
