@@ -163,3 +163,9 @@ def test_a_flux_file_in_comfyuis_models_folder_brings_its_encoders_and_vae(tmp_p
     assert job["model"]["vae"] == str(models / "vae" / "ae.safetensors")
     sd = view.set_base(job, str(tiny_model_dir))
     assert not {"clip_l", "t5xxl", "vae"} & set(sd["model"])
+    # an exposed server whose workspace holds only models/unet names no file outside it
+    from webapp.security import Workspace
+
+    exposed = JobView(EN, Workspace([(models / "unet").resolve()], exposed=True), "cpu")
+    job = exposed.set_base(wizard_job(), str(models / "unet" / "flux1-dev.safetensors"))
+    assert not {"clip_l", "t5xxl", "vae"} & set(job["model"]), job["model"]

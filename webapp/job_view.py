@@ -135,7 +135,7 @@ class JobView:
         elif not left_demo:
             return job
         if family == "flux1":
-            job = with_flux_files(job, base)
+            job = with_flux_files(job, base, self.ws)
         return apply_tier(job, self.tier_name) if self.tier_name else job
 
     # ------------------------------------------------------------ events
@@ -220,18 +220,27 @@ def md_lines(text: str) -> str:
     return "\n".join(line(s) for s in text.splitlines())
 
 
-def with_flux_files(job: dict[str, Any], base: str) -> dict[str, Any]:
+def with_flux_files(job: dict[str, Any], base: str, ws=None) -> dict[str, Any]:
     """A Flux transformer file in a ComfyUI / Forge models folder: its CLIP-L, T5-XXL and VAE
-    files from that folder, where the job names none (shown in the expert view, changeable)."""
+    files from that folder, where the job names none (shown in the expert view, changeable).
+    On an exposed server (``ws``) only a base inside the workspace is looked beside, and only
+    files inside it are named: the page never learns of files outside."""
     from pathlib import Path
 
     from engine.models.flux_files import find_beside
+    from webapp.security import PathNotAllowed
+
+    def allowed(path: str | Path) -> bool:
+        try:
+            return ws is None or bool(ws.path(path))
+        except PathNotAllowed:
+            return False
 
     model = job.get("model", {})
-    if not Path(base).expanduser().is_file() or model.get("config_dir"):
+    if not allowed(base) or not Path(base).expanduser().is_file() or model.get("config_dir"):
         return job
     for name, path in find_beside(Path(base)).items():
-        if not model.get(name):
+        if not model.get(name) and allowed(path):
             job = jf.set_value(job, f"model.{name}", str(path))
     return job
 
